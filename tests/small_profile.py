@@ -1,0 +1,69 @@
+"""Run a training script with a small resolution profile table, for the tests that train several stages.
+
+Each train*.py reads its module-level PROFILES table when `main` runs; this runner replaces that table with
+SMALL_PROFILES (the tiny demo images' own size) and then runs the script's `main` through `run_cli`, exactly as the
+script's `if __name__ == "__main__"` block does. Everything else (arguments, stage loop, files) is the real thing.
+
+    python tests/small_profile.py train.py --data-dir ... --epochs 3        (what a subprocess test runs)
+    run_in_process(train, [...], monkeypatch)                                (the same, inside pytest)
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One compute thread in this process and in the scripts it starts (OMP_NUM_THREADS).
+
+    Tiny stages gain nothing from a second thread, and on a machine shared with other jobs OpenMP threads waiting
+    for each other slow a forward pass down by orders of magnitude (2 s instead of 10 ms measured here). The same
+    number everywhere also keeps the in-process and subprocess runs of a stage numerically identical.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+
+# name: ((image width, image height), (patch width, patch height)), as in the scripts
+SMALL_PROFILES = {"low": ((256, 128), (192, 96)), "medium": ((320, 160), (224, 112))}
+
+
+def run_in_process(module, argv: list[str], monkeypatch) -> int:
+    """Run `module.main(argv)` as its command line would, with SMALL_PROFILES; returns the exit code."""
+    from training.errors import run_cli
+
+    monkeypatch.setattr(module, "PROFILES", SMALL_PROFILES)
+    try:
+        run_cli(module.main, list(argv))
+    except SystemExit as done:
+        return int(done.code or 0)
+    return 0
+
+
+def main() -> None:
+    from training.errors import run_cli
+
+    script, *argv = sys.argv[1:]
+    module = importlib.import_module(Path(script).stem)
+    module.PROFILES = SMALL_PROFILES
+    run_cli(module.main, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Distributed training (issue 6): rank detection, and 2-process gloo stages on the CPU under torchrun.
+
+The stages run the real scripts under `python -m torch.distributed.run --nproc_per_node=2` with the small profile
+table of tests/small_profile.py. The demo set here has 3 validation images, so that 2 processes get 2 and 1 of them:
+exact validation must count each image once (no sampler padding) and give the same confusion matrix as one process.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import fast_scnn
+from conftest import REPO
+from small_profile import SMALL_PROFILES, one_thread  # noqa: F401 (an autouse fixture)
+from training import distributed
+from training.data import IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, val_transform
+from training.metrics import ConfusionMatrix
+from training.profiles import resolve_profile
+
+
+# ------------------------------------------------------------------------------------------------ detection (unit)
+def test_detect_single_process_without_launcher():
+    assert distributed.detect({}) == distributed.DistributedEnv(0, 0, 1)
+    assert not distributed.detect({}).enabled and distributed.detect({}).is_main
+
+
+def test_detect_from_torchrun_variables():
+    env = distributed.detect({"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"})
+    assert env == distributed.DistributedEnv(rank=5, local_rank=1, world_size=8)
+    assert env.enabled and not env.is_main
+
+
+def test_detect_from_slurm_step_variables():
+    slurm = {"SLURM_PROCID": "6", "SLURM_LOCALID": "2", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0",
+             "SLURM_JOB_NODELIST": "gpu[007-008]"}
+    assert distributed.detect(slurm) == distributed.DistributedEnv(rank=6, local_rank=2, world_size=8)
+    # torchrun inside a Slurm job wins: its variables describe the processes it started
+    assert distributed.detect({**slurm, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}).world_size == 2
+    # a batch script (no srun step) or a single task is not distributed
+    assert not distributed.detect({k: v for k, v in slurm.items() if k != "SLURM_STEP_ID"}).enabled
+    assert not distributed.detect({**slurm, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).enabled
+
+
+def test_first_host_of_a_slurm_node_list():
+    assert distributed.first_host("gpu[007-009,012],cpu1") == "gpu007"
+    assert distributed.first_host("node12") == "node12"
+
+
+# ------------------------------------------------------------------------------------------------ 2-process stages
+@pytest.fixture(scope="module")
+def odd_val_cityscapes(tmp_path_factory):
+    from training.demo_data import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp("odd_val"), num_train=4, num_val=3, size=(256, 128), seed=1)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def torchrun(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+               f"--master_port={free_port()}", str(REPO / "tests" / "small_profile.py"), script, *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def durations(work) -> list[dict]:
+    with open(work / "measurements" / "durations.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def evaluate_one_process(model_path, data_dir) -> ConfusionMatrix:
+    """The validation of one process, written independently of the stage loop: image by image, one thread."""
+    model = fast_scnn.Model()
+    model.load_state_dict(torch.load(model_path, weights_only=True))
+    model.eval()
+    dataset = CityscapesSegmentation(data_dir, "val", val_transform(resolve_profile("low", SMALL_PROFILES)))
+    matrix = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each torchrun process (OMP_NUM_THREADS=1)
+    try:
+        with torch.no_grad():
+            for index in range(len(dataset)):
+                image, target = dataset[index]
+                matrix.update(model(image.unsqueeze(0)).argmax(1)[0], target)
+    finally:
+        torch.set_num_threads(threads)
+    return matrix, dataset
+
+
+def calibrated_model(data_dir, path) -> None:
+    """A random Fast-SCNN whose BatchNorm statistics are those of the training images, saved to `path`.
+
+    A stage from random weights predicts one class everywhere in eval mode, which would hide differences between
+    the processes' BatchNorm statistics; from these weights the predictions vary from pixel to pixel.
+    """
+    torch.manual_seed(0)
+    model = fast_scnn.Model()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.momentum = None  # cumulative average
+    dataset = CityscapesSegmentation(data_dir, "train", val_transform(resolve_profile("low", SMALL_PROFILES)))
+    with torch.no_grad():
+        model.train()(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+    torch.save(model.state_dict(), path)
+
+
+@pytest.mark.slow
+def test_two_process_stage_writes_once_and_validates_exactly(odd_val_cityscapes, tmp_path):
+    (tmp_path / "models").mkdir()
+    calibrated_model(odd_val_cityscapes, tmp_path / "models" / "init.pth")
+    result = torchrun("train.py", "--data-dir", str(odd_val_cityscapes), "--epochs", "1", "--batch-size", "2",
+                      "--num-workers", "0", "--experiment-id", "ddp", "--previous-model-path", "models/init.pth",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "device cpu x 2" in result.stdout and result.stdout.count("epoch 1/1 |") == 1  # rank 0 prints
+
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["ddp.pth", "init.pth"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "ddp").iterdir()) == ["preview-epoch-001.png", "state.pth"]
+    rows = durations(tmp_path)
+    assert len(rows) == 1 and rows[0]["processes"] == "2" and rows[0]["experiment_id"] == "ddp"
+
+    state = torch.load(tmp_path / "checkpoints" / "ddp" / "state.pth", weights_only=True)
+    matrix, dataset = evaluate_one_process(tmp_path / "models" / "ddp.pth", odd_val_cityscapes)
+    # every validation pixel counted exactly once over the 2 processes
+    valid_pixels = sum(int((dataset[i][1] != IGNORE_INDEX).sum()) for i in range(len(dataset)))
+    assert int(state["best_confusion_matrix"].sum()) == valid_pixels == int(matrix.matrix.sum())
+    assert len(matrix.matrix.sum(0).nonzero()) > 3  # predictions of several classes: a sensitive comparison
+    assert torch.equal(state["best_confusion_matrix"], matrix.matrix)
+    assert state["best_miou"] == matrix.compute()["miou"]
+
+
+@pytest.mark.slow
+def test_two_process_distillation_stage(odd_val_cityscapes, tmp_path):
+    torch.manual_seed(0)
+    (tmp_path / "models").mkdir()
+    torch.save(fast_scnn.Model().state_dict(), tmp_path / "models" / "teacher.pth")
+    result = torchrun("train_distillation.py", "--data-dir", str(odd_val_cityscapes), "--epochs", "1",
+                      "--batch-size", "2", "--num-workers", "0", "--experiment-id", "ddp-student",
+                      "--trained-teacher-model-path", "models/teacher.pth", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "device cpu x 2" in result.stdout and "train_kd_loss" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["ddp-student.pth", "teacher.pth"]
+    fast_scnn.Model().load_state_dict(torch.load(tmp_path / "models" / "ddp-student.pth", weights_only=True))
+    rows = durations(tmp_path)
+    assert len(rows) == 1 and rows[0]["processes"] == "2" and rows[0]["script"] == "train_distillation.py"

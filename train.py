@@ -1,0 +1,42 @@
+"""Train Fast-SCNN on Cityscapes for one curriculum stage with cross-entropy (a teacher).
+
+Stage k of the curriculum trains at profile k, starting from stage k-1's best model (--previous-model-path),
+stage 1 from random weights ('none'). The best epoch by validation mIoU goes to models/<experiment-id>.pth.
+
+    python train.py --data-dir ./data/cityscapes --profile low --experiment-id fastscnn-training-experiment-01
+    python train.py --profile medium --experiment-id fastscnn-training-experiment-02 \
+        --previous-model-path models/fastscnn-training-experiment-01.pth
+Run the same command again to resume an interrupted stage; see README.md for the curriculum on SLURM.
+"""
+from training.cli import add_previous_model_args, get_args_parser
+from training.errors import run_cli
+from training.losses import cross_entropy
+from training.stage import run_stage
+
+# name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
+PROFILES = {
+    "low": ((576, 288), (448, 224)),
+    "medium": ((768, 384), (576, 288)),
+    "high": ((1024, 512), (768, 384)),
+    "higher": ((1536, 768), (1152, 576)),
+    "highest": ((2048, 1024), (1536, 768)),
+}
+PROFILE = "low"  # the active profile; --profile overrides it
+
+
+def make_loss(args, device):
+    def loss(logits, images, target):
+        ce = cross_entropy(logits, target)
+        return ce, {"train_loss": ce}
+    return loss
+
+
+def main(argv=None):
+    parser = get_args_parser(__doc__.splitlines()[0], PROFILE)
+    add_previous_model_args(parser)
+    args = parser.parse_args(argv)
+    run_stage(args, PROFILES, lambda device: make_loss(args, device), script="train.py")
+
+
+if __name__ == "__main__":
+    run_cli(main)

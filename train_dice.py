@@ -1,0 +1,41 @@
+"""Train Fast-SCNN for one curriculum stage with cross-entropy + Dice loss (a teacher).
+
+loss = CE + w * Dice, w = --dice-loss-weight (1.0 as in the original). The Dice term is the soft Dice of the softmax
+over the classes present in the batch, void pixels excluded (training/losses.py). Same flags and outputs as train.py.
+
+    python train_dice.py --profile low --experiment-id fastscnn-training-experiment-21
+"""
+from training.cli import add_dice_args, add_previous_model_args, get_args_parser
+from training.errors import run_cli
+from training.losses import cross_entropy, dice_loss
+from training.stage import run_stage
+
+# name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
+PROFILES = {
+    "low": ((576, 288), (448, 224)),
+    "medium": ((768, 384), (576, 288)),
+    "high": ((1024, 512), (768, 384)),
+    "higher": ((1536, 768), (1152, 576)),
+    "highest": ((2048, 1024), (1536, 768)),
+}
+PROFILE = "low"  # the active profile; --profile overrides it
+
+
+def make_loss(args, device):
+    def loss(logits, images, target):
+        ce, dice = cross_entropy(logits, target), dice_loss(logits, target)
+        total = ce + args.dice_loss_weight * dice
+        return total, {"train_ce_loss": ce, "train_dice_loss": dice, "train_loss": total}
+    return loss
+
+
+def main(argv=None):
+    parser = get_args_parser(__doc__.splitlines()[0], PROFILE)
+    add_previous_model_args(parser)
+    add_dice_args(parser)
+    args = parser.parse_args(argv)
+    run_stage(args, PROFILES, lambda device: make_loss(args, device), script="train_dice.py")
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,45 @@
+"""Train a Fast-SCNN student for one curriculum stage, distilled from a trained, frozen teacher.
+
+loss = alpha * kd + (1 - alpha) * CE, kd = T^2 * per-pixel KL(teacher || student) of the softmax at temperature T,
+averaged over all pixels (training/losses.py). The teacher (--teacher-arch, Fast-SCNN by default) sees the same
+augmented batch, stays in eval mode without gradients, and is never saved; the best student goes to
+models/<experiment-id>.pth.
+
+    python train_distillation.py --profile low --experiment-id fastscnn-training-experiment-11 \
+        --trained-teacher-model-path models/fastscnn-training-experiment-05.pth
+"""
+from training.cli import add_distillation_args, get_args_parser
+from training.errors import run_cli
+from training.losses import distillation_loss
+from training.models import load_teacher
+from training.stage import run_stage
+
+# name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
+PROFILES = {
+    "low": ((576, 288), (448, 224)),
+    "medium": ((768, 384), (576, 288)),
+    "high": ((1024, 512), (768, 384)),
+    "higher": ((1536, 768), (1152, 576)),
+    "highest": ((2048, 1024), (1536, 768)),
+}
+PROFILE = "low"  # the active profile; --profile overrides it
+
+
+def make_loss(args, device):
+    teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path).to(device)
+
+    def loss(logits, images, target):
+        total, ce, kd = distillation_loss(logits, teacher(images), target, args.temperature, args.alpha)
+        return total, {"train_total_loss": total, "train_ce_loss": ce, "train_kd_loss": kd}
+    return loss
+
+
+def main(argv=None):
+    parser = get_args_parser(__doc__.splitlines()[0], PROFILE)
+    add_distillation_args(parser)
+    args = parser.parse_args(argv)
+    run_stage(args, PROFILES, lambda device: make_loss(args, device), script="train_distillation.py")
+
+
+if __name__ == "__main__":
+    run_cli(main)

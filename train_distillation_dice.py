@@ -1,0 +1,46 @@
+"""Train a Fast-SCNN student for one curriculum stage: distillation from a frozen teacher + Dice loss.
+
+loss = alpha * kd + (1 - alpha) * CE + w * Dice (w = --dice-loss-weight); see train_distillation.py for the
+distillation term and the teacher, train_dice.py for the Dice term.
+
+    python train_distillation_dice.py --profile low --experiment-id fastscnn-training-experiment-31 \
+        --trained-teacher-model-path models/fastscnn-training-experiment-25.pth
+"""
+from training.cli import add_dice_args, add_distillation_args, get_args_parser
+from training.errors import run_cli
+from training.losses import dice_loss, distillation_loss
+from training.models import load_teacher
+from training.stage import run_stage
+
+# name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
+PROFILES = {
+    "low": ((576, 288), (448, 224)),
+    "medium": ((768, 384), (576, 288)),
+    "high": ((1024, 512), (768, 384)),
+    "higher": ((1536, 768), (1152, 576)),
+    "highest": ((2048, 1024), (1536, 768)),
+}
+PROFILE = "low"  # the active profile; --profile overrides it
+
+
+def make_loss(args, device):
+    teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path).to(device)
+
+    def loss(logits, images, target):
+        kd_total, ce, kd = distillation_loss(logits, teacher(images), target, args.temperature, args.alpha)
+        dice = dice_loss(logits, target)
+        total = kd_total + args.dice_loss_weight * dice
+        return total, {"train_total_loss": total, "train_ce_loss": ce, "train_kd_loss": kd, "train_dice_loss": dice}
+    return loss
+
+
+def main(argv=None):
+    parser = get_args_parser(__doc__.splitlines()[0], PROFILE)
+    add_distillation_args(parser)
+    add_dice_args(parser)
+    args = parser.parse_args(argv)
+    run_stage(args, PROFILES, lambda device: make_loss(args, device), script="train_distillation_dice.py")
+
+
+if __name__ == "__main__":
+    run_cli(main)

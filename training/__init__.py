@@ -1,0 +1,1 @@
+"""Shared code of the Fast-SCNN training scripts: data, losses, metrics, the stage loop, checkpoints."""

@@ -1,0 +1,318 @@
+"""Per-profile cache of the data set: images and train ids stored once, already resized to a profile's image size.
+
+Decoding a 2048x1024 PNG costs ~40 ms and its resize another ms or two; a cached 576x288 sample is read in ~0.1 ms.
+For each profile and split the cache holds two uncompressed arrays, read through memory maps by the loader workers:
+
+    <dir>/<profile>-<W>x<H>/<split>/images.npy   uint8 N x 3 x H x W (the profile's image size)
+                                    labels.npy   uint8 N x H x W train ids (void 255), resized by nearest neighbour
+                                    manifest.json
+
+`<dir>` is `<data dir>/.cache` where the data dir is writable (or already holds a valid cache), else
+`data/cache/<data dir name>-<hash of its path>` under the working directory. The manifest records the cache version,
+the torch/torchvision versions (the resize kernels), the profile, the split and every source file with its size and
+mtime; it is written last, with `"complete": true`, after the arrays are on disk. A build that was killed leaves no
+manifest or an incomplete one, and is redone; a changed source file (size or mtime) is re-read on the next start.
+
+Building reads the PNGs in a process pool (one process per available core) with a progress bar. Processes that
+start together (the ranks of a distributed stage, or jobs sharing a data set) serialise on a file lock: the first
+builds, the others wait and then use its result. Every file is replaced atomically, so even without working locks
+(some network file systems) concurrent builders only duplicate work.
+
+A cached sample is exactly the output of `training.data.resize(profile)` on the uncached one, and that resize is
+the first op of the training and validation transforms (a no-op on an image already at the size): cached and
+uncached samples are identical, augmentations included.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import struct
+import sys
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torchvision
+from torchvision import tv_tensors
+
+from torchvision.io import ImageReadMode
+
+from training.data import read_png, read_train_ids, resize
+from training.errors import UserError
+from training.profiles import Profile
+
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+FALLBACK_DIR = Path("data/cache")  # relative to the working directory (the repository root for the scripts)
+
+
+def profile_key(profile: Profile) -> str:
+    return f"{profile.name}-{profile.image_size[0]}x{profile.image_size[1]}"
+
+
+def cache_locations(root: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
+    """Where a data set's cache may live, in order of preference."""
+    if cache_dir is not None:
+        return [Path(cache_dir)]
+    root = Path(root).resolve()
+    digest = hashlib.sha1(str(root).encode()).hexdigest()[:10]
+    return [root / ".cache", (FALLBACK_DIR / f"{root.name}-{digest}").resolve()]
+
+
+def png_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from a PNG's header, without decoding it."""
+    with open(path, "rb") as file:
+        head = file.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise UserError(f"cannot read PNG {path}: not a PNG file")
+    return struct.unpack(">II", head[16:24])
+
+
+def _source_stats(images: list[str], labels: list[str]) -> list[list[int]]:
+    stats = []
+    for image, label in zip(images, labels):
+        a, b = os.stat(image), os.stat(label)
+        stats.append([a.st_size, a.st_mtime_ns, b.st_size, b.st_mtime_ns])
+    return stats
+
+
+class CachedSplit:
+    """Read access to one complete cached split; opens its memory maps lazily in each process."""
+
+    def __init__(self, directory: Path, count: int):
+        self.directory, self.count = directory, count
+        self._arrays = None
+        self._pid = None
+
+    def __getstate__(self):
+        return {"directory": self.directory, "count": self.count, "_arrays": None, "_pid": None}
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._arrays is None or self._pid != os.getpid():
+            self._arrays = (np.load(self.directory / "images.npy", mmap_mode="r"),
+                            np.load(self.directory / "labels.npy", mmap_mode="r"))
+            self._pid = os.getpid()
+        return self._arrays
+
+    def read(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 image 3xHxW and uint8 train ids HxW at the profile's image size."""
+        images, labels = self.arrays()
+        return torch.from_numpy(np.array(images[index])), torch.from_numpy(np.array(labels[index]))
+
+
+def _expected(root: Path, split: str, images: list[str], labels: list[str], profile: Profile) -> dict:
+    return {
+        "version": CACHE_VERSION, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "profile": profile.name, "image_size": list(profile.image_size), "split": split,
+        "files": [[os.path.relpath(i, root), os.path.relpath(l, root)] for i, l in zip(images, labels)],
+    }
+
+
+def _read_manifest(directory: Path) -> dict | None:
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def _arrays_ok(directory: Path, count: int, profile: Profile) -> bool:
+    height, width = profile.image_hw
+    try:
+        images = np.load(directory / "images.npy", mmap_mode="r")
+        labels = np.load(directory / "labels.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return False
+    return (images.dtype == np.uint8 and images.shape == (count, 3, height, width)
+            and labels.dtype == np.uint8 and labels.shape == (count, height, width))
+
+
+def check_cache(directory: Path, expected: dict, stats: list[list[int]], profile: Profile) -> tuple[str, list[int]]:
+    """("ok", []), ("stale", indices of changed sources) or ("invalid", []) for the cache in `directory`."""
+    manifest = _read_manifest(directory)
+    if manifest is None or any(manifest.get(k) != v for k, v in expected.items()):
+        return "invalid", []
+    if not _arrays_ok(directory, len(expected["files"]), profile):
+        return "invalid", []
+    recorded = manifest.get("stats")
+    if not isinstance(recorded, list) or len(recorded) != len(stats):
+        return "invalid", []
+    stale = [i for i, (old, new) in enumerate(zip(recorded, stats)) if old != new]
+    if stale or manifest.get("complete") is not True:
+        # An interrupted update of stale entries leaves complete=false with the entries still marked as changed.
+        return ("stale", stale) if stale else ("invalid", [])
+    return "ok", []
+
+
+def _write_json(path: Path, value: dict) -> None:
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value) + "\n")
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _locked(directory: Path, log):
+    """An exclusive lock on `directory/.lock` (waits for a builder in another process); yields whether it is held."""
+    with open(directory / ".lock", "a+") as file:
+        try:
+            import fcntl
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log(f"cache: waiting for another process building {directory}")
+                fcntl.flock(file, fcntl.LOCK_EX)
+            held = True
+        except OSError as error:  # no locks on this file system: builds stay correct, only duplicated
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+            held = False
+        except ImportError:
+            held = False
+        yield held
+
+
+# ------------------------------------------------------------------------------------------ building (pool workers)
+_worker_state: dict = {}
+
+
+def _init_worker(images_path: str, labels_path: str, profile: Profile, threads: int = 1) -> None:
+    torch.set_num_threads(threads)
+    _worker_state.update(images=np.load(images_path, mmap_mode="r+"), labels=np.load(labels_path, mmap_mode="r+"),
+                         resize=resize(profile))
+
+
+def _cache_one(task: tuple[int, str, str]) -> int:
+    index, image_path, label_path = task
+    image = tv_tensors.Image(read_png(image_path, ImageReadMode.RGB))
+    mask = tv_tensors.Mask(read_train_ids(label_path))
+    image, mask = _worker_state["resize"](image, mask)
+    _worker_state["images"][index] = image.numpy()
+    _worker_state["labels"][index] = mask.numpy()
+    return index
+
+
+def _fill(images_path: Path, labels_path: Path, tasks: list, profile: Profile, workers: int, desc: str) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(tasks), desc=desc, unit="img", dynamic_ncols=True, disable=not sys.stderr.isatty())
+    args = (str(images_path), str(labels_path), profile)
+    try:
+        if workers <= 1:
+            _init_worker(*args, threads=torch.get_num_threads())  # in this process: leave its threads alone
+            for task in tasks:
+                _cache_one(task)
+                bar.update(1)
+        else:
+            with Pool(workers, initializer=_init_worker, initargs=args) as pool:
+                for _ in pool.imap_unordered(_cache_one, tasks, chunksize=max(1, min(16, len(tasks) // (8 * workers)))):
+                    bar.update(1)
+    finally:
+        _worker_state.clear()
+        bar.close()
+    for path in (images_path, labels_path):  # the data on disk before the manifest that vouches for it
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _build(directory: Path, expected: dict, images: list[str], labels: list[str], profile: Profile,
+           stale: list[int] | None, workers: int, log) -> None:
+    """Write the whole cache (stale is None) or re-read the changed entries; the manifest comes last."""
+    count = len(images)
+    stats = _source_stats(images, labels)  # taken before reading: a file changed meanwhile is caught next time
+    what = f"{expected['split']} at {profile_key(profile)}"
+    start = time.perf_counter()
+    if stale is None:
+        (directory / MANIFEST).unlink(missing_ok=True)
+        height, width = profile.image_hw
+        tmp = {name: directory / f"{name}.{os.getpid()}.tmp.npy" for name in ("images", "labels")}
+        np.lib.format.open_memmap(tmp["images"], "w+", np.uint8, (count, 3, height, width))
+        np.lib.format.open_memmap(tmp["labels"], "w+", np.uint8, (count, height, width))
+        log(f"cache: writing {count} {what} to {directory} ({workers} processes, "
+            f"{count * 4 * height * width / 2**30:.2f} GiB; once per profile)")
+        try:
+            tasks = [(i, image, label) for i, (image, label) in enumerate(zip(images, labels))]
+            _fill(tmp["images"], tmp["labels"], tasks, profile, workers, f"caching {what}")
+            for name, path in tmp.items():  # readers of an older cache keep their (unlinked) files
+                os.replace(path, directory / f"{name}.npy")
+        finally:
+            for path in tmp.values():
+                path.unlink(missing_ok=True)
+    else:
+        _write_json(directory / MANIFEST, {**expected, "stats": _read_manifest(directory)["stats"], "complete": False})
+        log(f"cache: {len(stale)} of {count} source files of {what} changed; re-reading them into {directory}")
+        tasks = [(i, images[i], labels[i]) for i in stale]
+        _fill(directory / "images.npy", directory / "labels.npy", tasks, profile, workers, f"updating {what}")
+    _write_json(directory / MANIFEST, {**expected, "stats": stats, "complete": True})
+    log(f"cache: {what} ready in {time.perf_counter() - start:.1f} s")
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK | os.X_OK)
+
+
+def _default_workers(count: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, count, 32))
+
+
+def _is_main_process() -> bool:
+    from training.distributed import detect
+    return detect().is_main
+
+
+def prepare_cache(root: str | Path, split: str, images: list[str], labels: list[str], profile: Profile,
+                  mode: str = "auto", cache_dir: str | Path | None = None, workers: int | None = None,
+                  log=None) -> CachedSplit | None:
+    """The cache of one split at `profile`, built or brought up to date first; None where it is not used.
+
+    mode "auto" caches when the source images are larger than the profile's image size (at the sources' own size
+    the cache would only trade the PNG decoding for an uncompressed copy of the data set); "always" caches anyway.
+    """
+    if log is None:
+        log = (lambda message: print(message, flush=True)) if _is_main_process() else (lambda message: None)
+    root = Path(root).resolve()
+    if mode == "auto":
+        width, height = png_size(images[0])
+        if width * height <= profile.image_size[0] * profile.image_size[1]:
+            return None
+    elif mode != "always":
+        raise ValueError(f"cache mode {mode!r}: expected 'auto' or 'always'")
+    expected = _expected(root, split, images, labels, profile)
+    try:
+        stats = _source_stats(images, labels)
+    except OSError as error:
+        raise UserError(f"cannot read {error.filename}: {error.strerror}") from None
+    subdir = Path(profile_key(profile)) / split
+    candidates = [base / subdir for base in cache_locations(root, cache_dir)]
+    for directory in candidates:  # a valid cache anywhere (even read-only) is used as it is
+        if check_cache(directory, expected, stats, profile)[0] == "ok":
+            return CachedSplit(directory, len(images))
+    directory = next((d for d in candidates if _writable(d)), None)
+    if directory is None:
+        raise UserError(f"cache: cannot create any of {', '.join(map(str, candidates))} "
+                        f"(expected a writable directory; or train with --no-cache)")
+    with _locked(directory, log) as held:
+        status, stale = check_cache(directory, expected, stats, profile)  # another process may have built it
+        if status != "ok" and held:
+            for leftover in directory.glob("*.tmp*"):  # from a builder that was killed (no one else builds now)
+                leftover.unlink(missing_ok=True)
+        if status != "ok":
+            todo = len(stale) if status == "stale" else len(images)
+            _build(directory, expected, images, labels, profile, stale if status == "stale" else None,
+                   workers if workers is not None else _default_workers(todo), log)
+    return CachedSplit(directory, len(images))

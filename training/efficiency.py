@@ -1,0 +1,499 @@
+"""What a trained model costs and how well it segments: the measuring code behind evaluate_efficiency.py.
+
+- Parameters: the true count (sum of `numel` over `model.parameters()`) and their fp32 size in MB.
+- MACs from thop (multiply-accumulates of the layers thop has rules for), FLOPs = 2 x MACs, cross-checked against
+  `torch.utils.flop_counter.FlopCounterMode`, which counts the aten operators themselves. Both run on the meta
+  device (shapes only, no arithmetic). A disagreement over 10% comes with the module types each counter sees and
+  the other does not.
+- The deploy form: BatchNorm folded into the preceding Conv2d, channels_last, bf16 autocast on CPUs with native
+  bf16 instructions (fp32 otherwise), fp16 weights and inputs on CUDA, optionally `torch.compile`. Its argmax
+  predictions are checked against the plain model's.
+- Latency at batch 1, plain and deploy interleaved (both see the same background load): warm-up, then runs until
+  each form has at least `runs` timings and `min_seconds` of them; median, p10 and p90; CUDA synchronised.
+- Accuracy streamed through a `ConfusionMatrix`: no prediction is kept.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import re
+import statistics
+import time
+import warnings
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from training.errors import UserError
+from training.metrics import ConfusionMatrix
+from training.profiles import PROFILES, resolve_profile
+
+AGREEMENT_THRESHOLD = 0.999
+MALLOC_VARIABLES = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_",
+                    "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
+
+
+# ---------------------------------------------------------------------------------------------------- input checks
+
+def parse_resolution(text: str, flag: str = "--resolution") -> tuple[int, int]:
+    """'1024x2048' -> (1024, 2048): height x width, positive integers."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not match or int(match[1]) < 1 or int(match[2]) < 1:
+        raise UserError(f"{flag} {text!r}: expected HxW with positive integers, e.g. 1024x2048 (height x width)")
+    return int(match[1]), int(match[2])
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine (expected --device cpu or auto)")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def describe_allocator() -> str:
+    """The C allocator settings this process started with (glibc reads them once, at start-up)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return f"{platform.system()} default allocator"
+    settings = [f"{name}={os.environ[name]}" for name in MALLOC_VARIABLES if os.environ.get(name)]
+    return "glibc " + (" ".join(settings) if settings else "default (dynamic mmap threshold)")
+
+
+# ------------------------------------------------------------------------------------------------------- counting
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@dataclass
+class Cost:
+    params: int
+    macs: int                    # thop
+    flops: int                   # 2 x macs
+    flops_flop_counter: int      # torch.utils.flop_counter
+    by_type: dict = field(default_factory=dict)  # module type -> (thop MACs, flop_counter MACs)
+    warning: str | None = None
+
+    @property
+    def disagreement(self) -> float:
+        return abs(self.flops_flop_counter - self.flops) / max(self.flops, 1)
+
+
+def _thop():
+    with warnings.catch_warnings():  # thop imports distutils' LooseVersion
+        warnings.simplefilter("ignore")
+        import thop
+        from thop.profile import register_hooks
+    return thop, register_hooks
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    return copy.deepcopy(model).to("meta").eval()
+
+
+def thop_macs(model: nn.Module, hw: tuple[int, int], layer_info: bool = False):
+    """thop's MACs of one batch-1 forward pass at `hw` (thop.profile on a meta copy: nothing is computed)."""
+    thop, _ = _thop()
+    with torch.no_grad():
+        result = thop.profile(_meta_copy(model), inputs=(torch.zeros(1, 3, *hw, device="meta"),), verbose=False,
+                              ret_layer_info=layer_info)
+    return result if layer_info else result[0]
+
+
+def flop_counter_flops(model: nn.Module, hw: tuple[int, int]) -> tuple[int, dict]:
+    """torch.utils.flop_counter's FLOPs of one batch-1 forward pass, and its per-module counts."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = _meta_copy(model)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.zeros(1, 3, *hw, device="meta"))
+    return counter.get_total_flops(), counter.get_flop_counts()
+
+
+def _flatten_thop(tree: dict, prefix: str = "") -> dict[str, float]:
+    """thop's nested {child: (ops, params, children)} as {dotted name: ops} of the modules thop counted itself."""
+    flat = {}
+    for name, (ops, _params, children) in tree.items():
+        path = f"{prefix}{name}"
+        flat.update(_flatten_thop(children, path + ".") if children else {path: ops})
+    return flat
+
+
+def measure_cost(model: nn.Module, hw: tuple[int, int], tolerance: float = 0.10) -> Cost:
+    """Parameters, thop MACs and the flop_counter cross-check, with a per-module-type breakdown of both."""
+    _, rules = _thop()
+    macs, _, tree = thop_macs(model, hw, layer_info=True)
+    fc_total, fc_counts = flop_counter_flops(model, hw)
+    modules = dict(model.named_modules())
+    by_type: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])
+    for name, ops in _flatten_thop(tree).items():
+        if name in modules:
+            by_type[type(modules[name]).__name__][0] += ops
+    # flop_counter attributes an operator to every module on the call stack; a module's own share is what its
+    # children do not account for (functional calls in its forward, or the operator of a leaf module)
+    root = type(model).__name__
+    totals = {key: sum(ops.values()) for key, ops in fc_counts.items() if key != "Global"}
+    for name, module in modules.items():
+        key = f"{root}.{name}" if name else root
+        own = totals.get(key, 0) - sum(totals.get(f"{key}.{child}", 0) for child, _ in module.named_children())
+        if own > 0:
+            by_type[type(module).__name__][1] += own / 2
+    cost = Cost(count_parameters(model), int(macs), 2 * int(macs), int(fc_total),
+                {k: tuple(v) for k, v in sorted(by_type.items())})
+    if cost.disagreement > tolerance:
+        def why(type_name: str) -> str:
+            kinds = [m for m in modules.values() if type(m).__name__ == type_name]
+            if any(list(m.children()) for m in kinds):
+                return "operators called in its forward"
+            return "thop has no rule for it" if not any(type(m) in rules for m in kinds) else "thop's rule differs"
+
+        unseen = [f"{k} ({fc / 1e9:.3g} GMAC: {why(k)})" for k, (th, fc) in cost.by_type.items() if fc > 1.1 * th]
+        extra = [f"{k} ({th / 1e9:.3g} GMAC)" for k, (th, fc) in cost.by_type.items() if th > 1.1 * fc]
+        cost.warning = (f"thop's MACs ({cost.macs / 1e9:.3f} G) and flop_counter's ({cost.flops_flop_counter / 2e9:.3f} G)"
+                        f" differ by {100 * cost.disagreement:.0f}%; thop cannot see: {', '.join(unseen) or 'nothing'};"
+                        f" thop counts, flop_counter does not: {', '.join(extra) or 'nothing'}")
+    return cost
+
+
+# ------------------------------------------------------------------------------------------------------ deploy form
+
+def fold_batchnorm(model: nn.Module) -> int:
+    """Fold every BatchNorm2d that directly follows a Conv2d inside an nn.Sequential into that conv (in place).
+
+    The BatchNorm is replaced by nn.Identity, so module names and the Sequential's indices stay as they were.
+    Needs eval mode (running statistics). Returns the number of folded pairs.
+    """
+    if model.training:
+        raise ValueError("fold_batchnorm needs a model in eval mode")
+    folded = 0
+    for module in list(model.modules()):
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = module._modules[first], module._modules[second]
+            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                    and bn.running_mean is not None and conv.out_channels == bn.num_features):
+                module._modules[first] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
+                module._modules[second] = nn.Identity()
+                folded += 1
+    return folded
+
+
+def native_bf16_cpu() -> bool:
+    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX), where bf16 autocast pays off."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return torch.backends.mkldnn.is_available() and any(check is not None and check() for check in checks)
+
+
+def choose_deploy_dtype(device: torch.device, choice: str = "auto") -> tuple[torch.dtype, str]:
+    """The deploy form's dtype and why: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if choice != "auto":
+        return names[choice], f"{choice} (--deploy-dtype)"
+    if device.type == "cuda":
+        return torch.float16, "fp16 (CUDA)"
+    if native_bf16_cpu():
+        return torch.bfloat16, "bf16 autocast (CPU has native bf16: AVX512-BF16/AMX)"
+    return torch.float32, "fp32 (CPU without native bf16; bf16 would be emulated and slower)"
+
+
+class DeployForm(nn.Module):
+    """The inference form of a model: BN folded, channels_last, reduced precision, optionally compiled.
+
+    Inputs are expected in channels_last (a decoded HxWxC image permuted to CxHxW already is); on CUDA the
+    weights themselves are fp16, on CPU bf16 runs under autocast (weights stay fp32, convolutions run in bf16).
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, compile: bool = False):
+        super().__init__()
+        net = copy.deepcopy(model).eval()
+        self.folded = fold_batchnorm(net)
+        self.device, self.dtype = device, dtype
+        self.half_weights = device.type == "cuda" and dtype != torch.float32
+        net = net.to(device=device, memory_format=torch.channels_last)
+        self.net = net.to(dtype) if self.half_weights else net
+        self.compiled = self._first_call_done = False
+        if compile:
+            # freezing: weights become constants, so inductor prepacks them and fuses conv + ReLU/add (oneDNN on CPU);
+            # on CUDA the compiled graph is replayed as a CUDA graph (what mode="reduce-overhead" does)
+            options = {"freezing": True, **({"triton.cudagraphs": True} if device.type == "cuda" else {})}
+            self.net = torch.compile(self.net, options=options)
+            self.compiled = True
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
+        return x.to(self.dtype) if self.half_weights else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        autocast = (torch.autocast(self.device.type, dtype=self.dtype)
+                    if self.dtype != torch.float32 and not self.half_weights else nullcontext())
+        with autocast:
+            if self._first_call_done or not self.compiled:
+                return self.net(x)
+            try:  # torch.compile compiles at the first call
+                out = self.net(x)
+            except Exception as error:
+                raise UserError(f"--compile: torch.compile failed ({type(error).__name__}: "
+                                f"{str(error).strip().splitlines()[0][:200]}); run without --compile") from None
+            self._first_call_done = True
+            return out
+
+    def describe(self) -> str:
+        precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+        precision += "" if self.dtype == torch.float32 else (" weights" if self.half_weights else " autocast")
+        return (f"{self.folded} BatchNorm folded, channels_last, {precision}"
+                + (", torch.compile" if self.compiled else ""))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+@torch.inference_mode()
+def agreement(plain: nn.Module, deploy: DeployForm, batches: Iterable[torch.Tensor]) -> float:
+    """Fraction of pixels where the deploy form's argmax equals the plain fp32 model's."""
+    same = total = 0
+    for images in batches:
+        reference = plain(images.to(deploy.device)).argmax(1)
+        predicted = deploy(deploy.prepare(images)).float().argmax(1)
+        same += int((reference == predicted).sum())
+        total += reference.numel()
+    return same / max(total, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------- latency
+
+@dataclass
+class Latency:
+    times_ms: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
+
+    def percentile_ms(self, q: float) -> float:
+        ordered = sorted(self.times_ms)
+        position = q / 100 * (len(ordered) - 1)
+        low = math.floor(position)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.median_ms
+
+    @property
+    def runs(self) -> int:
+        return len(self.times_ms)
+
+
+@torch.inference_mode()
+def measure_latency(forms: dict[str, tuple[Callable, torch.Tensor]], device: torch.device, runs: int = 50,
+                    min_seconds: float = 5.0, warmup: int = 5) -> dict[str, Latency]:
+    """Batch-1 latency of several forms, each `(callable, its input)`, timed in turn run by run.
+
+    Every form gets `warmup` untimed runs, then timed runs continue until each form has at least `runs` timings
+    that add up to at least `min_seconds`. On CUDA the device is synchronised before and after each run.
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for call, x in forms.values():
+        for _ in range(warmup):
+            call(x)
+    sync()
+    times: dict[str, list[float]] = {name: [] for name in forms}
+    while any(len(t) < runs or sum(t) < 1000 * min_seconds for t in times.values()):
+        for name, (call, x) in forms.items():
+            sync()
+            start = time.perf_counter()
+            call(x)
+            sync()
+            times[name].append(1000 * (time.perf_counter() - start))
+    return {name: Latency(t) for name, t in times.items()}
+
+
+# --------------------------------------------------------------------------------------------------------- accuracy
+
+@torch.inference_mode()
+def evaluate_accuracy(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
+                      progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict:
+    """mIoU, per-class IoU, Dice and pixel accuracy of `model` over `loader`, streamed through a ConfusionMatrix."""
+    matrix = ConfusionMatrix(num_classes)
+    for images, target in progress(loader):
+        logits = model(images.to(device, non_blocking=True))
+        matrix.update(logits.argmax(1), target.to(device, non_blocking=True))
+    return matrix.compute()
+
+
+# ------------------------------------------------------------------------------------------------ resolutions.csv
+
+RESOLUTION_COLUMNS = ("number", "name", "image_width", "image_height", "patch_width", "patch_height")
+
+
+def resolution_rows(table: dict = PROFILES) -> list[dict]:
+    rows = []
+    for name in table:
+        profile = resolve_profile(name, table)
+        (iw, ih), (pw, ph) = profile.image_size, profile.patch_size
+        rows.append(dict(zip(RESOLUTION_COLUMNS, (profile.number, profile.name, iw, ih, pw, ph))))
+    return rows
+
+
+def resolutions_csv_text(table: dict = PROFILES) -> str:
+    lines = [",".join(RESOLUTION_COLUMNS)]
+    lines += [",".join(str(row[c]) for c in RESOLUTION_COLUMNS) for row in resolution_rows(table)]
+    return "\n".join(lines) + "\n"
+
+
+def write_resolutions(path: str | Path) -> Path:
+    """(Re)generate measurements/resolutions.csv from training/profiles.py."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(resolutions_csv_text(), encoding="utf-8")
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- one whole model
+
+@dataclass
+class SizeResult:
+    hw: tuple[int, int]
+    cost: Cost
+    plain: Latency
+    deploy: Latency
+
+
+@dataclass
+class ModelResult:
+    deploy: str                 # DeployForm.describe()
+    dtype: torch.dtype          # the deploy form's precision (after any fallback to fp32)
+    agreement: float            # argmax agreement deploy vs plain
+    agreement_on: str           # what it was measured on
+    sizes: list[SizeResult]
+    accuracy: dict | None       # ConfusionMatrix.compute(), None without data
+    val_images: int = 0
+
+    @property
+    def agreement_ok(self) -> bool:
+        return self.agreement >= AGREEMENT_THRESHOLD
+
+
+def _verdict(agree: float) -> str:
+    return (f"{100 * agree:.3f}% ({'ok' if agree >= AGREEMENT_THRESHOLD else 'FAILED'}: "
+            f">= {100 * AGREEMENT_THRESHOLD:.1f}% required)")
+
+
+def _spread(latency: Latency) -> str:
+    return (f"{latency.median_ms:.1f} ms (p10 {latency.percentile_ms(10):.1f}, p90 {latency.percentile_ms(90):.1f},"
+            f" {latency.runs} runs)")
+
+
+def agreement_inputs(val_set, hw: tuple[int, int], count: int) -> tuple[list[torch.Tensor], str]:
+    """The first `count` validation images (one batch each), or seeded random inputs at `hw` without data."""
+    if val_set is not None:
+        count = min(count, len(val_set))
+        return [val_set[i][0].unsqueeze(0) for i in range(count)], f"{count} val images"
+    generator = torch.Generator().manual_seed(0)
+    return ([torch.randn(1, 3, *hw, generator=generator) for _ in range(count)],
+            f"{count} random inputs at {hw[0]}x{hw[1]}")
+
+
+def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype,
+                   val_set=None, compile: bool = False, agreement_images: int = 4, batch_size: int = 4,
+                   num_workers: int = 0, runs: int = 50, min_seconds: float = 5.0, warmup: int = 5,
+                   num_classes: int = 19, fallback: bool = True, log: Callable[[str], None] = print) -> ModelResult:
+    """Cost and latency at every size, the deploy check, and accuracy on `val_set` (if given) of a model on `device`.
+
+    With `fallback`, a reduced-precision deploy form whose argmax agreement with the plain model stays below
+    AGREEMENT_THRESHOLD is replaced by the fp32 one (folded, channels_last), which is then the one measured.
+    """
+    model = model.eval()
+    inputs, source = agreement_inputs(val_set, sizes[0], agreement_images)
+    deploy = DeployForm(model, device, dtype)
+    agree = agreement(model, deploy, inputs)
+    log(f"deploy form: {deploy.describe()}; argmax agreement with the plain model on {source}: {_verdict(agree)}")
+    if agree < AGREEMENT_THRESHOLD and dtype != torch.float32 and fallback:
+        # reduced precision changes this model's predictions: the deploy form must predict what the model predicts
+        deploy = DeployForm(model, device, torch.float32)
+        agree = agreement(model, deploy, inputs)
+        log(f"deploy form falls back to fp32: {deploy.describe()}; agreement {_verdict(agree)}")
+    if compile:  # compiled once, for the precision that passed
+        deploy = DeployForm(model, device, deploy.dtype, compile=True)
+        agree = agreement(model, deploy, inputs)
+        log(f"compiled deploy form: {deploy.describe()}; agreement {_verdict(agree)}")
+    results = []
+    for hw in sizes:
+        cost = measure_cost(model, hw)
+        if cost.warning:
+            log(f"warning: at {hw[0]}x{hw[1]}: {cost.warning}")
+        x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(1)).to(device)
+        latency = measure_latency({"plain": (model, x), "deploy": (deploy, deploy.prepare(x))}, device,
+                                  runs=runs, min_seconds=min_seconds, warmup=warmup)
+        plain, fast = latency["plain"], latency["deploy"]
+        log(f"{hw[0]}x{hw[1]}: {cost.macs / 1e9:.3f} GMACs (thop), {cost.flops / 1e9:.3f} GFLOPs = 2 x MACs, "
+            f"flop_counter {cost.flops_flop_counter / 1e9:.3f} GFLOPs ({100 * cost.disagreement:.1f}% apart) | "
+            f"latency plain {_spread(plain)} | deploy {_spread(fast)} | {plain.median_ms / fast.median_ms:.2f}x, "
+            f"{fast.fps:.1f} FPS")
+        results.append(SizeResult(hw, cost, plain, fast))
+    accuracy = None
+    if val_set is not None:
+        from training.data import EpochSampler, make_loader
+
+        sampler = EpochSampler(len(val_set), seed=0, shuffle=False)
+        loader = make_loader(val_set, sampler, batch_size, num_workers, device, drop_last=False)
+        accuracy = evaluate_accuracy(model, loader, device, num_classes)
+    return ModelResult(deploy.describe(), deploy.dtype, agree, source, results, accuracy, len(val_set) if val_set is not None else 0)
+
+
+def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.device, threads: int | None,
+             allocator: str, date: str, command: str) -> list[dict]:
+    """One row of measurements/efficiency.csv per measured size (accuracy cells empty without data)."""
+    acc = result.accuracy or {}
+
+    def number(value, digits):
+        return "" if value is None else f"{value:.{digits}f}"
+
+    rows = []
+    for size in result.sizes:
+        gflops, plain, deploy = size.cost.flops / 1e9, size.plain, size.deploy
+        rows.append({
+            "model": model, "arch": arch, "profile": profile.name, "resolution": "%dx%d" % size.hw,
+            "device": device.type, "device_name": device_name(device), "dtype": dtype_name(result.dtype),
+            "params": size.cost.params, "macs": size.cost.macs, "flops": size.cost.flops,
+            "flops_flop_counter": size.cost.flops_flop_counter,
+            "latency_ms_plain": number(plain.median_ms, 3), "latency_ms_plain_p10": number(plain.percentile_ms(10), 3),
+            "latency_ms_plain_p90": number(plain.percentile_ms(90), 3),
+            "latency_ms_deploy": number(deploy.median_ms, 3),
+            "latency_ms_deploy_p10": number(deploy.percentile_ms(10), 3),
+            "latency_ms_deploy_p90": number(deploy.percentile_ms(90), 3), "runs": deploy.runs,
+            "fps_plain": number(plain.fps, 2), "fps_deploy": number(deploy.fps, 2),
+            "speedup": number(plain.median_ms / deploy.median_ms, 3), "deploy": result.deploy,
+            "agreement": number(result.agreement, 6), "threads": threads if threads else "", "allocator": allocator,
+            "eval_size": "%dx%d" % profile.image_size if acc else "",
+            "miou": number(acc.get("miou"), 6), "mean_dice": number(acc.get("mean_dice"), 6),
+            "pixel_accuracy": number(acc.get("pixel_accuracy"), 6),
+            "miou_per_gflop": number(acc["miou"] / gflops, 6) if acc else "",
+            "dice_per_gflop": number(acc["mean_dice"] / gflops, 6) if acc else "",
+            "date": date, "command": command,
+        })
+    return rows

@@ -1,0 +1,55 @@
+"""Losses of the training scripts: cross-entropy, a soft Dice loss, and knowledge distillation.
+
+Distillation: the original project computed the teacher/student term with
+`F.kl_div(log_q_student, q_teacher, reduction='batchmean')` on (B, C, H, W) maps. 'batchmean' divides by the
+batch size only, so the KL was summed over every pixel: the term was about 1e5 times the cross-entropy at the
+usual patch sizes and grew with the resolution of each curriculum stage, which swamped the label term whatever
+the weight alpha. Here the KL is averaged over the pixels (summed over the classes only), so it is on the scale
+of the cross-entropy and does not depend on the resolution.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+EPS = 1e-6
+
+
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """Mean cross-entropy over the non-void pixels, computed in float32."""
+    return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
+    """1 - mean soft Dice over the classes present in `target`; logits (B, C, H, W), target (B, H, W)."""
+    num_classes = logits.shape[1]
+    valid = (target != ignore_index).unsqueeze(1)
+    p = logits.float().softmax(dim=1) * valid
+    t = F.one_hot(torch.where(valid.squeeze(1), target, 0), num_classes).permute(0, 3, 1, 2).float() * valid
+    dims = (0, 2, 3)
+    t_sum = t.sum(dims)
+    dice = (2 * (p * t).sum(dims) + EPS) / (p.sum(dims) + t_sum + EPS)
+    present = (t_sum > 0).float()
+    num_present = present.sum()
+    # no valid pixel: no class present, and the loss is 0 with the graph kept (no host sync needed)
+    return (num_present > 0).float() * (1 - (dice * present).sum() / num_present.clamp(min=1))
+
+
+def distillation_loss(student_logits, teacher_logits, target, temperature: float, alpha: float,
+                      ignore_index: int = 255):
+    """Return (total, ce, kd) with total = alpha * kd + (1 - alpha) * ce.
+
+    kd = T^2 * per-pixel mean of KL(softmax(teacher / T) || softmax(student / T)), over every pixel (void
+    included, the teacher has an opinion there too). The teacher is detached and, when its output has another
+    spatial size, resized bilinearly to the student's.
+    """
+    teacher = teacher_logits.detach().float()
+    if teacher.shape[-2:] != student_logits.shape[-2:]:
+        teacher = F.interpolate(teacher, size=student_logits.shape[-2:], mode="bilinear", align_corners=False)
+    log_q_student = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_q_teacher = F.log_softmax(teacher / temperature, dim=1)
+    kl_per_pixel = (log_q_teacher.exp() * (log_q_teacher - log_q_student)).sum(dim=1)
+    kd = temperature ** 2 * kl_per_pixel.mean()
+    ce = cross_entropy(student_logits, target, ignore_index)
+    total = alpha * kd + (1 - alpha) * ce
+    return total, ce, kd

@@ -1,0 +1,434 @@
+"""One curriculum stage, shared by every train*.py: set-up, the epoch loop, validation, checkpoints, resume.
+
+A script supplies its parsed arguments, its resolution profile table and `make_loss(device)`, which returns
+`loss(logits, images, target) -> (total, {name: value})`; everything else happens here, once.
+
+Files (only the main process writes, always atomically):
+  models/<id>.pth                 best epoch by validation mIoU, a plain state_dict (what the next stage loads)
+  checkpoints/<id>/state.pth      resumable state: model, optimizer, scheduler, AMP scaler, epoch, step, best mIoU,
+                                  the arguments, where the weights came from; the same command resumes from it
+  checkpoints/<id>/preview-epoch-NNN.png   image | ground truth | prediction at each new best
+  measurements/durations.csv      one row per finished stage
+Randomness is a function of the seed, epoch and step (see training/data.py), so a resumed stage ends exactly
+where an uninterrupted one would.
+
+Test hook: FASTSCNN_TEST_NAN_AT_STEP=N makes the loss of the N-th training step of the stage (1-based, counted over
+epochs: epoch e, step s is N = (e - 1) * steps_per_epoch + s) NaN, to test the handling of non-finite losses.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training import distributed
+from training.checkpoint import append_csv_row, check_writable, remove_stale_temporaries, save_bytes, save_torch
+from training.cli import check_args
+from training.data import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, EpochSampler,
+                           denormalize, make_loader, num_train_batches_check, steps_per_epoch, train_transform,
+                           val_transform)
+from training.errors import EXIT_PREEMPTED, NonFiniteLossError, UserError
+from training.metrics import ConfusionMatrix, format_iou_table
+from training.models import build_model, load_weights
+from training.profiles import resolve_profile
+from training.tracking import Tracker
+from training.visualize import png_bytes, preview_grid
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+STATE_VERSION = 1
+# Arguments that do not change the trained weights: a resume may change them freely.
+RESULT_INDEPENDENT = {"num_workers", "restart", "debug", "no_cache", "device", "previews", "experiment_id",
+                      "skip_nonfinite", "epochs"}
+
+
+class StopRequest:
+    """SIGTERM/SIGUSR1 (Slurm's warning before a time limit) ask the stage to save and stop after this step;
+    a second signal exits at once (the last saved state stays valid)."""
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, _frame):
+        if self.signum:
+            print(f"second signal {signal.Signals(signum).name}: exiting at once", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(f"{signal.Signals(signum).name} received: saving the state after this step", file=sys.stderr, flush=True)
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    # Dropout randomness of a step depends only on where it is in the stage: exact resume without saving RNG streams.
+    return (seed * 1_000_003 + epoch * 10_007 + step) * 64 + rank
+
+
+def _result_args(args) -> dict:
+    return {k: v for k, v in sorted(vars(args).items()) if k not in RESULT_INDEPENDENT}
+
+
+def _differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+
+
+def _pick_device(choice: str) -> torch.device:
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine (expected --device cpu or auto)")
+    if choice == "auto":
+        choice = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(choice)
+
+
+def _make_scheduler(optimizer, schedule: str, lr: float, total_steps: int):
+    if schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1))
+    if schedule == "poly":
+        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(total_steps, 1), power=0.9)
+    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+
+
+class Stage:
+    """The state and the steps of one stage; `run_stage` drives it."""
+
+    def __init__(self, args, profiles: dict, make_loss: Callable[[torch.device], LossFn], script: str):
+        check_args(args)
+        self.args, self.script = args, script
+        self.profile = resolve_profile(args.profile, profiles)
+        args.profile = self.profile.name
+        args.data_dir = str(Path(args.data_dir).expanduser().resolve())
+        if str(args.init_from).lower() != "none":
+            args.init_from = str(Path(args.init_from).expanduser())
+        self.device = _pick_device(args.device)
+        self.dist = distributed.init(self.device.type)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.backends.cudnn.benchmark = True
+        self.main = self.dist.is_main
+        if args.batch_size * (self.dist.world_size if args.sync_bn else 1) < 2:
+            raise UserError(f"--batch-size {args.batch_size}: expected >= 2 per process (BatchNorm after a global "
+                            f"pooling, as in Fast-SCNN's pyramid pooling, cannot train on a single image; or use "
+                            f"--sync-bn with several processes)")
+        self.model_path = Path("models") / f"{args.experiment_id}.pth"
+        self.state_dir = Path("checkpoints") / args.experiment_id
+        self.state_path = self.state_dir / "state.pth"
+        self.saved = self._read_saved_state()
+
+        # Data: the layout is checked here, before anything is written.
+        cache = {"profile": self.profile, "cache": not args.no_cache}
+        self.train_set = CityscapesSegmentation(args.data_dir, "train", train_transform(self.profile), **cache)
+        self.val_set = CityscapesSegmentation(args.data_dir, "val", val_transform(self.profile), **cache)
+        num_train_batches_check(len(self.train_set), args.batch_size, self.dist.world_size)
+        self.steps = steps_per_epoch(len(self.train_set), args.batch_size, self.dist.world_size)
+
+        torch.manual_seed(args.seed)  # the same initial weights on every process
+        self.model = build_model(getattr(args, "arch", "fast_scnn"), NUM_CLASSES)
+        if self.saved is None and args.init_from.lower() != "none":
+            what = "--previous-student-model-path" if hasattr(args, "trained_teacher_model_path") else "--previous-model-path"
+            load_weights(self.model, args.init_from, getattr(args, "arch", "fast_scnn"), what)
+        self.loss_fn = make_loss(self.device)  # a teacher is loaded (and checked) here
+        if self.main:  # all input is checked: now make sure the outputs can be written, before any training
+            for folder in (self.model_path.parent, self.state_dir, Path("measurements")):
+                check_writable(folder)
+            remove_stale_temporaries(self.model_path)
+            remove_stale_temporaries(self.state_path)
+
+        self.model.to(self.device)
+        self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
+        if isinstance(self.loss_fn, nn.Module):
+            self.loss_fn.to(self.device, memory_format=self.memory_format)
+        self.amp_dtype = None
+        if args.amp and self.device.type == "cuda":
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif args.amp and self.main:
+            print("--amp: mixed precision is used on CUDA only; this stage trains in fp32 on the CPU", flush=True)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.trained = self.model
+        if self.dist.enabled:
+            if args.sync_bn:
+                self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.trained = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.scheduler = _make_scheduler(self.optimizer, args.lr_schedule, args.lr, args.epochs * self.steps)
+
+        self.epoch, self.step, self.best_miou, self.best_epoch, self.elapsed = 0, 0, -math.inf, -1, 0.0
+        self.epoch_sums: dict[str, float] = {}
+        self.init_from = args.init_from
+        self.wandb_id = None
+        self.best_matrix = None  # confusion matrix (rows ground truth) of the best epoch's validation
+        self.nan_at_step = int(os.environ.get("FASTSCNN_TEST_NAN_AT_STEP", "0") or 0)
+        if self.saved is not None:
+            self._restore(self.saved)
+
+        self.train_sampler = EpochSampler(len(self.train_set), args.seed, True, self.dist.rank, self.dist.world_size)
+        self.val_sampler = EpochSampler(len(self.val_set), args.seed, False, self.dist.rank, self.dist.world_size)
+        self.train_loader = make_loader(self.train_set, self.train_sampler, args.batch_size, args.num_workers,
+                                        self.device, drop_last=True)
+        self.val_loader = make_loader(self.val_set, self.val_sampler, args.batch_size, args.num_workers,
+                                      self.device, drop_last=False)
+
+    # ----------------------------------------------------------------------------------------------- state
+    def _read_saved_state(self) -> dict | None:
+        if self.args.restart or not self.state_path.exists():
+            return None
+        try:
+            state = torch.load(self.state_path, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise UserError(f"{self.state_path}: unreadable resumable state ({type(error).__name__}); "
+                            f"use --restart to start the stage afresh") from None
+        if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
+            raise UserError(f"{self.state_path}: not a state file of this version; use --restart to start afresh")
+        current = _result_args(self.args)
+        saved_args = dict(state["args"])
+        if self.args.lr_schedule != "constant" and state["epochs"] != self.args.epochs:
+            saved_args["epochs"], current["epochs"] = state["epochs"], self.args.epochs
+        differences = _differences(saved_args, current)
+        if differences:
+            raise UserError(f"{self.state_path}: cannot resume with different arguments ({'; '.join(differences)}); "
+                            f"use the original arguments, or --restart to start afresh")
+        return state
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.best_miou, self.best_epoch = state["best_miou"], state["best_epoch"]
+        self.elapsed, self.epoch_sums = state["elapsed"], dict(state["epoch_sums"])
+        self.init_from, self.wandb_id = state["init_from"], state.get("wandb_id")
+        self.best_matrix = state.get("best_confusion_matrix")
+
+    def save_state(self, elapsed: float) -> None:
+        if not self.main:
+            return
+        save_torch({
+            "version": STATE_VERSION, "script": self.script, "args": _result_args(self.args),
+            "epochs": self.args.epochs, "epoch": self.epoch, "step": self.step,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "best_miou": self.best_miou, "best_epoch": self.best_epoch, "elapsed": elapsed,
+            "epoch_sums": self.epoch_sums, "init_from": self.init_from, "wandb_id": self.wandb_id or "",
+            **({"best_confusion_matrix": self.best_matrix} if self.best_matrix is not None else {}),
+        }, self.state_path)
+
+    def close_loaders(self) -> None:
+        """Stop the loader worker processes now: they ignore SIGTERM (see training/data.py), so an exit that leaves
+        them to the interpreter's clean-up (after an error in a worker, say) would wait for them for ever."""
+        for loader in (self.train_loader, self.val_loader):
+            iterator = getattr(loader, "_iterator", None)
+            if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+                iterator._shutdown_workers()
+            loader._iterator = None
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, images: torch.Tensor, target: torch.Tensor):
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return images, target.to(self.device, non_blocking=True)
+
+    def train_epoch(self, stop: StopRequest, tracker: Tracker, start_time: float) -> bool:
+        """Train from (self.epoch, self.step) to the end of the epoch; False when stopped by a signal."""
+        args = self.args
+        self.trained.train()
+        self.train_sampler.set_epoch(self.epoch, start=self.step * args.batch_size)
+        interactive = self.main and sys.stderr.isatty()
+        bar = None
+        if interactive:
+            from tqdm import tqdm
+            bar = tqdm(total=self.steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{args.epochs}",
+                       leave=False, dynamic_ncols=True)
+        tick, images_seen = time.perf_counter(), 0
+        for images, target in self.train_loader:
+            images, target = self.to_device(images, target)
+            torch.manual_seed(_step_seed(args.seed, self.epoch, self.step, self.dist.rank))
+            with self.autocast():
+                logits = self.trained(images)
+                loss, parts = self.loss_fn(logits, images, target)
+            if self.nan_at_step == self.epoch * self.steps + self.step + 1:
+                loss = loss * float("nan")
+            # one collective per step: whether any process has a non-finite loss, or was asked to stop
+            nonfinite, stopping = distributed.any_process_flags(
+                [not bool(torch.isfinite(loss)), stop.signum != 0], self.device)
+            if nonfinite:
+                if not args.skip_nonfinite:
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; stopped, the last good "
+                        f"state is kept in {self.state_path} (use --skip-nonfinite to skip such steps, or lower --lr)")
+                self.epoch_sums["skipped_steps"] = self.epoch_sums.get("skipped_steps", 0) + 1
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                if args.grad_clip > 0:
+                    self.scaler.unscale_(self.optimizer)
+                    nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                for name, value in parts.items():
+                    self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + float(value.detach())
+                self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0) + 1
+            self.scheduler.step()
+            self.step += 1
+            images_seen += images.shape[0] * self.dist.world_size
+            if bar is not None:
+                rate = images_seen / max(time.perf_counter() - tick, 1e-9)
+                bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{rate:.1f}")
+                bar.update(1)
+            if self.main and self.step % 10 == 0:
+                tracker.log({"train_loss_step": float(loss), "learning_rate": self.optimizer.param_groups[0]["lr"]})
+            if stopping or (not self.dist.enabled and stop.signum != 0):
+                if bar is not None:
+                    bar.close()
+                self.save_state(self.elapsed + time.perf_counter() - start_time)
+                return False
+        if bar is not None:
+            bar.close()
+        self.throughput = images_seen / max(time.perf_counter() - tick, 1e-9)
+        return True
+
+    @torch.no_grad()
+    def validate(self) -> tuple[dict, tuple | None]:
+        """Loss and metrics on the whole validation split (each image counted once over all processes)."""
+        self.trained.eval()
+        # Without --sync-bn each process has updated its own BatchNorm statistics: validate with the main
+        # process's, those of the model that is saved.
+        distributed.broadcast_buffers(self.model)
+        matrix = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, valid pixels
+        preview = None
+        for images, target in self.val_loader:
+            images, target = self.to_device(images, target)
+            with self.autocast():
+                logits = self.model(images)
+            logits = logits.float()
+            sums[0] += F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum").double()
+            sums[1] += (target != IGNORE_INDEX).sum()
+            prediction = logits.argmax(1)
+            matrix.update(prediction, target)
+            if preview is None and self.args.previews > 0:
+                n = self.args.previews
+                preview = (denormalize(images[:n]).cpu(), target[:n].cpu(), prediction[:n].cpu())
+        matrix.all_reduce()
+        distributed.all_reduce_sum(sums)
+        metrics = matrix.compute()
+        metrics["confusion_matrix"] = matrix.matrix.cpu()
+        metrics["valid_loss"] = float(sums[0] / sums[1].clamp(min=1))
+        return metrics, preview
+
+
+def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn], script: str) -> dict:
+    """Train one curriculum stage as configured by `args`; returns the final summary."""
+    stage = Stage(args, profiles, make_loss, script)
+    main, log = stage.main, (print if stage.main else (lambda *a, **k: None))
+    if stage.saved is not None and stage.epoch >= args.epochs:
+        log(f"{args.experiment_id}: already complete ({stage.epoch} epochs, best mIoU {stage.best_miou:.4f} at epoch "
+            f"{stage.best_epoch}); use --restart to train it again", flush=True)
+        distributed.shutdown()
+        return {"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "epochs_run": 0}
+
+    log(f"{script}: {args.experiment_id} | {stage.profile.describe()} | {len(stage.train_set)} train / "
+        f"{len(stage.val_set)} val images from {args.data_dir} | device {stage.device} x {stage.dist.world_size} | "
+        f"batch {args.batch_size} per process, {stage.steps} steps/epoch", flush=True)
+    if stage.saved is not None:
+        log(f"resume: {stage.state_path} at epoch {stage.epoch + 1}, step {stage.step} "
+            f"(best mIoU so far {stage.best_miou:.4f})", flush=True)
+    log(f"init: {'weights from ' + stage.init_from if stage.init_from.lower() != 'none' else 'random'}", flush=True)
+
+    tracker = Tracker(args.experiment_id, vars(args) | {"script": script}, enabled=main, resume_id=stage.wandb_id)
+    stage.wandb_id = tracker.run_id or stage.wandb_id
+    stop = StopRequest()
+    start_time = time.perf_counter()
+    epochs_run = 0
+    try:
+        while stage.epoch < args.epochs:
+            epoch_start = time.perf_counter()
+            if not stage.train_epoch(stop, tracker, start_time):
+                log(f"stopped by {signal.Signals(stop.signum).name} at epoch {stage.epoch + 1}, step {stage.step}; "
+                    f"state saved to {stage.state_path}: run the same command to resume (exit {EXIT_PREEMPTED})",
+                    flush=True)
+                tracker.finish()
+                distributed.shutdown()
+                sys.exit(EXIT_PREEMPTED)
+            metrics, preview = stage.validate()
+            sums, steps = stage.epoch_sums, max(stage.epoch_sums.get("steps", 0), 1)
+            train_means = {f"train_{k}" if not k.startswith("train_") else k: v / steps
+                           for k, v in sums.items() if k not in ("steps", "skipped_steps")}
+            improved = metrics["miou"] > stage.best_miou
+            stage.epoch += 1
+            stage.step, stage.epoch_sums = 0, {}
+            epochs_run += 1
+            if improved:
+                stage.best_miou, stage.best_epoch = metrics["miou"], stage.epoch
+                stage.best_matrix = metrics["confusion_matrix"]
+            if main:
+                if improved:  # the best model before the state: a crash between them just redoes this epoch
+                    save_torch(stage.model.state_dict(), stage.model_path)
+                    if preview is not None:
+                        save_bytes(png_bytes(preview_grid(*preview)), stage.state_dir / f"preview-epoch-{stage.epoch:03d}.png")
+                stage.save_state(stage.elapsed + time.perf_counter() - start_time)
+                seconds = time.perf_counter() - epoch_start
+                skipped = sums.get("skipped_steps", 0)
+                log(f"epoch {stage.epoch}/{args.epochs} | " + " | ".join(f"{k} {v:.4f}" for k, v in train_means.items())
+                    + f" | valid_loss {metrics['valid_loss']:.4f} | mIoU {metrics['miou']:.4f} | mean Dice "
+                    f"{metrics['mean_dice']:.4f} | pixel acc {metrics['pixel_accuracy']:.4f} | {seconds:.1f} s | "
+                    f"{stage.throughput:.1f} img/s" + (f" | skipped {int(skipped)} non-finite steps" if skipped else "")
+                    + (" | new best" if improved else ""), flush=True)
+                if improved:
+                    log(format_iou_table(metrics["iou"], CLASS_NAMES), flush=True)
+                values = {"epoch": stage.epoch, "learning_rate": stage.optimizer.param_groups[0]["lr"], **train_means,
+                          "valid_loss": metrics["valid_loss"], "valid_miou": metrics["miou"],
+                          "valid_mean_dice": metrics["mean_dice"], "valid_pixel_accuracy": metrics["pixel_accuracy"],
+                          **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)}}
+                if improved and preview is not None:
+                    images, targets, predictions = preview
+                    values["predictions"] = tracker.image(preview_grid(images, targets, predictions), "image | label | prediction")
+                tracker.log({k: v for k, v in values.items() if v is not None})
+    except NonFiniteLossError:
+        tracker.finish()
+        distributed.shutdown()
+        raise
+    finally:
+        stop.restore()
+        stage.close_loaders()
+
+    total = stage.elapsed + time.perf_counter() - start_time
+    summary = {"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "epochs_run": epochs_run}
+    if main:
+        append_csv_row(Path("measurements") / "durations.csv", {
+            "experiment_id": args.experiment_id, "script": script, "profile": stage.profile.name,
+            "image_size": "x".join(map(str, stage.profile.image_size)),
+            "patch_size": "x".join(map(str, stage.profile.patch_size)), "epochs": args.epochs,
+            "wall_time_s": f"{total:.1f}", "s_per_epoch": f"{total / args.epochs:.2f}",
+            "device": torch.cuda.get_device_name(stage.device) if stage.device.type == "cuda" else "cpu",
+            "processes": stage.dist.world_size, "best_miou": f"{stage.best_miou:.4f}", "best_epoch": stage.best_epoch,
+            "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        })
+        log(f"done: {args.experiment_id} best mIoU {stage.best_miou:.4f} at epoch {stage.best_epoch} -> "
+            f"{stage.model_path}; {total:.0f} s in all", flush=True)
+    tracker.finish()
+    distributed.shutdown()
+    return summary
