@@ -8,10 +8,10 @@ stage 1 from random weights ('none'). The best epoch by validation mIoU goes to 
         --previous-model-path models/fastscnn-training-experiment-01.pth
 Run the same command again to resume an interrupted stage; see README.md for the curriculum on SLURM.
 """
-from training.cli import add_previous_model_args, get_args_parser
+from training.cli import add_previous_model_args
 from training.errors import run_cli
 from training.losses import cross_entropy
-from training.stage import run_stage
+from training.stage import stage_main
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
 PROFILES = {
@@ -32,10 +32,8 @@ def make_loss(args, device):
 
 
 def main(argv=None):
-    parser = get_args_parser(__doc__.splitlines()[0], PROFILE)
-    add_previous_model_args(parser)
-    args = parser.parse_args(argv)
-    run_stage(args, PROFILES, lambda device: make_loss(args, device), script="train.py")
+    return stage_main(argv, __doc__, PROFILES, PROFILE, make_loss, add_previous_model_args,
+                      script="train.py")
 
 
 if __name__ == "__main__":

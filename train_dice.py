@@ -5,10 +5,10 @@ over the classes present in the batch, void pixels excluded (training/losses.py)
 
     python train_dice.py --profile low --experiment-id fastscnn-training-experiment-21
 """
-from training.cli import add_dice_args, add_previous_model_args, get_args_parser
+from training.cli import add_previous_model_args, add_dice_args
 from training.errors import run_cli
 from training.losses import cross_entropy, dice_loss
-from training.stage import run_stage
+from training.stage import stage_main
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
 PROFILES = {
@@ -30,11 +30,8 @@ def make_loss(args, device):
 
 
 def main(argv=None):
-    parser = get_args_parser(__doc__.splitlines()[0], PROFILE)
-    add_previous_model_args(parser)
-    add_dice_args(parser)
-    args = parser.parse_args(argv)
-    run_stage(args, PROFILES, lambda device: make_loss(args, device), script="train_dice.py")
+    return stage_main(argv, __doc__, PROFILES, PROFILE, make_loss, add_previous_model_args, add_dice_args,
+                      script="train_dice.py")
 
 
 if __name__ == "__main__":

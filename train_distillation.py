@@ -8,11 +8,11 @@ models/<experiment-id>.pth.
     python train_distillation.py --profile low --experiment-id fastscnn-training-experiment-11 \
         --trained-teacher-model-path models/fastscnn-training-experiment-05.pth
 """
-from training.cli import add_distillation_args, get_args_parser
+from training.cli import add_distillation_args
 from training.errors import run_cli
 from training.losses import distillation_loss
 from training.models import load_teacher
-from training.stage import run_stage
+from training.stage import stage_main
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
 PROFILES = {
@@ -35,10 +35,8 @@ def make_loss(args, device):
 
 
 def main(argv=None):
-    parser = get_args_parser(__doc__.splitlines()[0], PROFILE)
-    add_distillation_args(parser)
-    args = parser.parse_args(argv)
-    run_stage(args, PROFILES, lambda device: make_loss(args, device), script="train_distillation.py")
+    return stage_main(argv, __doc__, PROFILES, PROFILE, make_loss, add_distillation_args,
+                      script="train_distillation.py")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,11 @@ distillation term and the teacher, train_dice.py for the Dice term.
     python train_distillation_dice.py --profile low --experiment-id fastscnn-training-experiment-31 \
         --trained-teacher-model-path models/fastscnn-training-experiment-25.pth
 """
-from training.cli import add_dice_args, add_distillation_args, get_args_parser
+from training.cli import add_distillation_args, add_dice_args
 from training.errors import run_cli
 from training.losses import dice_loss, distillation_loss
 from training.models import load_teacher
-from training.stage import run_stage
+from training.stage import stage_main
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
 PROFILES = {
@@ -35,11 +35,8 @@ def make_loss(args, device):
 
 
 def main(argv=None):
-    parser = get_args_parser(__doc__.splitlines()[0], PROFILE)
-    add_distillation_args(parser)
-    add_dice_args(parser)
-    args = parser.parse_args(argv)
-    run_stage(args, PROFILES, lambda device: make_loss(args, device), script="train_distillation_dice.py")
+    return stage_main(argv, __doc__, PROFILES, PROFILE, make_loss, add_distillation_args, add_dice_args,
+                      script="train_distillation_dice.py")
 
 
 if __name__ == "__main__":

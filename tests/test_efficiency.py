@@ -130,6 +130,10 @@ def test_reduced_precision_falls_back_to_fp32_when_predictions_change(monkeypatc
                                 runs=1, min_seconds=0, warmup=0, log=logged.append)
     assert result.dtype == torch.float32 and "falls back to fp32" in "\n".join(logged)
     assert result.accuracy is None and [size.hw for size in result.sizes] == [HW]
+    # the rejected bf16 form is still timed alongside, for reference
+    assert result.rejected_dtype == torch.bfloat16 and result.sizes[0].rejected.runs == 1
+    (row,) = eff.csv_rows(result, "m", "fast_scnn", resolve_profile("low"), torch.device("cpu"), 2, "glibc", "d", "c")
+    assert row["dtype"] == "fp32" and row["rejected_dtype"] == "bf16" and float(row["rejected_latency_ms"]) > 0
 
 
 def test_one_row_per_measured_size():

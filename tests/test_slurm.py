@@ -509,19 +509,22 @@ def test_slurm_preempted_stage_requeues_and_resumes(cluster, run1_chain, demo_da
         assert time.monotonic() < deadline, read_output(output)
         time.sleep(0.5)
     cluster.run(["scancel", "--batch", "--signal=USR1", job], check=True)
-    # the stage saves and exits 75, the job requeues itself; Slurm holds a requeued job ~2 minutes: release it
+    # the stage saves and exits 75, the job requeues itself. Slurm holds a requeued job for the credential lifetime
+    # (cred_expire, 120 s): slurmd revoked the first run's credential at the requeue and refuses ("Job credential
+    # revoked", the job then FAILS) a new one issued in the same second or earlier. Release it sooner, but never
+    # in the requeue's second: once it is PENDING again (not COMPLETING), at least 2 s later.
     released = False
     while True:
         info = cluster.job_info(job)
         if not released and info.get("JobState") == "PENDING" and info.get("Restarts", "0") != "0":
-            cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+            cluster.run(["scontrol", "update", f"JobId={job}", "StartTime=now+2"], check=True)
             released = True
         if info.get("JobState") in slurm_cluster.FINISHED_STATES:
             break
-        assert time.monotonic() < deadline + 120, (info, read_output(output))
+        assert time.monotonic() < deadline + 120, (info, read_output(output), cluster.logs_tail())
         time.sleep(0.5)
     log = read_output(output)
-    assert info["JobState"] == "COMPLETED", log
+    assert info["JobState"] == "COMPLETED", (log, info, cluster.logs_tail())
     assert int(info["Restarts"]) == 1, log
     assert "got SIGUSR1: forwarding it to the stage" in log
     assert "stopped by SIGUSR1" in log

@@ -70,8 +70,10 @@ def read_png(path: str, mode: ImageReadMode) -> torch.Tensor:
     """Decode a PNG to a uint8 CxHxW tensor; a missing or corrupt file is a UserError naming it."""
     try:
         return decode_png(torchvision.io.read_file(path), mode=mode)
-    except (RuntimeError, OSError) as error:
-        raise UserError(f"cannot read PNG {path}: {str(error).splitlines()[0]}") from None
+    except OSError as error:
+        raise UserError(f"cannot read PNG {path}: {error.strerror or error}") from None
+    except RuntimeError:  # libpng's own words are internal ("decode_png.cpp:62, Internal error")
+        raise UserError(f"cannot read PNG {path}: corrupt or truncated PNG data (expected an 8-bit PNG)") from None
 
 
 def read_train_ids(path: str) -> torch.Tensor:

@@ -7,7 +7,8 @@
   the other does not.
 - The deploy form: BatchNorm folded into the preceding Conv2d, channels_last, bf16 autocast on CPUs with native
   bf16 instructions (fp32 otherwise), fp16 weights and inputs on CUDA, optionally `torch.compile`. Its argmax
-  predictions are checked against the plain model's.
+  predictions are checked against the plain model's; a reduced precision that changes more than 0.1% of them is
+  replaced by fp32 (and still timed alongside, for reference).
 - Latency at batch 1, plain and deploy interleaved (both see the same background load): warm-up, then runs until
   each form has at least `runs` timings and `min_seconds` of them; median, p10 and p90; CUDA synchronised.
 - Accuracy streamed through a `ConfusionMatrix`: no prediction is kept.
@@ -381,6 +382,7 @@ class SizeResult:
     cost: Cost
     plain: Latency
     deploy: Latency
+    rejected: Latency | None = None     # the reduced-precision form that failed the agreement check, for reference
 
 
 @dataclass
@@ -392,6 +394,9 @@ class ModelResult:
     sizes: list[SizeResult]
     accuracy: dict | None       # ConfusionMatrix.compute(), None without data
     val_images: int = 0
+    rejected: str = ""          # the reduced-precision form that failed the check (and fell back to fp32), if any
+    rejected_dtype: torch.dtype | None = None
+    rejected_agreement: float | None = None
 
     @property
     def agreement_ok(self) -> bool:
@@ -432,8 +437,11 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
     deploy = DeployForm(model, device, dtype)
     agree = agreement(model, deploy, inputs)
     log(f"deploy form: {deploy.describe()}; argmax agreement with the plain model on {source}: {_verdict(agree)}")
+    rejected, rejected_agreement = None, None
     if agree < AGREEMENT_THRESHOLD and dtype != torch.float32 and fallback:
-        # reduced precision changes this model's predictions: the deploy form must predict what the model predicts
+        # reduced precision changes this model's predictions: the deploy form must predict what the model predicts;
+        # the rejected form is still timed alongside, for reference
+        rejected, rejected_agreement = deploy, agree
         deploy = DeployForm(model, device, torch.float32)
         agree = agreement(model, deploy, inputs)
         log(f"deploy form falls back to fp32: {deploy.describe()}; agreement {_verdict(agree)}")
@@ -447,14 +455,17 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
         if cost.warning:
             log(f"warning: at {hw[0]}x{hw[1]}: {cost.warning}")
         x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(1)).to(device)
-        latency = measure_latency({"plain": (model, x), "deploy": (deploy, deploy.prepare(x))}, device,
-                                  runs=runs, min_seconds=min_seconds, warmup=warmup)
-        plain, fast = latency["plain"], latency["deploy"]
+        forms = {"plain": (model, x), "deploy": (deploy, deploy.prepare(x))}
+        if rejected is not None:
+            forms["rejected"] = (rejected, rejected.prepare(x))
+        latency = measure_latency(forms, device, runs=runs, min_seconds=min_seconds, warmup=warmup)
+        plain, fast, slow = latency["plain"], latency["deploy"], latency.get("rejected")
         log(f"{hw[0]}x{hw[1]}: {cost.macs / 1e9:.3f} GMACs (thop), {cost.flops / 1e9:.3f} GFLOPs = 2 x MACs, "
             f"flop_counter {cost.flops_flop_counter / 1e9:.3f} GFLOPs ({100 * cost.disagreement:.1f}% apart) | "
-            f"latency plain {_spread(plain)} | deploy {_spread(fast)} | {plain.median_ms / fast.median_ms:.2f}x, "
-            f"{fast.fps:.1f} FPS")
-        results.append(SizeResult(hw, cost, plain, fast))
+            f"latency plain {_spread(plain)} | deploy {_spread(fast)} | {fast.median_ms / plain.median_ms:.2f} x plain"
+            f" ({fast.fps:.1f} FPS)" + ("" if slow is None else f" | rejected {dtype_name(rejected.dtype)} form "
+                                        f"{_spread(slow)}, {slow.median_ms / plain.median_ms:.2f} x plain"))
+        results.append(SizeResult(hw, cost, plain, fast, slow))
     accuracy = None
     if val_set is not None:
         from training.data import EpochSampler, make_loader
@@ -462,7 +473,9 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
         sampler = EpochSampler(len(val_set), seed=0, shuffle=False)
         loader = make_loader(val_set, sampler, batch_size, num_workers, device, drop_last=False)
         accuracy = evaluate_accuracy(model, loader, device, num_classes)
-    return ModelResult(deploy.describe(), deploy.dtype, agree, source, results, accuracy, len(val_set) if val_set is not None else 0)
+    return ModelResult(deploy.describe(), deploy.dtype, agree, source, results, accuracy,
+                       len(val_set) if val_set is not None else 0, rejected.describe() if rejected else "",
+                       rejected.dtype if rejected else None, rejected_agreement)
 
 
 def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.device, threads: int | None,
@@ -488,7 +501,11 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
             "latency_ms_deploy_p90": number(deploy.percentile_ms(90), 3), "runs": deploy.runs,
             "fps_plain": number(plain.fps, 2), "fps_deploy": number(deploy.fps, 2),
             "speedup": number(plain.median_ms / deploy.median_ms, 3), "deploy": result.deploy,
-            "agreement": number(result.agreement, 6), "threads": threads if threads else "", "allocator": allocator,
+            "agreement": number(result.agreement, 6),
+            "rejected_dtype": dtype_name(result.rejected_dtype) if result.rejected_dtype else "",
+            "rejected_agreement": number(result.rejected_agreement, 6),
+            "rejected_latency_ms": number(size.rejected.median_ms if size.rejected else None, 3),
+            "threads": threads if threads else "", "allocator": allocator,
             "eval_size": "%dx%d" % profile.image_size if acc else "",
             "miou": number(acc.get("miou"), 6), "mean_dice": number(acc.get("mean_dice"), 6),
             "pixel_accuracy": number(acc.get("pixel_accuracy"), 6),

@@ -45,7 +45,8 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """A plain state_dict from `path`, loaded with weights_only=True; anything else is a UserError naming `what`."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"{what} {path}: no such file (expected a .pth state_dict, or 'none')")
+        alternative = "" if "teacher" in what else ", or 'none'"
+        raise UserError(f"{what} {path}: no such file (expected a .pth state_dict{alternative})")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle, zip and torch errors all mean "not a checkpoint we can read"

@@ -200,9 +200,16 @@ chain_stage() {  # kind [--] args for the training script
                 "To continue a cancelled stage, submit it again (--from-stage K): it resumes from its state"
         elif [[ -n "${SLURM_JOB_ID:-}" ]]; then
             _chain_log "stage: preempted (exit $rc), state saved: requeueing job $SLURM_JOB_ID to continue where it stopped"
+            # The requeue makes Slurm end this run of the job: SIGTERM to its processes (this shell and scontrol
+            # included), SIGKILL after KillWait. Ignore TERM meanwhile, so that neither dies half-way and the shell
+            # exits by itself; the job is requeued either way (Slurm ignores a requeued run's exit code) and starts
+            # again after the credential lifetime (AuthInfo cred_expire, default 120 s), with SLURM_RESTART_COUNT+1.
+            trap '' TERM
             if scontrol requeue "$SLURM_JOB_ID"; then
+                _chain_log "stage: job $SLURM_JOB_ID requeued: it starts again from the saved state"
                 exit 0
             fi
+            trap - TERM
             _chain_log "stage: scontrol requeue failed: submit the same stage again to resume"
         else
             _chain_log "stage: preempted (exit $rc), state saved: run the same command again to resume"

@@ -33,7 +33,7 @@ from torch import nn
 
 from training import distributed
 from training.checkpoint import append_csv_row, check_writable, remove_stale_temporaries, save_bytes, save_torch
-from training.cli import check_args
+from training.cli import check_args, get_args_parser
 from training.data import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, EpochSampler,
                            denormalize, make_loader, num_train_batches_check, steps_per_epoch, train_transform,
                            val_transform)
@@ -342,11 +342,18 @@ class Stage:
 
 def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn], script: str) -> dict:
     """Train one curriculum stage as configured by `args`; returns the final summary."""
-    stage = Stage(args, profiles, make_loss, script)
+    stop = StopRequest()  # from the start: a warning signal during set-up stops the stage at its first step
+    try:
+        stage = Stage(args, profiles, make_loss, script)
+    except BaseException:
+        stop.restore()
+        raise
     main, log = stage.main, (print if stage.main else (lambda *a, **k: None))
     if stage.saved is not None and stage.epoch >= args.epochs:
         log(f"{args.experiment_id}: already complete ({stage.epoch} epochs, best mIoU {stage.best_miou:.4f} at epoch "
             f"{stage.best_epoch}); use --restart to train it again", flush=True)
+        stop.restore()
+        stage.close_loaders()
         distributed.shutdown()
         return {"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "epochs_run": 0}
 
@@ -360,7 +367,6 @@ def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn],
 
     tracker = Tracker(args.experiment_id, vars(args) | {"script": script}, enabled=main, resume_id=stage.wandb_id)
     stage.wandb_id = tracker.run_id or stage.wandb_id
-    stop = StopRequest()
     start_time = time.perf_counter()
     epochs_run = 0
     try:
@@ -432,3 +438,12 @@ def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn],
     tracker.finish()
     distributed.shutdown()
     return summary
+
+
+def stage_main(argv, doc: str, profiles: dict, default_profile: str, make_loss, *add_args, script: str) -> dict:
+    """What every train*.py's main does: the shared flags plus the script's own (`add_args`), then one stage."""
+    parser = get_args_parser(doc.strip().splitlines()[0], default_profile)
+    for add in add_args:
+        add(parser)
+    args = parser.parse_args(argv)
+    return run_stage(args, profiles, lambda device: make_loss(args, device), script=script)
