@@ -18,6 +18,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")  # tests never talk to W&B unles
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: integration tests that train or start services (CI runs them)")
     config.addinivalue_line("markers", "slurm: tests against a real Slurm cluster started on loopback (needs root)")
+    # torchvision 0.29 deprecates its PNG decoder in favour of TorchCodec; it is still the fastest here (training/data.py)
+    config.addinivalue_line("filterwarnings", "ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
 
 @pytest.fixture(scope="session")
