@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from training.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -107,3 +111,25 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def pick_device(choice: str) -> torch.device:
+    """--device auto|cuda|cpu as a torch.device; cuda without CUDA is a UserError."""
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: CUDA is not available on this machine (expected --device cpu or auto)")
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def device_name(device: torch.device) -> str:
+    """The GPU's or the CPU's model name, for measurement rows."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

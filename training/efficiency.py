@@ -32,6 +32,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from training.distributed import device_name, pick_device  # noqa: F401  (evaluate_efficiency uses both)
 from training.errors import UserError
 from training.metrics import ConfusionMatrix
 from training.profiles import PROFILES, resolve_profile
@@ -51,24 +52,6 @@ def parse_resolution(text: str, flag: str = "--resolution") -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
-def pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: CUDA is not available on this machine (expected --device cpu or auto)")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def describe_allocator() -> str:

@@ -88,14 +88,6 @@ def _differences(saved: dict, current: dict) -> list[str]:
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
-def _pick_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: CUDA is not available on this machine (expected --device cpu or auto)")
-    if choice == "auto":
-        choice = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(choice)
-
-
 def _make_scheduler(optimizer, schedule: str, lr: float, total_steps: int):
     if schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1))
@@ -115,7 +107,7 @@ class Stage:
         args.data_dir = str(Path(args.data_dir).expanduser().resolve())
         if str(args.init_from).lower() != "none":
             args.init_from = str(Path(args.init_from).expanduser())
-        self.device = _pick_device(args.device)
+        self.device = distributed.pick_device(args.device)
         self.dist = distributed.init(self.device.type)
         if self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
@@ -429,7 +421,7 @@ def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn],
             "image_size": "x".join(map(str, stage.profile.image_size)),
             "patch_size": "x".join(map(str, stage.profile.patch_size)), "epochs": args.epochs,
             "wall_time_s": f"{total:.1f}", "s_per_epoch": f"{total / args.epochs:.2f}",
-            "device": torch.cuda.get_device_name(stage.device) if stage.device.type == "cuda" else "cpu",
+            "device": distributed.device_name(stage.device) if stage.device.type == "cuda" else "cpu",
             "processes": stage.dist.world_size, "best_miou": f"{stage.best_miou:.4f}", "best_epoch": stage.best_epoch,
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
         })
