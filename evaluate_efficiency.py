@@ -41,6 +41,7 @@ import torch  # noqa: E402
 
 from training import efficiency as eff  # noqa: E402
 from training.checkpoint import append_csv_row  # noqa: E402
+from training.distributed import device_name, pick_device  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 from training.metrics import format_iou_table  # noqa: E402
 from training.models import ARCHITECTURES, build_model, load_weights  # noqa: E402
@@ -98,7 +99,7 @@ def main(argv):
             raise UserError(f"{flag} {value}: expected an integer >= {low}")
     profile = resolve_profile(args.profile)
     sizes = list(dict.fromkeys([profile.image_hw] + [eff.parse_resolution(r) for r in args.resolution]))
-    device = eff.pick_device(args.device)
+    device = pick_device(args.device)
     from training.data import CLASS_NAMES, NUM_CLASSES, CityscapesSegmentation, val_transform  # torchvision: slow
 
     models = []
@@ -113,7 +114,7 @@ def main(argv):
     dtype, why = eff.choose_deploy_dtype(device, args.deploy_dtype)
     allocator = eff.describe_allocator() + (" (set by the tool)" if os.environ.get(MARKER) else "")
     threads = torch.get_num_threads() if device.type == "cpu" else None
-    print(f"{profile.describe()} | device {device} ({eff.device_name(device)}) | deploy: {why}")
+    print(f"{profile.describe()} | device {device} ({device_name(device)}) | deploy: {why}")
     if threads:
         print(f"CPU latency with {threads} threads (torch.get_num_threads), allocator: {allocator}")
     command = shlex.join(["python", Path(sys.argv[0]).name, *argv])

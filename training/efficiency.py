@@ -32,7 +32,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-from training.distributed import device_name, pick_device  # noqa: F401  (evaluate_efficiency uses both)
+from training.distributed import device_name
 from training.errors import UserError
 from training.metrics import ConfusionMatrix
 from training.profiles import PROFILES, resolve_profile
@@ -50,8 +50,6 @@ def parse_resolution(text: str, flag: str = "--resolution") -> tuple[int, int]:
     if not match or int(match[1]) < 1 or int(match[2]) < 1:
         raise UserError(f"{flag} {text!r}: expected HxW with positive integers, e.g. 1024x2048 (height x width)")
     return int(match[1]), int(match[2])
-
-
 
 
 def describe_allocator() -> str:

@@ -335,17 +335,23 @@ class Stage:
 def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn], script: str) -> dict:
     """Train one curriculum stage as configured by `args`; returns the final summary."""
     stop = StopRequest()  # from the start: a warning signal during set-up stops the stage at its first step
+    stage = None
     try:
         stage = Stage(args, profiles, make_loss, script)
-    except BaseException:
+        return _train(stage, stop)
+    finally:
         stop.restore()
-        raise
+        if stage is not None:
+            stage.close_loaders()
+
+
+def _train(stage: Stage, stop: StopRequest) -> dict:
+    """The epochs of a set-up stage, its durations row and its summary."""
+    args, script = stage.args, stage.script
     main, log = stage.main, (print if stage.main else (lambda *a, **k: None))
     if stage.saved is not None and stage.epoch >= args.epochs:
         log(f"{args.experiment_id}: already complete ({stage.epoch} epochs, best mIoU {stage.best_miou:.4f} at epoch "
             f"{stage.best_epoch}); use --restart to train it again", flush=True)
-        stop.restore()
-        stage.close_loaders()
         distributed.shutdown()
         return {"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "epochs_run": 0}
 
@@ -409,9 +415,6 @@ def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn],
         tracker.finish()
         distributed.shutdown()
         raise
-    finally:
-        stop.restore()
-        stage.close_loaders()
 
     total = stage.elapsed + time.perf_counter() - start_time
     summary = {"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "epochs_run": epochs_run}
