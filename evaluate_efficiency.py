@@ -1,11 +1,12 @@
 """Cost and accuracy of trained Fast-SCNN models -> measurements/efficiency.csv (one row per model and resolution).
 
     python evaluate_efficiency.py --current-model-path models/fastscnn-training-experiment-05.pth --profile highest
-    python evaluate_efficiency.py --all models/ --data-dir none --resolution 1024x2048
+    python evaluate_efficiency.py --all models/ --data-dir none --resolution 1024x2048 --compile
 
 Reports parameters, thop MACs and FLOPs (= 2 x MACs, cross-checked with torch.utils.flop_counter), batch-1 latency of
 the plain model (eval, fp32, NCHW) and of the deploy form (BatchNorm folded, channels_last, bf16 autocast on CPUs with
-native bf16 / fp16 on CUDA) measured side by side, their argmax agreement, and (unless --data-dir none) mIoU, per-class
+native bf16 / fp16 on CUDA, narrowed to the context branch or to fp32 where it would change more than 0.1% of the
+predictions; --compile adds torch.compile) measured side by side, their argmax agreement, and (unless --data-dir none) mIoU, per-class
 IoU, mean Dice and pixel accuracy on `val` at the profile's image size. Sizes are measured at the profile's image size
 and at every --resolution. On Linux the tool restarts itself once with glibc malloc tuned (see measurements/README.md).
 """
@@ -61,9 +62,12 @@ def parse_args(argv):
     add("--batch-size", type=int, default=4, help="validation batch size (latency is always batch 1)")
     add("--num-workers", type=int, default=4, help="data-loading worker processes")
     add("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
-    add("--deploy-dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-        help="auto: fp16 on CUDA, bf16 autocast on CPUs with native bf16, else fp32")
-    add("--compile", action="store_true", help="torch.compile the deploy form (CUDA graphs on CUDA)")
+    add("--deploy-dtype", default="auto", choices=eff.DEPLOY_CHOICES,
+        help="auto: fp16 on CUDA, bf16 autocast on CPUs with native bf16, else fp32, stepping down to mixed (reduced "
+             "precision in the context branch only), then fp32, while predictions change; any other value is used as is")
+    add("--compile", action="store_true",
+        help="torch.compile the deploy form with frozen weights (oneDNN conv + ReLU/add fusion on CPU, CUDA graphs on "
+             "CUDA); needs a C++ compiler on CPU")
     add("--latency-runs", type=int, default=50, help="at least this many timed runs per form")
     add("--min-seconds", type=float, default=5.0, help="... adding up to at least this many seconds per form")
     add("--warmup", type=int, default=5, help="untimed runs per form first")
@@ -111,7 +115,7 @@ def main(argv):
     val_set = None if no_data else CityscapesSegmentation(args.data_dir, "val", val_transform(profile))
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype, why = eff.choose_deploy_dtype(device, args.deploy_dtype)
+    dtype, scope, why = eff.choose_deploy_dtype(device, args.deploy_dtype)
     allocator = eff.describe_allocator() + (" (set by the tool)" if os.environ.get(MARKER) else "")
     threads = torch.get_num_threads() if device.type == "cpu" else None
     print(f"{profile.describe()} | device {device} ({device_name(device)}) | deploy: {why}")
@@ -124,7 +128,7 @@ def main(argv):
         print(f"\n== {path} ({args.arch}): {params:,} parameters ({params * 4 / 2**20:.2f} MB fp32)")
         result = eff.evaluate_model(model, sizes, device, dtype, val_set, args.compile, args.agreement_images,
                                     args.batch_size, args.num_workers, args.latency_runs, args.min_seconds,
-                                    args.warmup, NUM_CLASSES, fallback=args.deploy_dtype == "auto")
+                                    args.warmup, NUM_CLASSES, fallback=args.deploy_dtype == "auto", scope=scope)
         if result.accuracy:
             acc = result.accuracy
             print(format_iou_table(acc["iou"], CLASS_NAMES))

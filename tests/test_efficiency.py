@@ -116,11 +116,81 @@ def test_deploy_form_agrees_with_plain(dtype):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="torch.compile needs a C compiler on CPU")
-def test_compiled_deploy_form_agrees_with_plain():
+def test_compiled_deploy_form_freezes_weights_and_agrees_with_plain():
+    from torch._dynamo.utils import counters
+
     model = model_with_batchnorm_statistics()
     deploy = eff.DeployForm(model, torch.device("cpu"), torch.float32, compile=True)
     assert "torch.compile" in deploy.describe()
+    counters.clear()
     assert eff.agreement(model, deploy, [torch.randn(1, 3, 32, 64)]) >= eff.AGREEMENT_THRESHOLD
+    if torch.backends.mkldnn.is_available():
+        # frozen weights are what lets inductor prepack every conv for oneDNN (and fuse its ReLU / residual add);
+        # without freezing the compiled graph calls the plain aten convolution
+        assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] == sum(
+            isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def test_mixed_form_runs_only_the_context_branch_in_bf16():
+    model = model_with_batchnorm_statistics()
+    deploy = eff.DeployForm(model, torch.device("cpu"), torch.bfloat16, scope="context")
+    assert deploy.precision == "mixed-bf16" and "global_feature_extractor, fp32 elsewhere" in deploy.describe()
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, out):
+            seen[name] = out.dtype
+        return hook
+
+    for name in ("learning_to_downsample.conv.0", "global_feature_extractor.module.bottlenecks.0.0.expand.0",
+                 "feature_fusion.low_project.0", "classifier.conv"):
+        deploy.net.get_submodule(name).register_forward_hook(record(name))
+    x = torch.randn(1, 3, *HW)
+    out = deploy(deploy.prepare(x))
+    assert seen == {"learning_to_downsample.conv.0": torch.float32,
+                    "global_feature_extractor.module.bottlenecks.0.0.expand.0": torch.bfloat16,
+                    "feature_fusion.low_project.0": torch.float32, "classifier.conv": torch.float32}
+    assert out.dtype == torch.float32 and out.shape == (1, 19, *HW)
+    with torch.no_grad():
+        reference = model(x)
+    # only the context branch is rounded, so the logits move by a fraction of their spread, not more
+    assert (out - reference).abs().max() < 0.05 * reference.std()
+
+
+def test_a_model_without_context_branch_has_no_mixed_form():
+    plain = nn.Sequential(nn.Conv2d(3, 19, 1)).eval()
+    assert eff.context_branch(plain) is None and eff.context_branch(fast_scnn.Model()) == "global_feature_extractor"
+    with pytest.raises(ValueError, match="no context branch"):
+        eff.DeployForm(plain, torch.device("cpu"), torch.bfloat16, scope="context")
+
+
+@pytest.mark.parametrize("agreements, chosen, rejected", [
+    ({"bf16": 0.9995, "mixed-bf16": 1.0, "fp32": 1.0}, "bf16", ""),
+    ({"bf16": 0.99, "mixed-bf16": 0.9995, "fp32": 1.0}, "mixed-bf16", "bf16"),
+    ({"bf16": 0.99, "mixed-bf16": 0.998, "fp32": 1.0}, "fp32", "bf16"),
+])
+def test_deploy_precision_steps_down_until_predictions_agree(monkeypatch, agreements, chosen, rejected):
+    tried = []
+
+    def fake_agreement(plain, deploy, batches):
+        tried.append(deploy.precision)
+        return agreements[deploy.precision]
+
+    monkeypatch.setattr(eff, "agreement", fake_agreement)
+    result = eff.evaluate_model(fast_scnn.Model(), [HW], torch.device("cpu"), torch.bfloat16, agreement_images=1,
+                                runs=1, min_seconds=0, warmup=0, log=lambda line: None)
+    assert tried == ["bf16", "mixed-bf16", "fp32"][:tried.index(chosen) + 1]
+    assert result.precision == chosen and result.agreement == agreements[chosen]
+    assert result.rejected_precision == rejected and (result.sizes[0].rejected is not None) == bool(rejected)
+    (row,) = eff.csv_rows(result, "m", "fast_scnn", resolve_profile("low"), torch.device("cpu"), 2, "glibc", "d", "c")
+    assert row["dtype"] == chosen and row["rejected_dtype"] == rejected
+
+
+def test_deploy_dtype_choices():
+    cpu = torch.device("cpu")
+    assert eff.choose_deploy_dtype(cpu, "mixed-bf16")[:2] == (torch.bfloat16, "context")
+    assert eff.choose_deploy_dtype(cpu, "fp16")[:2] == (torch.float16, "all")
+    assert eff.choose_deploy_dtype(cpu, "auto")[0] == (torch.bfloat16 if eff.native_bf16_cpu() else torch.float32)
 
 
 def test_reduced_precision_falls_back_to_fp32_when_predictions_change(monkeypatch):
@@ -129,6 +199,7 @@ def test_reduced_precision_falls_back_to_fp32_when_predictions_change(monkeypatc
     result = eff.evaluate_model(fast_scnn.Model(), [HW], torch.device("cpu"), torch.bfloat16, agreement_images=1,
                                 runs=1, min_seconds=0, warmup=0, log=logged.append)
     assert result.dtype == torch.float32 and "falls back to fp32" in "\n".join(logged)
+    assert "falls back to mixed-bf16" in "\n".join(logged)  # the mixed rung was tried in between
     assert result.accuracy is None and [size.hw for size in result.sizes] == [HW]
     # the rejected bf16 form is still timed alongside, for reference
     assert result.rejected_dtype == torch.bfloat16 and result.sizes[0].rejected.runs == 1
@@ -212,7 +283,7 @@ def test_run_on_tiny_data_writes_one_well_formed_row(tiny_cityscapes, checkpoint
     assert "mIoU" in result.stdout and "agreement" in result.stdout and "threads" in result.stdout
     (row,) = read_rows(out)
     assert (row["model"], row["arch"], row["profile"], row["resolution"]) == ("a", "fast_scnn", "low", "288x576")
-    assert row["device"] == "cpu" and row["dtype"] in ("fp32", "bf16") and row["date"]
+    assert row["device"] == "cpu" and row["dtype"] in ("fp32", "bf16", "mixed-bf16") and row["date"]
     for key in NUMERIC + ACCURACY:
         float(row[key])
     assert int(row["params"]) == eff.count_parameters(fast_scnn.Model())

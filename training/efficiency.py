@@ -6,9 +6,10 @@
   device (shapes only, no arithmetic). A disagreement over 10% comes with the module types each counter sees and
   the other does not.
 - The deploy form: BatchNorm folded into the preceding Conv2d, channels_last, bf16 autocast on CPUs with native
-  bf16 instructions (fp32 otherwise), fp16 weights and inputs on CUDA, optionally `torch.compile`. Its argmax
-  predictions are checked against the plain model's; a reduced precision that changes more than 0.1% of them is
-  replaced by fp32 (and still timed alongside, for reference).
+  bf16 instructions (fp32 otherwise), fp16 weights and inputs on CUDA, optionally `torch.compile` with frozen
+  weights. Its argmax predictions are checked against the plain model's; a reduced precision that changes more than
+  0.1% of them is narrowed to the model's low-resolution context branch (mixed), and if that changes too many as
+  well, replaced by fp32. The first rejected form is still timed alongside, for reference.
 - Latency at batch 1, plain and deploy interleaved (both see the same background load): warm-up, then runs until
   each form has at least `runs` timings and `min_seconds` of them; median, p10 and p90; CUDA synchronised.
 - Accuracy streamed through a `ConfusionMatrix`: no prediction is kept.
@@ -188,49 +189,118 @@ def native_bf16_cpu() -> bool:
     return torch.backends.mkldnn.is_available() and any(check is not None and check() for check in checks)
 
 
-def choose_deploy_dtype(device: torch.device, choice: str = "auto") -> tuple[torch.dtype, str]:
-    """The deploy form's dtype and why: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32."""
+DEPLOY_CHOICES = ("auto", "fp32", "bf16", "fp16", "mixed-bf16", "mixed-fp16")
+
+
+def choose_deploy_dtype(device: torch.device, choice: str = "auto") -> tuple[torch.dtype, str, str]:
+    """The deploy form's dtype, its scope ("all", or "context": mixed-*) and why.
+
+    auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; evaluate_model then steps down from there.
+    """
     names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if choice != "auto":
-        return names[choice], f"{choice} (--deploy-dtype)"
+        return (names[choice.removeprefix("mixed-")], "context" if choice.startswith("mixed-") else "all",
+                f"{choice} (--deploy-dtype)")
     if device.type == "cuda":
-        return torch.float16, "fp16 (CUDA)"
+        return torch.float16, "all", "fp16 (CUDA)"
     if native_bf16_cpu():
-        return torch.bfloat16, "bf16 autocast (CPU has native bf16: AVX512-BF16/AMX)"
-    return torch.float32, "fp32 (CPU without native bf16; bf16 would be emulated and slower)"
+        return torch.bfloat16, "all", "bf16 autocast (CPU has native bf16: AVX512-BF16/AMX)"
+    return torch.float32, "all", "fp32 (CPU without native bf16; bf16 would be emulated and slower)"
+
+
+# Where a model keeps its low-resolution context branch: the part of the network whose reduced precision changes the
+# fewest predictions (its errors reach the logits only through the fusion at 1/8 resolution), and the part that does
+# the most arithmetic per output pixel. Checked in order; models without one skip the mixed precision rung.
+CONTEXT_BRANCHES = ("global_feature_extractor", "net.backbone")
+
+
+def context_branch(model: nn.Module) -> str | None:
+    """The qualified name of `model`'s context branch (see CONTEXT_BRANCHES), or None."""
+    names = dict(model.named_modules())
+    return next((name for name in CONTEXT_BRANCHES if name in names), None)
+
+
+def _as_float(out):
+    if isinstance(out, torch.Tensor):
+        return out.float()
+    if isinstance(out, dict):
+        return type(out)((key, _as_float(value)) for key, value in out.items())
+    return type(out)(_as_float(value) for value in out) if isinstance(out, (tuple, list)) else out
+
+
+class ReducedPrecision(nn.Module):
+    """Runs `module` in `dtype` and hands fp32 on: autocast, or (`cast_weights`, CUDA fp16) its own weights cast."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype, device_type: str, cast_weights: bool):
+        super().__init__()
+        self.module = module.to(dtype) if cast_weights else module
+        self.dtype, self.device_type, self.cast_weights = dtype, device_type, cast_weights
+
+    def forward(self, *inputs):
+        if self.cast_weights:
+            return _as_float(self.module(*(x.to(self.dtype) for x in inputs)))
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return _as_float(self.module(*inputs))
 
 
 class DeployForm(nn.Module):
     """The inference form of a model: BN folded, channels_last, reduced precision, optionally compiled.
 
-    Inputs are expected in channels_last (a decoded HxWxC image permuted to CxHxW already is); on CUDA the
-    weights themselves are fp16, on CPU bf16 runs under autocast (weights stay fp32, convolutions run in bf16).
+    `scope` says where `dtype` applies: "all" of the network (its logits come out in `dtype`), or only its
+    "context" branch (see CONTEXT_BRANCHES), the rest staying fp32. Inputs are expected in channels_last (a decoded
+    HxWxC image permuted to CxHxW already is). On CUDA the reduced-precision weights themselves are fp16; on CPU
+    bf16 runs under autocast (weights stay fp32, convolutions run in bf16).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, compile: bool = False):
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, compile: bool = False,
+                 scope: str = "all"):
         super().__init__()
         net = copy.deepcopy(model).eval()
         self.folded = fold_batchnorm(net)
         self.device, self.dtype = device, dtype
-        self.half_weights = device.type == "cuda" and dtype != torch.float32
+        self.scope = "all" if dtype == torch.float32 else scope
+        self.context = context_branch(net) if self.scope == "context" else None
+        if self.scope == "context" and self.context is None:
+            raise ValueError(f"{type(model).__name__} has no context branch (one of {', '.join(CONTEXT_BRANCHES)})")
+        self.cast_weights = cast_weights = device.type == "cuda" and dtype != torch.float32
+        self.half_weights = cast_weights and self.scope == "all"
         net = net.to(device=device, memory_format=torch.channels_last)
+        if self.context:
+            parent, _, name = self.context.rpartition(".")
+            owner = net.get_submodule(parent)
+            setattr(owner, name, ReducedPrecision(getattr(owner, name), dtype, device.type, cast_weights))
         self.net = net.to(dtype) if self.half_weights else net
         self.compiled = self._first_call_done = False
         if compile:
-            # freezing: weights become constants, so inductor prepacks them and fuses conv + ReLU/add (oneDNN on CPU);
             # on CUDA the compiled graph is replayed as a CUDA graph (what mode="reduce-overhead" does)
-            options = {"freezing": True, **({"triton.cudagraphs": True} if device.type == "cuda" else {})}
-            self.net = torch.compile(self.net, options=options)
+            self.net = torch.compile(self.net, options={"triton.cudagraphs": True} if device.type == "cuda" else None)
             self.compiled = True
+
+    @property
+    def precision(self) -> str:
+        """fp32, bf16, fp16, or mixed-bf16 / mixed-fp16 (context branch reduced, the rest fp32)."""
+        return ("mixed-" if self.scope == "context" else "") + dtype_name(self.dtype)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.device).contiguous(memory_format=torch.channels_last)
         return x.to(self.dtype) if self.half_weights else x
 
+    def _compile_settings(self):
+        if not self.compiled:
+            return nullcontext()
+        import torch._inductor.config as inductor_config
+
+        # freezing makes the weights constants: inductor then prepacks them for oneDNN and fuses each conv with the
+        # ReLU or residual add after it. It has to be set in the config itself (in options it is ignored) and only
+        # applies to graphs compiled without autograd.
+        return inductor_config.patch(freezing=True)
+
+    @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         autocast = (torch.autocast(self.device.type, dtype=self.dtype)
-                    if self.dtype != torch.float32 and not self.half_weights else nullcontext())
-        with autocast:
+                    if self.dtype != torch.float32 and self.scope == "all" and not self.half_weights
+                    else nullcontext())
+        with autocast, self._compile_settings():
             if self._first_call_done or not self.compiled:
                 return self.net(x)
             try:  # torch.compile compiles at the first call
@@ -242,10 +312,13 @@ class DeployForm(nn.Module):
             return out
 
     def describe(self) -> str:
-        precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-        precision += "" if self.dtype == torch.float32 else (" weights" if self.half_weights else " autocast")
+        precision = dtype_name(self.dtype)
+        if self.dtype != torch.float32:
+            precision += " weights" if self.cast_weights else " autocast"
+        if self.scope == "context":
+            precision += f" in {self.context}, fp32 elsewhere"
         return (f"{self.folded} BatchNorm folded, channels_last, {precision}"
-                + (", torch.compile" if self.compiled else ""))
+                + (", torch.compile (frozen weights)" if self.compiled else ""))
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -369,14 +442,16 @@ class SizeResult:
 @dataclass
 class ModelResult:
     deploy: str                 # DeployForm.describe()
-    dtype: torch.dtype          # the deploy form's precision (after any fallback to fp32)
+    dtype: torch.dtype          # the deploy form's reduced dtype (after any fallback)
+    precision: str              # DeployForm.precision: fp32, bf16, fp16, mixed-bf16, mixed-fp16
     agreement: float            # argmax agreement deploy vs plain
     agreement_on: str           # what it was measured on
     sizes: list[SizeResult]
     accuracy: dict | None       # ConfusionMatrix.compute(), None without data
     val_images: int = 0
-    rejected: str = ""          # the reduced-precision form that failed the check (and fell back to fp32), if any
+    rejected: str = ""          # the first reduced-precision form that failed the check, if any
     rejected_dtype: torch.dtype | None = None
+    rejected_precision: str = ""
     rejected_agreement: float | None = None
 
     @property
@@ -407,29 +482,38 @@ def agreement_inputs(val_set, hw: tuple[int, int], count: int) -> tuple[list[tor
 def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch.device, dtype: torch.dtype,
                    val_set=None, compile: bool = False, agreement_images: int = 4, batch_size: int = 4,
                    num_workers: int = 0, runs: int = 50, min_seconds: float = 5.0, warmup: int = 5,
-                   num_classes: int = 19, fallback: bool = True, log: Callable[[str], None] = print) -> ModelResult:
+                   num_classes: int = 19, fallback: bool = True, log: Callable[[str], None] = print,
+                   scope: str = "all") -> ModelResult:
     """Cost and latency at every size, the deploy check, and accuracy on `val_set` (if given) of a model on `device`.
 
     With `fallback`, a reduced-precision deploy form whose argmax agreement with the plain model stays below
-    AGREEMENT_THRESHOLD is replaced by the fp32 one (folded, channels_last), which is then the one measured.
+    AGREEMENT_THRESHOLD is replaced by the next one down: `dtype` in the context branch only (mixed), then fp32
+    (folded, channels_last). The first that passes is measured; the first rejected one is timed alongside.
     """
     model = model.eval()
     inputs, source = agreement_inputs(val_set, sizes[0], agreement_images)
-    deploy = DeployForm(model, device, dtype)
-    agree = agreement(model, deploy, inputs)
-    log(f"deploy form: {deploy.describe()}; argmax agreement with the plain model on {source}: {_verdict(agree)}")
+    ladder = [(dtype, scope)]
+    if fallback and dtype != torch.float32:
+        # the fastest form whose predictions stay the model's: all reduced, then only the context branch, then fp32
+        if scope == "all" and context_branch(model) is not None:
+            ladder.append((dtype, "context"))
+        ladder.append((torch.float32, "all"))
     rejected, rejected_agreement = None, None
-    if agree < AGREEMENT_THRESHOLD and dtype != torch.float32 and fallback:
-        # reduced precision changes this model's predictions: the deploy form must predict what the model predicts;
-        # the rejected form is still timed alongside, for reference
-        rejected, rejected_agreement = deploy, agree
-        deploy = DeployForm(model, device, torch.float32)
+    for step, (step_dtype, step_scope) in enumerate(ladder):
+        deploy = DeployForm(model, device, step_dtype, scope=step_scope)
         agree = agreement(model, deploy, inputs)
-        log(f"deploy form falls back to fp32: {deploy.describe()}; agreement {_verdict(agree)}")
-    if compile:  # compiled once, for the precision that passed
-        deploy = DeployForm(model, device, deploy.dtype, compile=True)
+        log(f"deploy form{' falls back to ' + deploy.precision if step else ''}: {deploy.describe()}; "
+            f"argmax agreement with the plain model on {source}: {_verdict(agree)}")
+        if agree >= AGREEMENT_THRESHOLD or step == len(ladder) - 1:
+            break
+        if rejected is None:  # the first (fastest) rejected form is still timed alongside, for reference
+            rejected, rejected_agreement = deploy, agree
+    if compile:  # compiled once, for the precision that passed (and the rejected one, timed in the same form)
+        deploy = DeployForm(model, device, deploy.dtype, compile=True, scope=deploy.scope)
         agree = agreement(model, deploy, inputs)
         log(f"compiled deploy form: {deploy.describe()}; agreement {_verdict(agree)}")
+        if rejected is not None:
+            rejected = DeployForm(model, device, rejected.dtype, compile=True, scope=rejected.scope)
     results = []
     for hw in sizes:
         cost = measure_cost(model, hw)
@@ -444,7 +528,7 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
         log(f"{hw[0]}x{hw[1]}: {cost.macs / 1e9:.3f} GMACs (thop), {cost.flops / 1e9:.3f} GFLOPs = 2 x MACs, "
             f"flop_counter {cost.flops_flop_counter / 1e9:.3f} GFLOPs ({100 * cost.disagreement:.1f}% apart) | "
             f"latency plain {_spread(plain)} | deploy {_spread(fast)} | {fast.median_ms / plain.median_ms:.2f} x plain"
-            f" ({fast.fps:.1f} FPS)" + ("" if slow is None else f" | rejected {dtype_name(rejected.dtype)} form "
+            f" ({fast.fps:.1f} FPS)" + ("" if slow is None else f" | rejected {rejected.precision} form "
                                         f"{_spread(slow)}, {slow.median_ms / plain.median_ms:.2f} x plain"))
         results.append(SizeResult(hw, cost, plain, fast, slow))
     accuracy = None
@@ -454,9 +538,10 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
         sampler = EpochSampler(len(val_set), seed=0, shuffle=False)
         loader = make_loader(val_set, sampler, batch_size, num_workers, device, drop_last=False)
         accuracy = evaluate_accuracy(model, loader, device, num_classes)
-    return ModelResult(deploy.describe(), deploy.dtype, agree, source, results, accuracy,
+    return ModelResult(deploy.describe(), deploy.dtype, deploy.precision, agree, source, results, accuracy,
                        len(val_set) if val_set is not None else 0, rejected.describe() if rejected else "",
-                       rejected.dtype if rejected else None, rejected_agreement)
+                       rejected.dtype if rejected else None, rejected.precision if rejected else "",
+                       rejected_agreement)
 
 
 def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.device, threads: int | None,
@@ -472,7 +557,7 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
         gflops, plain, deploy = size.cost.flops / 1e9, size.plain, size.deploy
         rows.append({
             "model": model, "arch": arch, "profile": profile.name, "resolution": "%dx%d" % size.hw,
-            "device": device.type, "device_name": device_name(device), "dtype": dtype_name(result.dtype),
+            "device": device.type, "device_name": device_name(device), "dtype": result.precision,
             "params": size.cost.params, "macs": size.cost.macs, "flops": size.cost.flops,
             "flops_flop_counter": size.cost.flops_flop_counter,
             "latency_ms_plain": number(plain.median_ms, 3), "latency_ms_plain_p10": number(plain.percentile_ms(10), 3),
@@ -483,7 +568,7 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
             "fps_plain": number(plain.fps, 2), "fps_deploy": number(deploy.fps, 2),
             "speedup": number(plain.median_ms / deploy.median_ms, 3), "deploy": result.deploy,
             "agreement": number(result.agreement, 6),
-            "rejected_dtype": dtype_name(result.rejected_dtype) if result.rejected_dtype else "",
+            "rejected_dtype": result.rejected_precision,
             "rejected_agreement": number(result.rejected_agreement, 6),
             "rejected_latency_ms": number(size.rejected.median_ms if size.rejected else None, 3),
             "threads": threads if threads else "", "allocator": allocator,
