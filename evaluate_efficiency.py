@@ -140,21 +140,8 @@ def main(argv):
         for row in new:  # written model by model: an interrupted --all keeps what it measured
             append_csv_row(args.output_csv, row)
         rows += new
-    print_table(rows)
+    print("\n" + eff.format_sheet(rows))
     print(f"appended {len(rows)} row(s) to {args.output_csv}")
-
-
-def print_table(rows) -> None:
-    columns = [("model", "model"), ("resolution", "HxW"), ("params", "params"), ("macs", "GMACs"),
-               ("flops", "GFLOPs"), ("latency_ms_plain", "plain ms"), ("latency_ms_deploy", "deploy ms"),
-               ("speedup", "speed-up"), ("fps_deploy", "FPS"), ("miou", "mIoU"), ("mean_dice", "mean Dice"),
-               ("dice_per_gflop", "Dice/GFLOP")]
-    shown = lambda key, value: f"{int(value) / 1e9:.2f}" if key in ("macs", "flops") else str(value)  # noqa: E731
-    table = [[title for _, title in columns]] + [[shown(k, row[k]) for k, _ in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    print()
-    for line in table:
-        print("  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(line, widths))))
 
 
 if __name__ == "__main__":

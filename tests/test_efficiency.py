@@ -351,3 +351,13 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, checkpoints):
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not out.exists()
+
+
+def test_sheet_shows_one_aligned_line_per_row_with_giga_macs():
+    row = {key: "" for key, _ in eff.SHEET_COLUMNS}
+    rows = [{**row, "model": "a", "macs": "7147000000", "flops": "14294000000", "dtype": "mixed-bf16"},
+            {**row, "model": "longer-name", "macs": "566000000", "flops": "1132000000", "dtype": "fp32"}]
+    lines = eff.format_sheet(rows).splitlines()
+    assert len(lines) == 3 and lines[0].split()[:4] == ["model", "HxW", "params", "GMACs"]
+    assert len({len(line) for line in lines}) == 1  # columns padded to one width
+    assert lines[1].split()[:4] == ["a", "7.15", "14.29", "mixed-bf16"] and lines[2].split()[1] == "0.57"

@@ -580,3 +580,18 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
             "date": date, "command": command,
         })
     return rows
+
+
+SHEET_COLUMNS = (("model", "model"), ("resolution", "HxW"), ("params", "params"), ("macs", "GMACs"),
+                 ("flops", "GFLOPs"), ("dtype", "deploy"), ("latency_ms_plain", "plain ms"),
+                 ("latency_ms_deploy", "deploy ms"), ("speedup", "speed-up"), ("fps_deploy", "FPS"), ("miou", "mIoU"),
+                 ("mean_dice", "mean Dice"), ("dice_per_gflop", "Dice/GFLOP"))
+
+
+def format_sheet(rows: list[dict]) -> str:
+    """The rows as the original's efficiency sheet: one aligned line per model and resolution, MACs/FLOPs in G."""
+    shown = lambda key, value: f"{int(value) / 1e9:.2f}" if key in ("macs", "flops") else str(value)  # noqa: E731
+    table = [[title for _, title in SHEET_COLUMNS]] + [[shown(k, row[k]) for k, _ in SHEET_COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(SHEET_COLUMNS))]
+    return "\n".join("  ".join(cell.rjust(width) if i else cell.ljust(width)
+                               for i, (cell, width) in enumerate(zip(line, widths))) for line in table)
