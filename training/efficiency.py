@@ -263,7 +263,6 @@ class DeployForm(nn.Module):
         if self.scope == "context" and self.context is None:
             raise ValueError(f"{type(model).__name__} has no context branch (one of {', '.join(CONTEXT_BRANCHES)})")
         self.cast_weights = cast_weights = device.type == "cuda" and dtype != torch.float32
-        self.half_weights = cast_weights and self.scope == "all"
         net = net.to(device=device, memory_format=torch.channels_last)
         if self.context:
             parent, _, name = self.context.rpartition(".")
@@ -275,6 +274,11 @@ class DeployForm(nn.Module):
             # on CUDA the compiled graph is replayed as a CUDA graph (what mode="reduce-overhead" does)
             self.net = torch.compile(self.net, options={"triton.cudagraphs": True} if device.type == "cuda" else None)
             self.compiled = True
+
+    @property
+    def half_weights(self) -> bool:
+        """The whole network's weights (and its input) are fp16: reduced precision everywhere, on CUDA."""
+        return self.cast_weights and self.scope == "all"
 
     @property
     def precision(self) -> str:
@@ -298,7 +302,7 @@ class DeployForm(nn.Module):
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         autocast = (torch.autocast(self.device.type, dtype=self.dtype)
-                    if self.dtype != torch.float32 and self.scope == "all" and not self.half_weights
+                    if self.dtype != torch.float32 and self.scope == "all" and not self.cast_weights
                     else nullcontext())
         with autocast, self._compile_settings():
             if self._first_call_done or not self.compiled:
