@@ -15,7 +15,6 @@ same whatever the number of worker processes, and a resumed stage sees exactly t
 """
 from __future__ import annotations
 
-import signal
 import warnings
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms import v2
 
 from training.errors import UserError
+from training.helpers import ignore_stop_signals
 from training.profiles import Profile
 
 # torchvision 0.29 deprecates its PNG decoder (in favour of TorchCodec) but it is still the fastest here: ~39 ms for a
@@ -286,8 +286,7 @@ class EpochSampler(Sampler):
 
 def _ignore_stop_signals(_worker_id: int) -> None:
     # Slurm's warning signal reaches the whole process group: the main process saves and stops the workers.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_stop_signals()
     torch.set_num_threads(1)
 
 
