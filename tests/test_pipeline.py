@@ -7,6 +7,10 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -194,12 +198,63 @@ def test_partial_cache_is_detected_and_rebuilt(tiny_cityscapes, tmp_path, damage
         (directory / "labels.npy").unlink()
     else:  # SIGKILL during a rebuild: no manifest, half-written arrays under temporary names
         manifest.unlink()
-        (directory / "images.12345.tmp.npy").write_bytes(b"\x93NUMPY partial")
+        (directory / f"images.{socket.gethostname()}.{dead_pid()}.tmp.npy").write_bytes(b"\x93NUMPY partial")
     lines = build_log(tiny_cityscapes, "val", DOWN, tmp_path)
     assert not list(directory.glob("*.tmp*"))
     assert any("writing 2 val" in line for line in lines), lines
     cached, plain = datasets(tiny_cityscapes, "val", DOWN, cache_dir=tmp_path)
     assert all(same(cached[i], plain[i]) for i in range(len(plain)))
+
+
+def dead_pid() -> int:
+    """The pid of a process of this host that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_only_stale_temporaries_of_other_builders_are_removed(tiny_cityscapes, tmp_path):
+    """Builders on several nodes may share a cache where locks do not reach across nodes (Lustre localflock): a
+    builder removes the leftovers of killed builders only, never the files another live builder is writing."""
+    directory = tmp_path / profile_key(DOWN) / "train"
+    directory.mkdir(parents=True)
+    host = socket.gethostname()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "another node's live builder": "images.node-b.example.org.4242.tmp.npy",
+            "a live builder here": f"labels.{host}.{sleeper.pid}.tmp.npy",
+            "a killed builder here": f"images.{host}.{dead_pid()}.tmp.npy",
+            "an old one of another node": "labels.node-c.77.tmp.npy",
+            "an old manifest of an earlier version": "manifest.json.31337.tmp",
+        }
+        for name in names.values():
+            (directory / name).write_bytes(b"partial")
+        old = time.time() - 2 * cache_module.STALE_AFTER_S
+        for what in ("an old one of another node", "an old manifest of an earlier version"):
+            os.utime(directory / names[what], (old, old))
+        lines = build_log(tiny_cityscapes, "train", DOWN, tmp_path, workers=2)
+        assert any("writing 4 train" in line for line in lines)
+        left = sorted(p.name for p in directory.glob("*.tmp*"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert left == sorted([names["another node's live builder"], names["a live builder here"]])
+    cached, plain = datasets(tiny_cityscapes, "train", DOWN, cache_dir=tmp_path)
+    assert all(same(cached[(i, 1)], plain[(i, 1)]) for i in range(len(plain)))
+
+
+def test_a_builder_names_its_temporaries_by_host_and_pid(tiny_cityscapes, tmp_path, monkeypatch):
+    seen = []
+    real = cache_module._fill
+
+    def spy(images_path, labels_path, *args):
+        seen.extend(p.name for p in Path(images_path).parent.glob("*.tmp*"))
+        return real(images_path, labels_path, *args)
+    monkeypatch.setattr(cache_module, "_fill", spy)
+    build_log(tiny_cityscapes, "train", DOWN, tmp_path)
+    tag = f"{socket.gethostname()}.{os.getpid()}"
+    assert sorted(seen) == [f"images.{tag}.tmp.npy", f"labels.{tag}.tmp.npy"]
 
 
 def test_killed_build_is_detected_and_rebuilt(tiny_cityscapes, tmp_path, monkeypatch):

@@ -9,8 +9,12 @@ Files (only the main process writes, always atomically):
                                   the arguments, where the weights came from; the same command resumes from it
   checkpoints/<id>/preview-epoch-NNN.png   image | ground truth | prediction at each new best
   measurements/durations.csv      one row per finished stage
-Randomness is a function of the seed, epoch and step (see training/data.py), so a resumed stage ends exactly
-where an uninterrupted one would.
+Randomness is a function of the seed, epoch and step (see training/data.py), so on the CPU a resumed stage ends
+exactly where an uninterrupted one would (bit for bit). On CUDA it resumes at the same step with the same data,
+but not bit-exactly: cuDNN's benchmark choice of kernels and atomic-add kernels are not deterministic.
+A resume needs the same number of processes and steps per epoch as the saved state (both recorded in it): the
+schedule and the data position are counted in steps of that size. A fresh start refuses to overwrite an existing
+models/<id>.pth that no state vouches for (--restart does); the state is written before the first step.
 
 Test hook: FASTSCNN_TEST_NAN_AT_STEP=N makes the loss of the N-th training step of the stage (1-based, counted over
 epochs: epoch e, step s is N = (e - 1) * steps_per_epoch + s) NaN, to test the handling of non-finite losses.
@@ -110,7 +114,7 @@ class Stage:
         self.device = distributed.pick_device(args.device)
         self.dist = distributed.init(self.device.type)
         if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = distributed.cuda_device(self.dist.local_rank)
             torch.backends.cudnn.benchmark = True
         self.main = self.dist.is_main
         if args.batch_size * (self.dist.world_size if args.sync_bn else 1) < 2:
@@ -121,6 +125,10 @@ class Stage:
         self.state_dir = Path("checkpoints") / args.experiment_id
         self.state_path = self.state_dir / "state.pth"
         self.saved = self._read_saved_state()
+        if self.saved is None and not args.restart and self.model_path.exists():
+            raise UserError(f"{self.model_path} already exists and {self.state_path} does not: a fresh start would "
+                            f"overwrite that model; pass --restart to train the stage again (overwriting it), or "
+                            f"use another --experiment-id")
 
         # Data: the layout is checked here, before anything is written.
         cache = {"profile": self.profile, "cache": not args.no_cache}
@@ -128,6 +136,8 @@ class Stage:
         self.val_set = CityscapesSegmentation(args.data_dir, "val", val_transform(self.profile), **cache)
         num_train_batches_check(len(self.train_set), args.batch_size, self.dist.world_size)
         self.steps = steps_per_epoch(len(self.train_set), args.batch_size, self.dist.world_size)
+        if self.saved is not None:
+            self._check_resume_shape(self.saved)
 
         torch.manual_seed(args.seed)  # the same initial weights on every process
         self.model = build_model(getattr(args, "arch", "fast_scnn"), NUM_CLASSES)
@@ -198,6 +208,17 @@ class Stage:
                             f"use the original arguments, or --restart to start afresh")
         return state
 
+    def _check_resume_shape(self, state: dict) -> None:
+        """Refuse a resume whose steps differ from the saved ones: the schedule and the data position would not fit."""
+        saved = (state.get("world_size"), state.get("steps_per_epoch"))
+        if saved == (None, None):  # a state written before they were recorded
+            return
+        if saved != (self.dist.world_size, self.steps):
+            raise UserError(f"{self.state_path}: saved by {saved[0]} process(es) with {saved[1]} steps per epoch, but "
+                            f"this run has {self.dist.world_size} process(es) with {self.steps} steps per epoch; "
+                            f"resume with the same number of processes (and training images), or --restart to "
+                            f"start afresh")
+
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -216,6 +237,7 @@ class Stage:
         save_torch({
             "version": STATE_VERSION, "script": self.script, "args": _result_args(self.args),
             "epochs": self.args.epochs, "epoch": self.epoch, "step": self.step,
+            "world_size": self.dist.world_size, "steps_per_epoch": self.steps,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "best_miou": self.best_miou, "best_epoch": self.best_epoch, "elapsed": elapsed,
@@ -309,7 +331,8 @@ class Stage:
         # Without --sync-bn each process has updated its own BatchNorm statistics: validate with the main
         # process's, those of the model that is saved.
         distributed.broadcast_buffers(self.model)
-        matrix = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+        # on the device from the start: a rank without validation images still all-reduces a device tensor (NCCL)
+        matrix = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX, device=self.device)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, valid pixels
         preview = None
         for images, target in self.val_loader:
@@ -366,6 +389,8 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
     tracker = Tracker(args.experiment_id, vars(args) | {"script": script}, enabled=main, resume_id=stage.wandb_id)
     stage.wandb_id = tracker.run_id or stage.wandb_id
     start_time = time.perf_counter()
+    if stage.saved is None:  # from now on models/<id>.pth is this run's (a requeue after a crash resumes it)
+        stage.save_state(0.0)
     epochs_run = 0
     try:
         while stage.epoch < args.epochs:
