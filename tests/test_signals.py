@@ -16,7 +16,6 @@ import sys
 import textwrap
 
 import pytest
-
 from conftest import REPO
 from small_profile import SMALL_PROFILES, one_thread  # noqa: F401 (an autouse fixture)
 
