@@ -79,7 +79,7 @@ def run_bounded(command: list[str], cwd, env: dict, timeout: float) -> subproces
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
-def run_script(code: str, tmp_path, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_script(code: str, tmp_path, timeout: float = 180) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return run_bounded([sys.executable, "-c", textwrap.dedent(code)], tmp_path, env, timeout)
 

@@ -176,6 +176,7 @@ class Stage:
         self.init_from = args.init_from
         self.wandb_id = None
         self.best_matrix = None  # confusion matrix (rows ground truth) of the best epoch's validation
+        self.provisional_state = False  # only the state written before the first step: removed if the stage fails
         self.nan_at_step = int(os.environ.get("FASTSCNN_TEST_NAN_AT_STEP", "0") or 0)
         if self.saved is not None:
             self._restore(self.saved)
@@ -234,6 +235,7 @@ class Stage:
     def save_state(self, elapsed: float) -> None:
         if not self.main:
             return
+        self.provisional_state = False
         save_torch({
             "version": STATE_VERSION, "script": self.script, "args": _result_args(self.args),
             "epochs": self.args.epochs, "epoch": self.epoch, "step": self.step,
@@ -362,6 +364,11 @@ def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn],
     try:
         stage = Stage(args, profiles, make_loss, script)
         return _train(stage, stop)
+    except UserError:
+        # bad input found while training (a corrupt image, a NaN at the first steps): leave nothing behind
+        if stage is not None and stage.main and stage.provisional_state:
+            stage.state_path.unlink(missing_ok=True)
+        raise
     finally:
         stop.restore()
         if stage is not None:
@@ -391,6 +398,7 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
     start_time = time.perf_counter()
     if stage.saved is None:  # from now on models/<id>.pth is this run's (a requeue after a crash resumes it)
         stage.save_state(0.0)
+        stage.provisional_state = True
     epochs_run = 0
     try:
         while stage.epoch < args.epochs:
