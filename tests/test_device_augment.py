@@ -8,9 +8,21 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from training.data import CityscapesSegmentation, EpochSampler, make_loader, train_transform
-from training.device_augment import (MEAN, STD, ColorJitterOp, PhotometricOp, PhotometricPipeline, apply_in_worker,
-                                     original_photometric)
+from training.data import (
+    CityscapesSegmentation,
+    EpochSampler,
+    make_loader,
+    train_transform,
+)
+from training.device_augment import (
+    MEAN,
+    STD,
+    ColorJitterOp,
+    PhotometricOp,
+    PhotometricPipeline,
+    apply_in_worker,
+    original_photometric,
+)
 from training.profiles import Profile
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
@@ -34,7 +46,8 @@ def test_batched_colour_jitter_matches_torchvision_per_sample():
         params.append(op.draw())
     params = torch.stack(params)
     assert len({tuple(p[:4].tolist()) for p in params}) > 5  # several op orders in the batch
-    got = PhotometricPipeline([op]).augment(images, params)
+    got = PhotometricPipeline([op]).augment_batch(images, params)  # the batched kernel, as on a GPU
+    assert torch.equal(PhotometricPipeline([op]).augment(images, params), got)  # on the CPU: sample by sample
     assert got.dtype == torch.float32 and got.shape == images.shape
     assert torch.equal(got, got.round()) and got.min() >= 0 and got.max() <= 255
     different, total = 0, 0

@@ -28,7 +28,7 @@ from torchvision.datasets import Cityscapes
 from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms import v2
 
-from training.device_augment import MEAN, STD, PhotometricPipeline, apply_in_worker  # noqa: F401 (MEAN, STD re-exported)
+from training.device_augment import MEAN, STD, PhotometricPipeline, apply_in_worker
 from training.errors import UserError
 from training.profiles import Profile
 
