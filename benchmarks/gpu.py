@@ -31,14 +31,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import torch
-from input_pipeline import Repeated
+import torch  # noqa: E402
+from input_pipeline import Repeated  # noqa: E402
 
-import train
-from training.cli import add_previous_model_args, get_args_parser
-from training.data import EpochSampler, make_loader
-from training.errors import UserError, run_cli
-from training.step_monitor import StepMonitor
+import train  # noqa: E402
+from training.cli import add_previous_model_args, get_args_parser  # noqa: E402
+from training.data import EpochSampler, make_loader  # noqa: E402
+from training.errors import UserError, run_cli  # noqa: E402
+from training.step_monitor import StepMonitor  # noqa: E402
 
 # --quick: the profiles scaled down to 256x128 demo images (names and numbers as in the scripts)
 QUICK_PROFILES = {"low": ((128, 64), (96, 64)), "medium": ((160, 80), (128, 64)), "high": ((192, 96), (128, 64)),

@@ -1,4 +1,4 @@
-"""How a stage runs fast on its device: the mixed-precision dtype, torch.compile, and the distillation teacher's form."""
+"""How a stage runs fast on its device: the mixed-precision dtype, torch.compile and the distillation teacher's form."""
 from __future__ import annotations
 
 import torch

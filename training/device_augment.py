@@ -98,7 +98,8 @@ _CONSTANTS: dict = {}
 def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """mean, std (1,3,1,1) and the hue offsets (3,1,1) on `device`, copied there once."""
     if device not in _CONSTANTS:
-        _CONSTANTS[device] = (torch.tensor(MEAN).view(1, 3, 1, 1).to(device), torch.tensor(STD).view(1, 3, 1, 1).to(device),
+        _CONSTANTS[device] = (torch.tensor(MEAN).view(1, 3, 1, 1).to(device),
+                              torch.tensor(STD).view(1, 3, 1, 1).to(device),
                               torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1).to(device))
     return _CONSTANTS[device]
 
@@ -131,7 +132,8 @@ def _hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     r, g, b = x.unbind(dim=-3)
     top = torch.maximum(torch.maximum(r, g), b)
     chroma = top - torch.minimum(torch.minimum(r, g), b)
-    a = (x - (top - chroma).unsqueeze(-3)).div_(chroma.clamp(min=1.0).unsqueeze(-3))  # 0 at the smallest, 1 at the largest
+    # 0 at the smallest channel, exactly 1 at the largest
+    a = (x - (top - chroma).unsqueeze(-3)).div_(chroma.clamp(min=1.0).unsqueeze(-3))
     ar, ag, ab = a.unbind(dim=-3)
     is_r = ar.floor()                                     # which channel is the largest (ties: r, then g, then b)
     is_g = ag.floor().mul_(1.0 - is_r)
@@ -140,7 +142,8 @@ def _hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     k = sixths.add_(6.0 * hue).unsqueeze(-3) + _constants(x.device)[2]  # k = n + hue (in sixths) for R, G, B
     k.sub_(k.mul(1.0 / 6.0).floor_().mul_(6.0))           # k mod 6
     weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return weight.mul_(-chroma.unsqueeze(-3)).add_(top.unsqueeze(-3)).mul_(255.999 / 255.0).floor_()  # torchvision's rounding
+    # torchvision's float -> uint8 rounding
+    return weight.mul_(-chroma.unsqueeze(-3)).add_(top.unsqueeze(-3)).mul_(255.999 / 255.0).floor_()
 
 
 _OPS = (_brightness, _contrast, _saturation, _hue)

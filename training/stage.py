@@ -169,7 +169,7 @@ class Stage:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if getattr(args, "compile", False):
             self.trained = compile_model(self.trained)
-        # fused: one kernel for all parameters, and a non-finite step is skipped on the device (training/step_monitor.py)
+        # fused: one kernel for all parameters; a non-finite step is skipped on the device (training/step_monitor.py)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                            fused=True)
         self.scheduler = _make_scheduler(self.optimizer, args.lr_schedule, args.lr, args.epochs * self.steps)

@@ -22,7 +22,8 @@ class StepMonitor:
 
     def __init__(self, device: torch.device, sums: dict[str, float]):
         self.device = device
-        self.sums = {name: torch.tensor(float(value), dtype=torch.float64, device=device) for name, value in sums.items()}
+        self.sums = {name: torch.tensor(float(value), dtype=torch.float64, device=device)
+                     for name, value in sums.items()}
         for name in ("steps", "skipped_steps"):
             self.sums.setdefault(name, torch.zeros((), dtype=torch.float64, device=device))
         self.first_bad = torch.full((), _NONE, dtype=torch.int64, device=device)  # 1-based step in the epoch
