@@ -31,6 +31,7 @@ def make_loss(args, device):
     def loss(logits, images, target):
         total, ce, kd = distillation_loss(logits, teacher(images), target, args.temperature, args.alpha)
         return total, {"train_total_loss": total, "train_ce_loss": ce, "train_kd_loss": kd}
+    loss.teacher = teacher  # the stage puts it in the student's memory format and AMP dtype
     return loss
 
 

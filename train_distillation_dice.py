@@ -31,6 +31,7 @@ def make_loss(args, device):
         dice = dice_loss(logits, target)
         total = kd_total + args.dice_loss_weight * dice
         return total, {"train_total_loss": total, "train_ce_loss": ce, "train_kd_loss": kd, "train_dice_loss": dice}
+    loss.teacher = teacher  # the stage puts it in the student's memory format and AMP dtype
     return loss
 
 

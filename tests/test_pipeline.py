@@ -101,12 +101,14 @@ def test_cache_lives_next_to_the_data_or_in_data_cache(tiny_cityscapes, tmp_path
     assert fallback.is_relative_to((tmp_path / "data" / "cache").resolve()) and fallback.parent.name == "down-160x80"
 
 
-def test_auto_mode_skips_profiles_at_or_above_the_source_size(tiny_cityscapes, tmp_path):
-    for profile in (resolve_profile("low"), Profile("same", 0, (256, 128), (192, 96))):
-        dataset = CityscapesSegmentation(tiny_cityscapes, "val", val_transform(profile), profile=profile,
-                                         cache_dir=tmp_path / "cache")
-        assert dataset.cache is None
-    assert not (tmp_path / "cache").exists()
+def test_auto_mode_caches_at_the_source_size_too(tiny_cityscapes, tmp_path):
+    """At the sources' own size (profile 5 for Cityscapes) the cache still saves the PNG decoding."""
+    same_size = Profile("same", 0, (256, 128), (192, 96))
+    dataset = CityscapesSegmentation(tiny_cityscapes, "val", val_transform(same_size), profile=same_size,
+                                     cache_dir=tmp_path / "cache")
+    assert dataset.cache is not None
+    plain = CityscapesSegmentation(tiny_cityscapes, "val", val_transform(same_size), profile=same_size, cache=False)
+    assert all(same(dataset[i], plain[i]) for i in range(len(plain)))
 
 
 def test_no_cache_flag_never_builds(tiny_cityscapes, tmp_path):

@@ -35,7 +35,6 @@ import json
 import os
 import re
 import socket
-import struct
 import sys
 import time
 from pathlib import Path
@@ -70,15 +69,6 @@ def cache_locations(root: str | Path, cache_dir: str | Path | None = None) -> li
     root = Path(root).resolve()
     digest = hashlib.sha1(str(root).encode()).hexdigest()[:10]
     return [root / ".cache", (FALLBACK_DIR / f"{root.name}-{digest}").resolve()]
-
-
-def png_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from a PNG's header, without decoding it."""
-    with open(path, "rb") as file:
-        head = file.read(24)
-    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
-        raise UserError(f"cannot read PNG {path}: not a PNG file")
-    return struct.unpack(">II", head[16:24])
 
 
 def _source_stats(images: list[str], labels: list[str]) -> list[list[int]]:
@@ -342,17 +332,14 @@ def prepare_cache(root: str | Path, split: str, images: list[str], labels: list[
                   log=None) -> CachedSplit | None:
     """The cache of one split at `profile`, built or brought up to date first; None where it is not used.
 
-    mode "auto" caches when the source images are larger than the profile's image size (at the sources' own size
-    the cache would only trade the PNG decoding for an uncompressed copy of the data set); "always" caches anyway.
+    mode "auto" (the scripts') caches at every profile: below the sources' size it saves the decoding and the
+    resize, at their size (profile 5 for Cityscapes) the decoding, ~40 ms of a 2048x1024 PNG against ~1 ms to read
+    the uncompressed copy, which costs 8 MiB of disk per image there. "always" is the same (kept for callers).
     """
     if log is None:
         log = (lambda message: print(message, flush=True)) if _is_main_process() else (lambda message: None)
     root = Path(root).resolve()
-    if mode == "auto":
-        width, height = png_size(images[0])
-        if width * height <= profile.image_size[0] * profile.image_size[1]:
-            return None
-    elif mode != "always":
+    if mode not in ("auto", "always"):
         raise ValueError(f"cache mode {mode!r}: expected 'auto' or 'always'")
     expected = _expected(root, split, images, labels, profile)
     try:

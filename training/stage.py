@@ -36,15 +36,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from training import distributed
+from training.acceleration import amp_dtype, compile_model, prepare_teacher
 from training.checkpoint import append_csv_row, check_writable, remove_stale_temporaries, save_bytes, save_torch
 from training.cli import check_args, get_args_parser
 from training.data import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, EpochSampler,
                            denormalize, make_loader, num_train_batches_check, steps_per_epoch, train_transform,
                            val_transform)
+from training.device_augment import original_photometric
 from training.errors import EXIT_PREEMPTED, NonFiniteLossError, UserError
 from training.metrics import ConfusionMatrix, format_iou_table
 from training.models import build_model, load_weights
 from training.profiles import resolve_profile
+from training.step_monitor import CHECK_EVERY, StepMonitor, skip_nonfinite_update
 from training.tracking import Tracker
 from training.visualize import png_bytes, preview_grid
 
@@ -53,7 +56,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor
 STATE_VERSION = 1
 # Arguments that do not change the trained weights: a resume may change them freely.
 RESULT_INDEPENDENT = {"num_workers", "restart", "debug", "no_cache", "device", "previews", "experiment_id",
-                      "skip_nonfinite", "epochs"}
+                      "skip_nonfinite", "epochs", "compile"}
 
 
 class StopRequest:
@@ -132,7 +135,14 @@ class Stage:
 
         # Data: the layout is checked here, before anything is written.
         cache = {"profile": self.profile, "cache": not args.no_cache}
-        self.train_set = CityscapesSegmentation(args.data_dir, "train", train_transform(self.profile), **cache)
+        # Training samples travel as uint8 with their colour-jitter parameters; the jitter, float conversion and
+        # normalisation run on the training device (training/device_augment.py). CPU-only with loader workers: the
+        # jitter runs in the workers, in parallel with the step (measured faster there; README "Input pipeline").
+        self.photometric = original_photometric()
+        self.photometric_in_worker = self.device.type == "cpu" and args.num_workers > 0
+        self.train_set = CityscapesSegmentation(args.data_dir, "train", train_transform(self.profile), **cache,
+                                                photometric=self.photometric,
+                                                photometric_in_worker=self.photometric_in_worker)
         self.val_set = CityscapesSegmentation(args.data_dir, "val", val_transform(self.profile), **cache)
         num_train_batches_check(len(self.train_set), args.batch_size, self.dist.world_size)
         self.steps = steps_per_epoch(len(self.train_set), args.batch_size, self.dist.world_size)
@@ -154,13 +164,12 @@ class Stage:
         self.model.to(self.device)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        if isinstance(self.loss_fn, nn.Module):
-            self.loss_fn.to(self.device, memory_format=self.memory_format)
-        self.amp_dtype = None
-        if args.amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif args.amp and self.main:
+        self.amp_dtype = amp_dtype(self.device) if args.amp else None
+        if args.amp and self.amp_dtype is None and self.main:
             print("--amp: mixed precision is used on CUDA only; this stage trains in fp32 on the CPU", flush=True)
+        teacher = getattr(self.loss_fn, "teacher", None)  # distillation: make_loss exposes its frozen teacher
+        if isinstance(teacher, nn.Module):
+            prepare_teacher(teacher, self.device, self.memory_format, self.amp_dtype)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.trained = self.model
         if self.dist.enabled:
@@ -168,7 +177,11 @@ class Stage:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.trained = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        if getattr(args, "compile", False):
+            self.trained = compile_model(self.trained)
+        # fused: one kernel for all parameters; a non-finite step is skipped on the device (training/step_monitor.py)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                           fused=True)
         self.scheduler = _make_scheduler(self.optimizer, args.lr_schedule, args.lr, args.epochs * self.steps)
 
         self.epoch, self.step, self.best_miou, self.best_epoch, self.elapsed = 0, 0, -math.inf, -1, 0.0
@@ -266,8 +279,41 @@ class Stage:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return images, target.to(self.device, non_blocking=True)
 
+    def train_batch_to_device(self, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor):
+        """A training batch as the loader ships it (uint8 images and train ids, photometric parameters on the CPU)
+        -> the model's input on the device: augmented, normalised float images and int64 targets."""
+        images = self.photometric.apply(images.to(self.device, non_blocking=True), params, self.memory_format,
+                                        augment=not self.photometric_in_worker)
+        return images, target.to(self.device, non_blocking=True).long()
+
+    def train_step(self, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor,
+                   monitor: StepMonitor) -> None:
+        """One optimizer step on a loader batch; queues work only (no host read of a device value)."""
+        images, target = self.train_batch_to_device(images, target, params)
+        torch.manual_seed(_step_seed(self.args.seed, self.epoch, self.step, self.dist.rank))
+        with self.autocast():
+            logits = self.trained(images)
+            loss, parts = self.loss_fn(logits, images, target)
+        if self.nan_at_step == self.epoch * self.steps + self.step + 1:
+            loss = loss * float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.args.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        # the update is masked on the device where the loss or a gradient is non-finite (also without
+        # --skip-nonfinite: the stage then stops at the next check, and nothing after the bad step is saved)
+        good = skip_nonfinite_update(self.optimizer, self.scaler, torch.isfinite(loss.detach()))
+        self.scheduler.step()
+        self.step += 1
+        monitor.record(self.step, loss, parts, good)
+
     def train_epoch(self, stop: StopRequest, tracker: Tracker, start_time: float) -> bool:
-        """Train from (self.epoch, self.step) to the end of the epoch; False when stopped by a signal."""
+        """Train from (self.epoch, self.step) to the end of the epoch; False when stopped by a signal.
+
+        The host reads the device every CHECK_EVERY steps, at the end of the epoch and before saving on a stop
+        (`StepMonitor.check`): the first non-finite step of the epoch, the stop flag of every process, the loss
+        for the progress bar and W&B."""
         args = self.args
         self.trained.train()
         self.train_sampler.set_epoch(self.epoch, start=self.step * args.batch_size)
@@ -277,52 +323,39 @@ class Stage:
             from tqdm import tqdm
             bar = tqdm(total=self.steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{args.epochs}",
                        leave=False, dynamic_ncols=True)
+        monitor = StepMonitor(self.device, self.epoch_sums)
         tick, images_seen = time.perf_counter(), 0
-        for images, target in self.train_loader:
-            images, target = self.to_device(images, target)
-            torch.manual_seed(_step_seed(args.seed, self.epoch, self.step, self.dist.rank))
-            with self.autocast():
-                logits = self.trained(images)
-                loss, parts = self.loss_fn(logits, images, target)
-            if self.nan_at_step == self.epoch * self.steps + self.step + 1:
-                loss = loss * float("nan")
-            # one collective per step: whether any process has a non-finite loss, or was asked to stop
-            nonfinite, stopping = distributed.any_process_flags(
-                [not bool(torch.isfinite(loss)), stop.signum != 0], self.device)
-            if nonfinite:
-                if not args.skip_nonfinite:
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; stopped, the last good "
-                        f"state is kept in {self.state_path} (use --skip-nonfinite to skip such steps, or lower --lr)")
-                self.epoch_sums["skipped_steps"] = self.epoch_sums.get("skipped_steps", 0) + 1
-                self.optimizer.zero_grad(set_to_none=True)
-            else:
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if args.grad_clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                for name, value in parts.items():
-                    self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + float(value.detach())
-                self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0) + 1
-            self.scheduler.step()
-            self.step += 1
+        stopped = False
+        for images, target, params in self.train_loader:
+            self.train_step(images, target, params, monitor)
             images_seen += images.shape[0] * self.dist.world_size
             if bar is not None:
-                rate = images_seen / max(time.perf_counter() - tick, 1e-9)
-                bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{rate:.1f}")
                 bar.update(1)
-            if self.main and self.step % 10 == 0:
-                tracker.log({"train_loss_step": float(loss), "learning_rate": self.optimizer.param_groups[0]["lr"]})
-            if stopping or (not self.dist.enabled and stop.signum != 0):
+            # without DDP the stop flag is a host value, checked every step; under DDP it travels with the check
+            local_stop = not self.dist.enabled and stop.signum != 0
+            if not (self.step % CHECK_EVERY == 0 or self.step == self.steps or local_stop):
+                continue
+            first_bad, bad_loss, any_stop, loss = monitor.check(stop.signum != 0, self.dist.enabled)
+            if first_bad is not None and not args.skip_nonfinite:
                 if bar is not None:
                     bar.close()
-                self.save_state(self.elapsed + time.perf_counter() - start_time)
-                return False
+                raise NonFiniteLossError(
+                    f"loss is {bad_loss} at epoch {self.epoch + 1}, step {first_bad}; stopped, the last good "
+                    f"state is kept in {self.state_path} (use --skip-nonfinite to skip such steps, or lower --lr)")
+            if bar is not None:
+                rate = images_seen / max(time.perf_counter() - tick, 1e-9)
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
+            if self.main:
+                tracker.log({"train_loss_step": loss, "learning_rate": self.optimizer.param_groups[0]["lr"]})
+            if any_stop or local_stop:
+                stopped = True
+                break
+        self.epoch_sums = monitor.epoch_sums()
         if bar is not None:
             bar.close()
+        if stopped:
+            self.save_state(self.elapsed + time.perf_counter() - start_time)
+            return False
         self.throughput = images_seen / max(time.perf_counter() - tick, 1e-9)
         return True
 
