@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import distributed
+from training import distributed, history
 from training.acceleration import amp_dtype, compile_model, prepare_teacher
 from training.checkpoint import append_csv_row, check_writable, remove_stale_temporaries, save_bytes, save_torch
 from training.cli import check_args, get_args_parser
@@ -426,6 +426,8 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
             f"(best mIoU so far {stage.best_miou:.4f})", flush=True)
     log(f"init: {'weights from ' + stage.init_from if stage.init_from.lower() != 'none' else 'random'}", flush=True)
 
+    if main:  # rows of epochs the state does not hold (a kill before its save, or --restart) are redone
+        history.truncate(history.history_path(stage.state_dir), stage.epoch)
     tracker = Tracker(args.experiment_id, vars(args) | {"script": script}, enabled=main, resume_id=stage.wandb_id)
     stage.wandb_id = tracker.run_id or stage.wandb_id
     start_time = time.perf_counter()
@@ -455,12 +457,19 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
                 stage.best_miou, stage.best_epoch = metrics["miou"], stage.epoch
                 stage.best_matrix = metrics["confusion_matrix"]
             if main:
+                seconds = time.perf_counter() - epoch_start
+                values = {"epoch": stage.epoch, "learning_rate": stage.optimizer.param_groups[0]["lr"], **train_means,
+                          "valid_loss": metrics["valid_loss"], "valid_miou": metrics["miou"],
+                          "valid_mean_dice": metrics["mean_dice"], "valid_pixel_accuracy": metrics["pixel_accuracy"],
+                          **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)}}
+                # the history row before the state (a rerun replaces a row the state does not hold yet)
+                history.record_epoch(history.history_path(stage.state_dir), {
+                    "profile": stage.profile.name, **values, "seconds": seconds, "images_per_s": stage.throughput})
                 if improved:  # the best model before the state: a crash between them just redoes this epoch
                     save_torch(stage.model.state_dict(), stage.model_path)
                     if preview is not None:
                         save_bytes(png_bytes(preview_grid(*preview)), stage.state_dir / f"preview-epoch-{stage.epoch:03d}.png")
                 stage.save_state(stage.elapsed + time.perf_counter() - start_time)
-                seconds = time.perf_counter() - epoch_start
                 skipped = sums.get("skipped_steps", 0)
                 log(f"epoch {stage.epoch}/{args.epochs} | " + " | ".join(f"{k} {v:.4f}" for k, v in train_means.items())
                     + f" | valid_loss {metrics['valid_loss']:.4f} | mIoU {metrics['miou']:.4f} | mean Dice "
@@ -469,10 +478,6 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
                     + (" | new best" if improved else ""), flush=True)
                 if improved:
                     log(format_iou_table(metrics["iou"], CLASS_NAMES), flush=True)
-                values = {"epoch": stage.epoch, "learning_rate": stage.optimizer.param_groups[0]["lr"], **train_means,
-                          "valid_loss": metrics["valid_loss"], "valid_miou": metrics["miou"],
-                          "valid_mean_dice": metrics["mean_dice"], "valid_pixel_accuracy": metrics["pixel_accuracy"],
-                          **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)}}
                 if improved and preview is not None:
                     images, targets, predictions = preview
                     values["predictions"] = tracker.image(preview_grid(images, targets, predictions), "image | label | prediction")
