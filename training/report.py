@@ -29,7 +29,7 @@ matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
 from training.checkpoint import save_bytes  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
@@ -237,11 +237,21 @@ def efficiency_figure(points: list[dict]) -> Figure:
         if shown:
             time_ax.scatter([p[form] for p in shown], [p["miou"] for p in shown], marker=marker,
                             label=form.removesuffix("_ms").replace("onnxruntime", "ONNX Runtime"))
-    for p in points:
-        cost_ax.annotate(p["label"], (p["gflops"], p["miou"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        if not math.isnan(p["deploy_ms"]):
-            time_ax.annotate(p["label"], (p["deploy_ms"], p["miou"]), fontsize=7, xytext=(3, 3),
-                             textcoords="offset points")
+    for p in points:  # one row's forms joined: the same model and size, timed side by side
+        times = [p[form] for form in ("plain_ms", "deploy_ms", "onnxruntime_ms") if not math.isnan(p[form])]
+        if times:
+            time_ax.plot(times, [p["miou"]] * len(times), color="lightgrey", linewidth=1, zorder=0)
+    for ax, values in ((cost_ax, [p["gflops"] for p in points]),
+                       (time_ax, [p[f] for p in points for f in ("plain_ms", "deploy_ms", "onnxruntime_ms")])):
+        values = [v for v in values if v > 0]
+        if values and max(values) > 5 * min(values):
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.margins(x=0.15, y=0.15)
+    _label_points(cost_ax, [(p["gflops"], p["miou"], p["label"]) for p in points])
+    _label_points(time_ax, [(min(t), p["miou"], p["label"]) for p in points
+                            if (t := [p[f] for f in ("plain_ms", "deploy_ms", "onnxruntime_ms") if not math.isnan(p[f])])])
     cost_ax.set_xlabel("GFLOPs (2 x thop MACs, batch 1, at the row's resolution)")
     time_ax.set_xlabel("latency, ms (median, batch 1, at the row's resolution)")
     for ax in (cost_ax, time_ax):
@@ -249,6 +259,18 @@ def efficiency_figure(points: list[dict]) -> Figure:
         ax.grid(alpha=0.3)
     time_ax.legend(fontsize=8)
     return fig
+
+
+def _label_points(ax, points: list[tuple[float, float, str]]) -> None:
+    """Label each point beside it, on the side with room (right of it in the left half of the axes, else left)."""
+    ax.autoscale_view()
+    to_axes = ax.transData + ax.transAxes.inverted()
+    seen: dict[float, int] = {}
+    for x, y, label in points:
+        right = to_axes.transform((x, y))[0] < 0.5
+        level = seen[y] = seen.get(y, -1) + 1  # rows of the same mIoU (one model at several sizes): stacked labels
+        ax.annotate(label, (x, y), fontsize=7, xytext=(5 if right else -5, 4 - 10 * level), textcoords="offset points",
+                    ha="left" if right else "right", annotation_clip=True, clip_on=True)
 
 
 def confusion_figure(experiment_id: str, matrix: np.ndarray, class_names: list[str]) -> Figure:
