@@ -1,4 +1,5 @@
 """ONNX export of the deploy network (issue 16): BatchNorm folded, static shape, checked with ONNX Runtime."""
+
 from __future__ import annotations
 
 import csv
@@ -6,9 +7,9 @@ import importlib.util
 
 import pytest
 import torch
+from conftest import run_script
 
 import fast_scnn
-from conftest import run_script
 from training import deploy
 from training.errors import UserError
 
@@ -65,8 +66,9 @@ def test_the_export_is_static_fp32_folded_and_matches_pytorch(exported):
 def test_missing_packages_are_named(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real(name, *a))
-    with pytest.raises(UserError, match="--export-onnx: needs the Python packages onnx, onnxscript, onnxruntime; "
-                                        "missing: onnxscript"):
+    with pytest.raises(
+        UserError, match="--export-onnx: needs the Python packages onnx, onnxscript, onnxruntime; missing: onnxscript"
+    ):
         deploy.export_onnx(fast_scnn.Model().eval(), HW, tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
 
@@ -75,24 +77,56 @@ def test_missing_packages_are_named(monkeypatch, tmp_path):
 def test_evaluate_efficiency_exports_checks_and_times_onnx(tmp_path):
     torch.save(trained_looking_model(2).state_dict(), tmp_path / "m.pth")
     out = tmp_path / "efficiency.csv"
-    result = run_script("evaluate_efficiency.py", "--current-model-path", str(tmp_path / "m.pth"), "--data-dir", "none",
-                        "--profile", "low", "--resolution", "%dx%d" % HW, "--export-onnx", str(tmp_path / "m.onnx"),
-                        "--latency-runs", "2", "--min-seconds", "0", "--warmup", "1", "--deploy-dtype", "fp32",
-                        "--threads", "1", "--output-csv", str(out), cwd=tmp_path)
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--current-model-path",
+        str(tmp_path / "m.pth"),
+        "--data-dir",
+        "none",
+        "--profile",
+        "low",
+        "--resolution",
+        f"{HW[0]}x{HW[1]}",
+        "--export-onnx",
+        str(tmp_path / "m.onnx"),
+        "--latency-runs",
+        "2",
+        "--min-seconds",
+        "0",
+        "--warmup",
+        "1",
+        "--deploy-dtype",
+        "fp32",
+        "--threads",
+        "1",
+        "--output-csv",
+        str(out),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
-    assert "wrote %s" % (tmp_path / "m.onnx") in result.stdout and "ONNX Runtime" in result.stdout
+    assert f"wrote {tmp_path / 'm.onnx'}" in result.stdout and "ONNX Runtime" in result.stdout
     with open(out, newline="") as file:
         profile_row, onnx_row = list(csv.DictReader(file))
     assert profile_row["resolution"] == "288x576" and profile_row["latency_ms_onnxruntime"] == ""
-    assert onnx_row["resolution"] == "%dx%d" % HW
+    assert onnx_row["resolution"] == f"{HW[0]}x{HW[1]}"
     assert float(onnx_row["latency_ms_onnxruntime"]) > 0 and float(onnx_row["onnx_agreement"]) > 0.999
     assert 0 <= float(onnx_row["onnx_max_abs_diff"]) < 1e-3
 
 
 def test_export_onnx_with_all_is_refused(tmp_path):
     torch.save(fast_scnn.Model().state_dict(), tmp_path / "m.pth")
-    result = run_script("evaluate_efficiency.py", "--all", str(tmp_path), "--data-dir", "none", "--export-onnx",
-                        str(tmp_path / "m.onnx"), "--output-csv", str(tmp_path / "e.csv"), cwd=tmp_path)
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--all",
+        str(tmp_path),
+        "--data-dir",
+        "none",
+        "--export-onnx",
+        str(tmp_path / "m.onnx"),
+        "--output-csv",
+        str(tmp_path / "e.csv"),
+        cwd=tmp_path,
+    )
     assert result.returncode == 2 and "--export-onnx: expected one model" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "e.csv").exists()

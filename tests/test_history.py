@@ -1,4 +1,5 @@
 """checkpoints/<id>/history.csv (issue 16): one row per epoch with every logged value, kept exact across resume."""
+
 from __future__ import annotations
 
 import csv
@@ -8,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
-
-import train
 from conftest import REPO, run_script
 from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+
+import train
 from training.history import history_path, read_history, record_epoch, truncate
 
 RUNNER = "tests/small_profile.py"
@@ -19,8 +20,18 @@ ID = "history-experiment-01"
 
 
 def stage_args(data_dir, epochs: int = 3) -> list[str]:
-    return ["--data-dir", str(data_dir), "--epochs", str(epochs), "--batch-size", "2", "--num-workers", "0",
-            "--experiment-id", ID]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--experiment-id",
+        ID,
+    ]
 
 
 def test_rows_replace_later_epochs_and_the_header_grows(tmp_path):
@@ -29,11 +40,15 @@ def test_rows_replace_later_epochs_and_the_header_grows(tmp_path):
     record_epoch(path, {"epoch": 2, "train_loss": 2.0, "valid_miou": 0.2, "valid_iou/road": 0.5})
     with open(path, newline="") as file:
         assert next(csv.reader(file)) == ["epoch", "train_loss", "valid_miou", "valid_iou/road"]
-    assert read_history(path) == [{"epoch": "1", "train_loss": "2.5", "valid_miou": "0.1", "valid_iou/road": ""},
-                                  {"epoch": "2", "train_loss": "2.0", "valid_miou": "0.2", "valid_iou/road": "0.5"}]
+    assert read_history(path) == [
+        {"epoch": "1", "train_loss": "2.5", "valid_miou": "0.1", "valid_iou/road": ""},
+        {"epoch": "2", "train_loss": "2.0", "valid_miou": "0.2", "valid_iou/road": "0.5"},
+    ]
     record_epoch(path, {"epoch": 2, "train_loss": 1.5, "valid_miou": float("nan")})  # epoch 2 again: replaced
-    assert [(r["epoch"], r["train_loss"], r["valid_miou"]) for r in read_history(path)] == [("1", "2.5", "0.1"),
-                                                                                           ("2", "1.5", "")]
+    assert [(r["epoch"], r["train_loss"], r["valid_miou"]) for r in read_history(path)] == [
+        ("1", "2.5", "0.1"),
+        ("2", "1.5", ""),
+    ]
     record_epoch(path, {"epoch": 1, "train_loss": 9.0})  # a stage redone from epoch 1 drops everything after it
     assert [r["epoch"] for r in read_history(path)] == ["1"]
     truncate(path, 1)
@@ -61,18 +76,35 @@ def uninterrupted(tiny_cityscapes, tmp_path_factory):
 def test_every_logged_value_has_a_column(uninterrupted):
     assert [row["epoch"] for row in uninterrupted] == ["1", "2", "3"]
     row = uninterrupted[0]
-    for column in ("profile", "learning_rate", "train_loss", "valid_loss", "valid_miou", "valid_mean_dice",
-                   "valid_pixel_accuracy", "valid_iou/road", "seconds", "images_per_s"):
+    for column in (
+        "profile",
+        "learning_rate",
+        "train_loss",
+        "valid_loss",
+        "valid_miou",
+        "valid_mean_dice",
+        "valid_pixel_accuracy",
+        "valid_iou/road",
+        "seconds",
+        "images_per_s",
+    ):
         assert row[column] != "", column
     assert row["profile"] == "low" and float(row["learning_rate"]) == pytest.approx(1e-3)
 
 
 @pytest.mark.slow
-def test_sigterm_and_rerun_leave_each_epoch_once_with_the_uninterrupted_values(uninterrupted, tiny_cityscapes,
-                                                                              tmp_path, monkeypatch):
+def test_sigterm_and_rerun_leave_each_epoch_once_with_the_uninterrupted_values(
+    uninterrupted, tiny_cityscapes, tmp_path, monkeypatch
+):
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes)],
-                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     for line in process.stdout:  # epoch 1 is saved, epoch 2 starts: stop it there
         if line.startswith("epoch 1/3 |"):
             process.send_signal(signal.SIGTERM)

@@ -7,16 +7,18 @@
   it down (mixed, then fp32) while `agreement` with the plain model stays below its threshold.
 - `export_onnx`: the folded fp32 network at one static input size, with the dynamo exporter (see its docstring).
 """
+
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from contextlib import nullcontext
-from typing import Iterable
 
 import torch
 from torch import nn
 
 from training.errors import UserError
+
 
 def fold_batchnorm(model: nn.Module) -> int:
     """Fold every BatchNorm2d that directly follows a Conv2d inside an nn.Sequential into that conv (in place).
@@ -33,8 +35,13 @@ def fold_batchnorm(model: nn.Module) -> int:
         names = list(module._modules)
         for first, second in zip(names, names[1:]):
             conv, bn = module._modules[first], module._modules[second]
-            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
-                    and bn.running_mean is not None and conv.out_channels == bn.num_features):
+            if (
+                type(conv) is nn.Conv2d
+                and type(bn) is nn.BatchNorm2d
+                and bn.track_running_stats
+                and bn.running_mean is not None
+                and conv.out_channels == bn.num_features
+            ):
                 module._modules[first] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
                 module._modules[second] = nn.Identity()
                 folded += 1
@@ -57,8 +64,11 @@ def choose_deploy_dtype(device: torch.device, choice: str = "auto") -> tuple[tor
     """
     names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if choice != "auto":
-        return (names[choice.removeprefix("mixed-")], "context" if choice.startswith("mixed-") else "all",
-                f"{choice} (--deploy-dtype)")
+        return (
+            names[choice.removeprefix("mixed-")],
+            "context" if choice.startswith("mixed-") else "all",
+            f"{choice} (--deploy-dtype)",
+        )
     if device.type == "cuda":
         return torch.float16, "all", "fp16 (CUDA)"
     if native_bf16_cpu():
@@ -110,8 +120,9 @@ class DeployForm(nn.Module):
     bf16 runs under autocast (weights stay fp32, convolutions run in bf16).
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, compile: bool = False,
-                 scope: str = "all"):
+    def __init__(
+        self, model: nn.Module, device: torch.device, dtype: torch.dtype, compile: bool = False, scope: str = "all"
+    ):
         super().__init__()
         net = copy.deepcopy(model).eval()
         self.folded = fold_batchnorm(net)
@@ -159,17 +170,21 @@ class DeployForm(nn.Module):
 
     @torch.inference_mode()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype)
-                    if self.dtype != torch.float32 and self.scope == "all" and not self.cast_weights
-                    else nullcontext())
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype)
+            if self.dtype != torch.float32 and self.scope == "all" and not self.cast_weights
+            else nullcontext()
+        )
         with autocast, self._compile_settings():
             if self._first_call_done or not self.compiled:
                 return self.net(x)
             try:  # torch.compile compiles at the first call
                 out = self.net(x)
             except Exception as error:
-                raise UserError(f"--compile: torch.compile failed ({type(error).__name__}: "
-                                f"{str(error).strip().splitlines()[0][:200]}); run without --compile") from None
+                raise UserError(
+                    f"--compile: torch.compile failed ({type(error).__name__}: "
+                    f"{str(error).strip().splitlines()[0][:200]}); run without --compile"
+                ) from None
             self._first_call_done = True
             return out
 
@@ -179,8 +194,9 @@ class DeployForm(nn.Module):
             precision += " weights" if self.cast_weights else " autocast"
         if self.scope == "context":
             precision += f" in {self.context}, fp32 elsewhere"
-        return (f"{self.folded} BatchNorm folded, channels_last, {precision}"
-                + (", torch.compile (frozen weights)" if self.compiled else ""))
+        return f"{self.folded} BatchNorm folded, channels_last, {precision}" + (
+            ", torch.compile (frozen weights)" if self.compiled else ""
+        )
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -209,8 +225,10 @@ def _require_onnx(flag: str) -> None:
 
     missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
-        raise UserError(f"{flag}: needs the Python packages {', '.join(ONNX_PACKAGES)}; missing: {', '.join(missing)}"
-                        f" (expected them installed: pip install -r requirements.txt)")
+        raise UserError(
+            f"{flag}: needs the Python packages {', '.join(ONNX_PACKAGES)}; missing: {', '.join(missing)}"
+            f" (expected them installed: pip install -r requirements.txt)"
+        )
 
 
 def export_onnx(model: nn.Module, hw: tuple[int, int], path, flag: str = "--export-onnx") -> int:
@@ -238,11 +256,13 @@ def export_onnx(model: nn.Module, hw: tuple[int, int], path, flag: str = "--expo
     try:  # the exporter narrates its steps on stdout: kept for an error message only
         with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(net, (example,), dynamo=True, input_names=["image"], output_names=["logits"],
-                                        verbose=False)
+            program = torch.onnx.export(
+                net, (example,), dynamo=True, input_names=["image"], output_names=["logits"], verbose=False
+            )
     except Exception as error:
-        raise UserError(f"{flag}: the ONNX export failed ({type(error).__name__}: "
-                        f"{str(error).strip().splitlines()[0][:300]})") from None
+        raise UserError(
+            f"{flag}: the ONNX export failed ({type(error).__name__}: {str(error).strip().splitlines()[0][:300]})"
+        ) from None
     proto = program.model_proto
     onnx.checker.check_model(proto)
     save_bytes(proto.SerializeToString(), path)

@@ -7,6 +7,7 @@ So after any stop and rerun the file holds each epoch once. The header is the un
 first appearance: values that only some epochs have (a class seen late, loss parts other code adds) get a column
 when they first come, and earlier rows keep an empty cell there.
 """
+
 from __future__ import annotations
 
 import csv

@@ -14,6 +14,7 @@ Runs: an id of the registry (`[prefix]fastscnn-training-experiment-NN`) belongs 
 stage that number; an id without one is a run of one stage. Every function that draws returns its Figure, so tests
 can read what was plotted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,11 +39,16 @@ from training.history import FILE_NAME, read_history  # noqa: E402
 REGISTRY_ID = re.compile(r"^(?P<prefix>.*?)fastscnn-training-experiment-(?P<number>\d+)$")
 NUMBERED_ID = re.compile(r"^(?P<prefix>.*?)[-_]?(?P<number>\d+)$")
 # run -> (script, weight decay, teacher run): the registry of DESIGN.md / README.md
-REGISTRY_RUNS = {1: ("train.py", "no weight decay"), 2: ("train.py", "weight decay 1e-4"),
-                 3: ("train_distillation.py", "no weight decay"), 4: ("train_distillation.py", "weight decay 1e-4"),
-                 5: ("train_dice.py", "no weight decay"), 6: ("train_dice.py", "weight decay 1e-4"),
-                 7: ("train_distillation_dice.py", "no weight decay"),
-                 8: ("train_distillation_dice.py", "weight decay 1e-4")}
+REGISTRY_RUNS = {
+    1: ("train.py", "no weight decay"),
+    2: ("train.py", "weight decay 1e-4"),
+    3: ("train_distillation.py", "no weight decay"),
+    4: ("train_distillation.py", "weight decay 1e-4"),
+    5: ("train_dice.py", "no weight decay"),
+    6: ("train_dice.py", "weight decay 1e-4"),
+    7: ("train_distillation_dice.py", "no weight decay"),
+    8: ("train_distillation_dice.py", "weight decay 1e-4"),
+}
 
 
 def run_of(experiment_id: str) -> tuple[str, int]:
@@ -73,7 +79,7 @@ class StageRecord:
     rows: list[dict]
     profile: str = ""
     script: str = ""
-    best_matrix: np.ndarray | None = None   # the best epoch's confusion matrix (rows ground truth), from state.pth
+    best_matrix: np.ndarray | None = None  # the best epoch's confusion matrix (rows ground truth), from state.pth
     best_epoch: int = -1
 
     def column(self, name: str) -> np.ndarray:
@@ -100,8 +106,7 @@ def load_stages(checkpoints: Path) -> list[StageRecord]:
         rows = read_history(path)
         if not rows:
             continue
-        record = StageRecord(experiment_id, run_of(experiment_id)[1], rows,
-                             profile=rows[-1].get("profile", ""))
+        record = StageRecord(experiment_id, run_of(experiment_id)[1], rows, profile=rows[-1].get("profile", ""))
         state_path = path.parent / "state.pth"
         if state_path.exists():
             try:
@@ -144,6 +149,7 @@ def loss_columns(records: list[StageRecord]) -> list[str]:
 
 # ------------------------------------------------------------------------------------------------------- figures
 
+
 def curriculum_figure(run: Run) -> Figure:
     """Training loss(es) and validation mIoU of a run's stages against the cumulative epoch, stages marked."""
     fig, (loss_ax, miou_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6), constrained_layout=True)
@@ -156,15 +162,28 @@ def curriculum_figure(run: Run) -> Figure:
         y = np.concatenate([r.column(name) for r in run.stages])
         loss_ax.plot(x, y, marker=".", label=name)
     x = np.concatenate([o + r.epochs for o, r in zip(offsets, run.stages)])
-    miou_ax.plot(x, np.concatenate([r.column("valid_miou") for r in run.stages]), marker=".", color="tab:green",
-                 label="valid_miou")
+    miou_ax.plot(
+        x,
+        np.concatenate([r.column("valid_miou") for r in run.stages]),
+        marker=".",
+        color="tab:green",
+        label="valid_miou",
+    )
     for start, record in zip(offsets, run.stages):
         if start:
             for ax in (loss_ax, miou_ax):
                 ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=0.8)
         label = f"stage {record.stage}" + (f"\n{record.profile}" if record.profile else "")
-        loss_ax.annotate(label, xy=(start + 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
-                         textcoords="offset points", va="top", fontsize=8, color="dimgrey")
+        loss_ax.annotate(
+            label,
+            xy=(start + 0.5, 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(3, -3),
+            textcoords="offset points",
+            va="top",
+            fontsize=8,
+            color="dimgrey",
+        )
         if 1 <= record.best_epoch <= int(record.epochs.max()):
             best = record.column("valid_miou")[list(record.epochs).index(record.best_epoch)]
             miou_ax.plot([start + record.best_epoch], [best], "*", color="tab:red", markersize=10)
@@ -192,13 +211,24 @@ def durations_figure(rows: list[dict]) -> Figure:
     width = 0.8 / max(len(names), 1)
     for i, name in enumerate(names):
         stages = sorted(runs[name])
-        per_epoch.bar([s + (i - (len(names) - 1) / 2) * width for s in stages],
-                      [_float(runs[name][s]["s_per_epoch"]) for s in stages], width, label=name)
+        per_epoch.bar(
+            [s + (i - (len(names) - 1) / 2) * width for s in stages],
+            [_float(runs[name][s]["s_per_epoch"]) for s in stages],
+            width,
+            label=name,
+        )
         bottom = 0.0
         for s in stages:
             seconds = _float(runs[name][s]["wall_time_s"])
-            total.bar(i, seconds, 0.6, bottom=bottom, color=plt.cm.viridis((s - 1) / 4 if s <= 5 else 1.0),
-                      edgecolor="white", label=f"stage {s}" if i == 0 or s not in runs[names[0]] else None)
+            total.bar(
+                i,
+                seconds,
+                0.6,
+                bottom=bottom,
+                color=plt.cm.viridis((s - 1) / 4 if s <= 5 else 1.0),
+                edgecolor="white",
+                label=f"stage {s}" if i == 0 or s not in runs[names[0]] else None,
+            )
             bottom += seconds
     stages_all = sorted({s for run in runs.values() for s in run})
     profiles = {s: next((runs[n][s]["profile"] for n in names if s in runs[n]), "") for s in stages_all}
@@ -221,10 +251,16 @@ def efficiency_points(rows: list[dict]) -> list[dict]:
         miou = _float(row.get("miou"))
         if math.isnan(miou):
             continue
-        points.append({"label": f"{row['model']} @ {row['resolution']}", "miou": miou,
-                       "gflops": _float(row.get("flops")) / 1e9, "plain_ms": _float(row.get("latency_ms_plain")),
-                       "deploy_ms": _float(row.get("latency_ms_deploy")),
-                       "onnxruntime_ms": _float(row.get("latency_ms_onnxruntime"))})
+        points.append(
+            {
+                "label": f"{row['model']} @ {row['resolution']}",
+                "miou": miou,
+                "gflops": _float(row.get("flops")) / 1e9,
+                "plain_ms": _float(row.get("latency_ms_plain")),
+                "deploy_ms": _float(row.get("latency_ms_deploy")),
+                "onnxruntime_ms": _float(row.get("latency_ms_onnxruntime")),
+            }
+        )
     return points
 
 
@@ -235,14 +271,20 @@ def efficiency_figure(points: list[dict]) -> Figure:
     for form, marker in (("plain_ms", "o"), ("deploy_ms", "^"), ("onnxruntime_ms", "s")):
         shown = [p for p in points if not math.isnan(p[form])]
         if shown:
-            time_ax.scatter([p[form] for p in shown], [p["miou"] for p in shown], marker=marker,
-                            label=form.removesuffix("_ms").replace("onnxruntime", "ONNX Runtime"))
+            time_ax.scatter(
+                [p[form] for p in shown],
+                [p["miou"] for p in shown],
+                marker=marker,
+                label=form.removesuffix("_ms").replace("onnxruntime", "ONNX Runtime"),
+            )
     for p in points:  # one row's forms joined: the same model and size, timed side by side
         times = [p[form] for form in ("plain_ms", "deploy_ms", "onnxruntime_ms") if not math.isnan(p[form])]
         if times:
             time_ax.plot(times, [p["miou"]] * len(times), color="lightgrey", linewidth=1, zorder=0)
-    for ax, values in ((cost_ax, [p["gflops"] for p in points]),
-                       (time_ax, [p[f] for p in points for f in ("plain_ms", "deploy_ms", "onnxruntime_ms")])):
+    for ax, values in (
+        (cost_ax, [p["gflops"] for p in points]),
+        (time_ax, [p[f] for p in points for f in ("plain_ms", "deploy_ms", "onnxruntime_ms")]),
+    ):
         values = [v for v in values if v > 0]
         if values and max(values) > 5 * min(values):
             ax.set_xscale("log")
@@ -250,8 +292,13 @@ def efficiency_figure(points: list[dict]) -> Figure:
             ax.xaxis.set_minor_formatter(NullFormatter())
         ax.margins(x=0.15, y=0.15)
     _label_points(cost_ax, [(p["gflops"], p["miou"], p["label"]) for p in points])
-    _label_points(time_ax, [(min(t), p["miou"], p["label"]) for p in points
-                            if (t := [p[f] for f in ("plain_ms", "deploy_ms", "onnxruntime_ms") if not math.isnan(p[f])])])
+    forms = ("plain_ms", "deploy_ms", "onnxruntime_ms")
+    timed = [
+        (min(p[f] for f in forms if not math.isnan(p[f])), p)
+        for p in points
+        if any(not math.isnan(p[f]) for f in forms)
+    ]
+    _label_points(time_ax, [(t, p["miou"], p["label"]) for t, p in timed])
     cost_ax.set_xlabel("GFLOPs (2 x thop MACs, batch 1, at the row's resolution)")
     time_ax.set_xlabel("latency, ms (median, batch 1, at the row's resolution)")
     for ax in (cost_ax, time_ax):
@@ -269,8 +316,16 @@ def _label_points(ax, points: list[tuple[float, float, str]]) -> None:
     for x, y, label in points:
         right = to_axes.transform((x, y))[0] < 0.5
         level = seen[y] = seen.get(y, -1) + 1  # rows of the same mIoU (one model at several sizes): stacked labels
-        ax.annotate(label, (x, y), fontsize=7, xytext=(5 if right else -5, 4 - 10 * level), textcoords="offset points",
-                    ha="left" if right else "right", annotation_clip=True, clip_on=True)
+        ax.annotate(
+            label,
+            (x, y),
+            fontsize=7,
+            xytext=(5 if right else -5, 4 - 10 * level),
+            textcoords="offset points",
+            ha="left" if right else "right",
+            annotation_clip=True,
+            clip_on=True,
+        )
 
 
 def confusion_figure(experiment_id: str, matrix: np.ndarray, class_names: list[str]) -> Figure:
@@ -288,8 +343,15 @@ def confusion_figure(experiment_id: str, matrix: np.ndarray, class_names: list[s
     for i in ticks:
         for j in ticks:
             if normalised[i, j] >= 0.01:
-                ax.text(j, i, f"{100 * normalised[i, j]:.0f}", ha="center", va="center", fontsize=6,
-                        color="white" if normalised[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{100 * normalised[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if normalised[i, j] > 0.5 else "black",
+                )
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the ground-truth class's pixels")
     ax.set_title(f"{experiment_id}: best epoch's confusion matrix (rows normalised, %)", fontsize=10)
     return fig
@@ -323,6 +385,7 @@ def class_iou_figure(experiment_id: str, matrix: np.ndarray, class_names: list[s
 
 # -------------------------------------------------------------------------------------------------------- report
 
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
 
@@ -338,12 +401,14 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + \
-        ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+        "| " + " | ".join(str(cell) for cell in row) + " |" for row in rows
+    ]
 
 
-def build_report(checkpoints: Path, measurements: Path, output: Path | None = None,
-                 experiment: str | None = None) -> dict[str, Path]:
+def build_report(
+    checkpoints: Path, measurements: Path, output: Path | None = None, experiment: str | None = None
+) -> dict[str, Path]:
     """Write the graphs and report.md; returns {what: path} of every file written."""
     from training.data import CLASS_NAMES
 
@@ -355,8 +420,13 @@ def build_report(checkpoints: Path, measurements: Path, output: Path | None = No
     efficiency = read_csv(measurements / "efficiency.csv")
     chosen = _chosen_experiment(records, experiment)  # a bad --experiment stops before anything is written
     written: dict[str, Path] = {}
-    md = ["# Report", "", f"Generated by `python -m training.report` from `{checkpoints}/*/history.csv`, "
-          f"`{measurements}/durations.csv` and `{measurements}/efficiency.csv`.", ""]
+    md = [
+        "# Report",
+        "",
+        f"Generated by `python -m training.report` from `{checkpoints}/*/history.csv`, "
+        f"`{measurements}/durations.csv` and `{measurements}/efficiency.csv`.",
+        "",
+    ]
 
     md += ["## Curriculum timelines", ""]
     if not runs:
@@ -365,10 +435,21 @@ def build_report(checkpoints: Path, measurements: Path, output: Path | None = No
         path = _save(curriculum_figure(run), graphs / f"curriculum-{_slug(run.name)}.png")
         written[f"curriculum:{run.name}"] = path
         md += [f"### {run.name}", "", f"![{run.name}]({_link(path, measurements)})", ""]
-        md += _table(["stage", "experiment", "profile", "epochs", "best mIoU", "best epoch", "last train loss"],
-                     [[r.stage, r.experiment_id, r.profile, int(r.epochs.max()),
-                       f"{np.nanmax(r.column('valid_miou')):.4f}", r.best_epoch if r.best_epoch > 0 else "",
-                       ", ".join(f"{n} {r.column(n)[-1]:.4f}" for n in loss_columns([r]))] for r in run.stages])
+        md += _table(
+            ["stage", "experiment", "profile", "epochs", "best mIoU", "best epoch", "last train loss"],
+            [
+                [
+                    r.stage,
+                    r.experiment_id,
+                    r.profile,
+                    int(r.epochs.max()),
+                    f"{np.nanmax(r.column('valid_miou')):.4f}",
+                    r.best_epoch if r.best_epoch > 0 else "",
+                    ", ".join(f"{n} {r.column(n)[-1]:.4f}" for n in loss_columns([r])),
+                ]
+                for r in run.stages
+            ],
+        )
         md.append("")
 
     md += ["## Durations", ""]
@@ -377,10 +458,22 @@ def build_report(checkpoints: Path, measurements: Path, output: Path | None = No
         written["durations"] = path
         md += [f"![durations]({_link(path, measurements)})", ""]
         latest = {row["experiment_id"]: row for row in durations}
-        md += _table(["run", "stage", "experiment", "profile", "epochs", "wall time (s)", "s/epoch", "device",
-                      "best mIoU"],
-                     [[*run_of(i), i, r["profile"], r["epochs"], r["wall_time_s"], r["s_per_epoch"], r["device"],
-                       r["best_miou"]] for i, r in sorted(latest.items(), key=lambda item: run_of(item[0]))])
+        md += _table(
+            ["run", "stage", "experiment", "profile", "epochs", "wall time (s)", "s/epoch", "device", "best mIoU"],
+            [
+                [
+                    *run_of(i),
+                    i,
+                    r["profile"],
+                    r["epochs"],
+                    r["wall_time_s"],
+                    r["s_per_epoch"],
+                    r["device"],
+                    r["best_miou"],
+                ]
+                for i, r in sorted(latest.items(), key=lambda item: run_of(item[0]))
+            ],
+        )
         md.append("")
     else:
         md += [f"No `{measurements}/durations.csv` yet.", ""]
@@ -391,27 +484,51 @@ def build_report(checkpoints: Path, measurements: Path, output: Path | None = No
         path = _save(efficiency_figure(points), graphs / "efficiency.png")
         written["efficiency"] = path
         md += [f"![efficiency]({_link(path, measurements)})", ""]
-        md += _table(["model @ resolution", "mIoU", "GFLOPs", "plain ms", "deploy ms", "ONNX Runtime ms"],
-                     [[p["label"], f"{p['miou']:.4f}", f"{p['gflops']:.2f}", _ms(p["plain_ms"]), _ms(p["deploy_ms"]),
-                       _ms(p["onnxruntime_ms"])] for p in points])
+        md += _table(
+            ["model @ resolution", "mIoU", "GFLOPs", "plain ms", "deploy ms", "ONNX Runtime ms"],
+            [
+                [
+                    p["label"],
+                    f"{p['miou']:.4f}",
+                    f"{p['gflops']:.2f}",
+                    _ms(p["plain_ms"]),
+                    _ms(p["deploy_ms"]),
+                    _ms(p["onnxruntime_ms"]),
+                ]
+                for p in points
+            ],
+        )
         md.append("")
     skipped = len(efficiency) - len(points)
     if skipped or not efficiency:
-        md += [f"{skipped} row(s) of efficiency.csv have no mIoU (measured with `--data-dir none`) and are not plotted."
-               if efficiency else f"No `{measurements}/efficiency.csv` yet.", ""]
+        md += [
+            f"{skipped} row(s) of efficiency.csv have no mIoU (measured with `--data-dir none`) and are not plotted."
+            if efficiency
+            else f"No `{measurements}/efficiency.csv` yet.",
+            "",
+        ]
 
     md += ["## Confusion matrix and per-class IoU", ""]
     if chosen is not None:
         names = list(CLASS_NAMES)
-        confusion = _save(confusion_figure(chosen.experiment_id, chosen.best_matrix, names),
-                          graphs / f"confusion-{_slug(chosen.experiment_id)}.png")
-        bars = _save(class_iou_figure(chosen.experiment_id, chosen.best_matrix, names),
-                     graphs / f"class-iou-{_slug(chosen.experiment_id)}.png")
+        confusion = _save(
+            confusion_figure(chosen.experiment_id, chosen.best_matrix, names),
+            graphs / f"confusion-{_slug(chosen.experiment_id)}.png",
+        )
+        bars = _save(
+            class_iou_figure(chosen.experiment_id, chosen.best_matrix, names),
+            graphs / f"class-iou-{_slug(chosen.experiment_id)}.png",
+        )
         written["confusion"], written["class_iou"] = confusion, bars
-        md += [f"`{chosen.experiment_id}`, best epoch {chosen.best_epoch}"
-               + ("" if experiment else " (the highest validation mIoU here; `--experiment ID` chooses another)"), "",
-               f"![confusion matrix]({_link(confusion, measurements)})", "",
-               f"![per-class IoU]({_link(bars, measurements)})", ""]
+        md += [
+            f"`{chosen.experiment_id}`, best epoch {chosen.best_epoch}"
+            + ("" if experiment else " (the highest validation mIoU here; `--experiment ID` chooses another)"),
+            "",
+            f"![confusion matrix]({_link(confusion, measurements)})",
+            "",
+            f"![per-class IoU]({_link(bars, measurements)})",
+            "",
+        ]
     else:
         md += ["No state.pth with a best confusion matrix yet.", ""]
 
@@ -427,8 +544,10 @@ def _chosen_experiment(records: list[StageRecord], experiment: str | None) -> St
     if experiment:
         chosen = next((r for r in with_matrix if r.experiment_id == experiment), None)
         if chosen is None:
-            raise UserError(f"--experiment {experiment}: no checkpoints/{experiment}/state.pth with a best confusion "
-                            f"matrix (expected one of: {', '.join(r.experiment_id for r in with_matrix) or 'none'})")
+            raise UserError(
+                f"--experiment {experiment}: no checkpoints/{experiment}/state.pth with a best confusion "
+                f"matrix (expected one of: {', '.join(r.experiment_id for r in with_matrix) or 'none'})"
+            )
         return chosen
     return max(with_matrix, key=lambda r: np.nanmax(r.column("valid_miou")), default=None)
 
@@ -446,20 +565,27 @@ def _ms(value: float) -> str:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.report", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training.report",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--checkpoints", default="checkpoints", help="folder of checkpoints/<id>/ (history.csv)")
-    parser.add_argument("--measurements", default="measurements",
-                        help="folder of durations.csv and efficiency.csv; report.md goes here")
+    parser.add_argument(
+        "--measurements", default="measurements", help="folder of durations.csv and efficiency.csv; report.md goes here"
+    )
     parser.add_argument("--output", help="folder for the PNGs (default: <measurements>/graphs)")
     parser.add_argument("--experiment", help="experiment id whose confusion matrix is shown (default: best mIoU)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     args = parser.parse_args(argv)
     if not Path(args.checkpoints).is_dir() and not Path(args.measurements).is_dir():
-        raise UserError(f"--checkpoints {args.checkpoints} and --measurements {args.measurements}: neither is a "
-                        f"folder (expected the folders a training stage writes; run from the repository)")
-    written = build_report(Path(args.checkpoints), Path(args.measurements), args.output and Path(args.output),
-                           args.experiment)
+        raise UserError(
+            f"--checkpoints {args.checkpoints} and --measurements {args.measurements}: neither is a "
+            f"folder (expected the folders a training stage writes; run from the repository)"
+        )
+    written = build_report(
+        Path(args.checkpoints), Path(args.measurements), args.output and Path(args.output), args.experiment
+    )
     for what, path in written.items():
         print(f"wrote {path} ({what})")
 
