@@ -344,9 +344,9 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
     onnx_check = (None, None)
     if onnx is not None:
         onnx_check = compare_onnx(model, onnx, inputs)
-        log(f"ONNX Runtime ({onnx.threads} threads) vs the plain model on {source}"
-            f"{'' if source.endswith('%dx%d' % onnx.input_shape[2:]) else ' resized to %dx%d' % onnx.input_shape[2:]}"
-            f": argmax agreement {100 * onnx_check[0]:.4f}%, max abs logit difference {onnx_check[1]:.3g}")
+        log(f"ONNX Runtime ({onnx.threads} threads) vs the plain model on {source} (resized to the ONNX input's "
+            f"{onnx.input_shape[2]}x{onnx.input_shape[3]} where they differ): argmax agreement "
+            f"{100 * onnx_check[0]:.4f}%, max abs logit difference {onnx_check[1]:.3g}")
     results = []
     for hw in sizes:
         cost = measure_cost(model, hw)
