@@ -111,7 +111,7 @@ def test_sigterm_and_rerun_leave_each_epoch_once_with_the_uninterrupted_values(
     assert process.wait(timeout=240) == 75
     path = history_path(tmp_path / "checkpoints" / ID)
     assert [row["epoch"] for row in read_history(path)] == ["1"]
-    # a process killed after writing epoch 2's row but before saving its state leaves a row the state does not hold
+    # a row of an epoch the state does not hold (left by an earlier run of this id): the rerun must replace it
     record_epoch(path, {**read_history(path)[0], "epoch": 2, "valid_miou": 0.999})
 
     monkeypatch.chdir(tmp_path)

@@ -1,9 +1,10 @@
 """checkpoints/<id>/history.csv: one row per finished epoch of a stage, with every value the stage logs.
 
-The file is rewritten atomically at each epoch (training/checkpoint.py), before the resumable state: a process
-killed between the two leaves a row for an epoch the state does not hold yet, which the rerun replaces (a row's
-epoch replaces any row of that epoch or later) and `truncate` drops at the start of a resumed or restarted stage.
-So after any stop and rerun the file holds each epoch once. The header is the union of the rows' keys in order of
+The file is rewritten atomically at each epoch (training/checkpoint.py), right after the resumable state: a row
+of an epoch the state does not hold (a file left by an earlier run, or `--restart`) is dropped by `truncate` at the
+start of the stage, and a rerun's row replaces any row of its epoch or later. After a stop by a signal and a
+rerun the file holds each epoch once (a SIGKILL in the instant between the state's rename and the history's would
+lose that epoch's row). The header is the union of the rows' keys in order of
 first appearance: values that only some epochs have (a class seen late, loss parts other code adds) get a column
 when they first come, and earlier rows keep an empty cell there.
 """

@@ -462,14 +462,14 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
                           "valid_loss": metrics["valid_loss"], "valid_miou": metrics["miou"],
                           "valid_mean_dice": metrics["mean_dice"], "valid_pixel_accuracy": metrics["pixel_accuracy"],
                           **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)}}
-                # the history row before the state (a rerun replaces a row the state does not hold yet)
-                history.record_epoch(history.history_path(stage.state_dir), {
-                    "profile": stage.profile.name, **values, "seconds": seconds, "images_per_s": stage.throughput})
                 if improved:  # the best model before the state: a crash between them just redoes this epoch
                     save_torch(stage.model.state_dict(), stage.model_path)
                     if preview is not None:
                         save_bytes(png_bytes(preview_grid(*preview)), stage.state_dir / f"preview-epoch-{stage.epoch:03d}.png")
                 stage.save_state(stage.elapsed + time.perf_counter() - start_time)
+                # the history row once the state holds the epoch (a failed state write leaves the history as it was)
+                history.record_epoch(history.history_path(stage.state_dir), {
+                    "profile": stage.profile.name, **values, "seconds": seconds, "images_per_s": stage.throughput})
                 skipped = sums.get("skipped_steps", 0)
                 log(f"epoch {stage.epoch}/{args.epochs} | " + " | ".join(f"{k} {v:.4f}" for k, v in train_means.items())
                     + f" | valid_loss {metrics['valid_loss']:.4f} | mIoU {metrics['miou']:.4f} | mean Dice "
