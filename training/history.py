@@ -17,7 +17,7 @@ import math
 import numbers
 from pathlib import Path
 
-from training.checkpoint import save_bytes
+from training.checkpoint import remove_stale_temporaries, save_bytes
 
 FILE_NAME = "history.csv"
 
@@ -68,8 +68,10 @@ def record_epoch(path: str | Path, values: dict) -> None:
 
 
 def truncate(path: str | Path, last_epoch: int) -> None:
-    """Drop the rows after `last_epoch` (the epoch a resumed state holds; 0 for a stage started afresh)."""
+    """Drop the rows after `last_epoch` (the epoch a resumed state holds; 0 for a stage started afresh), and the
+    temporaries of killed writes."""
     path = Path(path)
+    remove_stale_temporaries(path)  # what a writer killed before its rename left behind
     rows = read_history(path)
     kept = [row for row in rows if int(row["epoch"]) <= last_epoch]
     if len(kept) != len(rows):
