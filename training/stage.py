@@ -8,6 +8,7 @@ Files (only the main process writes, always atomically):
   checkpoints/<id>/state.pth      resumable state: model, optimizer, scheduler, AMP scaler, epoch, step, best mIoU,
                                   the arguments, where the weights came from; the same command resumes from it
   checkpoints/<id>/preview-epoch-NNN.png   image | ground truth | prediction at each new best
+  checkpoints/<id>/history.csv    one row per epoch with every logged value (training/history.py)
   measurements/durations.csv      one row per finished stage
 Randomness is a function of the seed, epoch and step (see training/data.py), so on the CPU a resumed stage ends
 exactly where an uninterrupted one would (bit for bit). On CUDA it resumes at the same step with the same data,
