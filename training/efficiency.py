@@ -12,7 +12,8 @@
   well, replaced by fp32. The first rejected form is still timed alongside, for reference.
 - Latency at batch 1, plain and deploy interleaved (both see the same background load): warm-up, then runs until
   each form has at least `runs` timings and `min_seconds` of them; median, p10 and p90; CUDA synchronised.
-- Accuracy streamed through a `ConfusionMatrix`: no prediction is kept.
+- Accuracy by `training.evaluation` (the stage's scorer: full resolution, fp32, optional test-time augmentation),
+  streamed through a `ConfusionMatrix`: no prediction is kept.
 """
 from __future__ import annotations
 
@@ -35,7 +36,6 @@ from torch import nn
 
 from training.distributed import device_name
 from training.errors import UserError
-from training.metrics import ConfusionMatrix
 from training.profiles import PROFILES, resolve_profile
 
 AGREEMENT_THRESHOLD = 0.999
@@ -391,19 +391,6 @@ def measure_latency(forms: dict[str, tuple[Callable, torch.Tensor]], device: tor
     return {name: Latency(t) for name, t in times.items()}
 
 
-# --------------------------------------------------------------------------------------------------------- accuracy
-
-@torch.inference_mode()
-def evaluate_accuracy(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
-                      progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict:
-    """mIoU, per-class IoU, Dice and pixel accuracy of `model` over `loader`, streamed through a ConfusionMatrix."""
-    matrix = ConfusionMatrix(num_classes)
-    for images, target in progress(loader):
-        logits = model(images.to(device, non_blocking=True))
-        matrix.update(logits.argmax(1), target.to(device, non_blocking=True))
-    return matrix.compute()
-
-
 # ------------------------------------------------------------------------------------------------ resolutions.csv
 
 RESOLUTION_COLUMNS = ("number", "name", "image_width", "image_height", "patch_width", "patch_height")
@@ -451,12 +438,13 @@ class ModelResult:
     agreement: float            # argmax agreement deploy vs plain
     agreement_on: str           # what it was measured on
     sizes: list[SizeResult]
-    accuracy: dict | None       # ConfusionMatrix.compute(), None without data
+    accuracy: dict | None       # ConfusionMatrix.compute() of the first TTA mode, None without data
     val_images: int = 0
     rejected: str = ""          # the first reduced-precision form that failed the check, if any
     rejected_dtype: torch.dtype | None = None
     rejected_precision: str = ""
     rejected_agreement: float | None = None
+    accuracies: dict = field(default_factory=dict)  # TTA mode -> ConfusionMatrix.compute()
 
     @property
     def agreement_ok(self) -> bool:
@@ -487,8 +475,11 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
                    val_set=None, compile: bool = False, agreement_images: int = 4, batch_size: int = 4,
                    num_workers: int = 0, runs: int = 50, min_seconds: float = 5.0, warmup: int = 5,
                    num_classes: int = 19, fallback: bool = True, log: Callable[[str], None] = print,
-                   scope: str = "all") -> ModelResult:
+                   scope: str = "all", accuracy_sets: dict | None = None) -> ModelResult:
     """Cost and latency at every size, the deploy check, and accuracy on `val_set` (if given) of a model on `device`.
+
+    `accuracy_sets` maps test-time augmentation modes (training.evaluation.TTA_MODES) to the data set each is scored
+    on (default: "none" on `val_set`); data sets give full-resolution labels for full-resolution scores.
 
     With `fallback`, a reduced-precision deploy form whose argmax agreement with the plain model stays below
     AGREEMENT_THRESHOLD is replaced by the next one down: `dtype` in the context branch only (mixed), then fp32
@@ -535,29 +526,33 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
             f" ({fast.fps:.1f} FPS)" + ("" if slow is None else f" | rejected {rejected.precision} form "
                                         f"{_spread(slow)}, {slow.median_ms / plain.median_ms:.2f} x plain"))
         results.append(SizeResult(hw, cost, plain, fast, slow))
-    accuracy = None
-    if val_set is not None:
+    if accuracy_sets is None:
+        accuracy_sets = {"none": val_set} if val_set is not None else {}
+    accuracies = {}
+    for tta, dataset in accuracy_sets.items():
         from training.data import EpochSampler, make_loader
+        from training.evaluation import collate, evaluate_accuracy
 
-        sampler = EpochSampler(len(val_set), seed=0, shuffle=False)
-        loader = make_loader(val_set, sampler, batch_size, num_workers, device, drop_last=False)
-        accuracy = evaluate_accuracy(model, loader, device, num_classes)
+        sampler = EpochSampler(len(dataset), seed=0, shuffle=False)
+        loader = make_loader(dataset, sampler, batch_size, num_workers, device, drop_last=False, collate_fn=collate)
+        accuracies[tta] = evaluate_accuracy(model.eval(), loader, device, num_classes, tta=tta)
+    accuracy = next(iter(accuracies.values()), None)
     return ModelResult(deploy.describe(), deploy.dtype, deploy.precision, agree, source, results, accuracy,
                        len(val_set) if val_set is not None else 0, rejected.describe() if rejected else "",
                        rejected.dtype if rejected else None, rejected.precision if rejected else "",
-                       rejected_agreement)
+                       rejected_agreement, accuracies)
 
 
 def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.device, threads: int | None,
-             allocator: str, date: str, command: str) -> list[dict]:
-    """One row of measurements/efficiency.csv per measured size (accuracy cells empty without data)."""
-    acc = result.accuracy or {}
-
+             allocator: str, date: str, command: str, val_resolution: str = "full") -> list[dict]:
+    """One row of measurements/efficiency.csv per measured size and TTA mode (accuracy cells empty without data;
+    the cost and latency, always single-scale batch 1, repeat on every TTA row)."""
     def number(value, digits):
         return "" if value is None else f"{value:.{digits}f}"
 
     rows = []
-    for size in result.sizes:
+    for size, (tta, acc) in ((size, mode) for size in result.sizes
+                             for mode in (result.accuracies.items() or [("", {})])):
         gflops, plain, deploy = size.cost.flops / 1e9, size.plain, size.deploy
         rows.append({
             "model": model, "arch": arch, "profile": profile.name, "resolution": "%dx%d" % size.hw,
@@ -577,6 +572,7 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
             "rejected_latency_ms": number(size.rejected.median_ms if size.rejected else None, 3),
             "threads": threads if threads else "", "allocator": allocator,
             "eval_size": "%dx%d" % profile.image_size if acc else "",
+            "val_resolution": val_resolution if acc else "", "tta": tta,
             "miou": number(acc.get("miou"), 6), "mean_dice": number(acc.get("mean_dice"), 6),
             "pixel_accuracy": number(acc.get("pixel_accuracy"), 6),
             "miou_per_gflop": number(acc["miou"] / gflops, 6) if acc else "",
@@ -588,7 +584,7 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
 
 SHEET_COLUMNS = (("model", "model"), ("resolution", "HxW"), ("params", "params"), ("macs", "GMACs"),
                  ("flops", "GFLOPs"), ("dtype", "deploy"), ("latency_ms_plain", "plain ms"),
-                 ("latency_ms_deploy", "deploy ms"), ("speedup", "speed-up"), ("fps_deploy", "FPS"), ("miou", "mIoU"),
+                 ("latency_ms_deploy", "deploy ms"), ("speedup", "speed-up"), ("fps_deploy", "FPS"), ("tta", "TTA"), ("miou", "mIoU"),
                  ("mean_dice", "mean Dice"), ("dice_per_gflop", "Dice/GFLOP"))
 
 
