@@ -12,7 +12,8 @@ labels' own resolution (the benchmark's protocol; --val-resolution profile for t
 one row per --tta mode. Sizes are measured at the profile's image size and at every --resolution. On Linux the tool
 restarts itself once with glibc malloc tuned (see measurements/README.md).
 
-    python evaluate_efficiency.py --current-model-path M --profile P --data-dir D --export-predictions DIR [--split test]
+    python evaluate_efficiency.py --current-model-path M --profile P --data-dir D --export-predictions DIR \
+        [--split test]
 
 writes the predictions instead, as the Cityscapes benchmark reads them: one label-id PNG per image at its own
 resolution, DIR/<city>/<city>_<seq>_<frame>_leftImg8bit.png (scored too where the split has labels); --overlay adds

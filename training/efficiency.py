@@ -584,8 +584,8 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
 
 SHEET_COLUMNS = (("model", "model"), ("resolution", "HxW"), ("params", "params"), ("macs", "GMACs"),
                  ("flops", "GFLOPs"), ("dtype", "deploy"), ("latency_ms_plain", "plain ms"),
-                 ("latency_ms_deploy", "deploy ms"), ("speedup", "speed-up"), ("fps_deploy", "FPS"), ("tta", "TTA"), ("miou", "mIoU"),
-                 ("mean_dice", "mean Dice"), ("dice_per_gflop", "Dice/GFLOP"))
+                 ("latency_ms_deploy", "deploy ms"), ("speedup", "speed-up"), ("fps_deploy", "FPS"), ("tta", "TTA"),
+                 ("miou", "mIoU"), ("mean_dice", "mean Dice"), ("dice_per_gflop", "Dice/GFLOP"))
 
 
 def format_sheet(rows: list[dict]) -> str:

@@ -23,8 +23,8 @@ mIoU, the efficiency sheet's `miou` and the official evaluator run on the export
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -150,7 +150,8 @@ def split_images(root: str | Path, split: str, transform: Callable) -> ImageFile
                         f"leftImg8bit/{split}/<city>/*_leftImg8bit.png)")
     paths = sorted(folder.glob("*/*_leftImg8bit.png"))
     if not paths:
-        raise UserError(f"--data-dir {root}: split '{split}' is empty (no *_leftImg8bit.png under leftImg8bit/{split}/)")
+        raise UserError(f"--data-dir {root}: split '{split}' is empty "
+                        f"(no *_leftImg8bit.png under leftImg8bit/{split}/)")
     return ImageFiles(paths, [Path(p.parent.name) / p.name for p in paths], transform)
 
 
@@ -296,8 +297,8 @@ class PredictionExport:
         _save_image(label_ids, self.directory / name, format="PNG")
         if self.overlay_dir is not None:
             image = read_image(self.sources[index]).permute(1, 2, 0).numpy()
-            _save_image(overlay(image, train_ids.cpu().numpy()), self.overlay_dir / f"{name.with_suffix('')}_overlay.jpg",
-                        format="JPEG", quality=90)
+            target = self.overlay_dir / f"{name.with_suffix('')}_overlay.jpg"
+            _save_image(overlay(image, train_ids.cpu().numpy()), target, format="JPEG", quality=90)
         self.written += 1
 
 
@@ -315,7 +316,8 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable, device: torch.device, 
     seen = 0
     for images, targets in progress(loader):
         views = forward_views(model, to_device(images, device), tta)
-        keep = None if export is None else (lambda index, prediction: export.write(seen + index, prediction))
+        keep = None if export is None else (
+            lambda index, prediction, first=seen: export.write(first + index, prediction))
         if labelled:
             scorer.update(views, targets, keep)
         elif keep is not None:  # targets are the images' sizes
@@ -363,7 +365,8 @@ def check_export_args(args) -> None:
         raise UserError("--export-predictions writes and scores at the images' own resolution; "
                         "expected --val-resolution full")
     if args.images and args.tta[0] == "multiscale":
-        raise UserError("--tta multiscale: not for --images (photos keep their own aspect ratio); expected none or flip")
+        raise UserError("--tta multiscale: not for --images (photos keep their own aspect ratio); "
+                        "expected none or flip")
     if args.images and args.split != "val":
         raise UserError("--split: not with --images (a folder of photos has no splits)")
 
