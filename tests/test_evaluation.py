@@ -183,7 +183,7 @@ def test_demo_test_split_has_images_only_and_leaves_train_and_val_unchanged(tmp_
     assert all(re.fullmatch(r"[a-z]+_\d{6}_\d{6}_leftImg8bit\.png", p.name) for p in images)
     assert not (with_test / "gtFine" / "test").exists()
     for split in ("train", "val"):
-        ours = sorted((without / "leftImg8bit" / split).rglob("*.png")) + sorted((without / "gtFine" / split).rglob("*.png"))
+        ours = [p for top in ("leftImg8bit", "gtFine") for p in sorted((without / top / split).rglob("*.png"))]
         assert len(ours) == 4
         for path in ours:
             assert (with_test / path.relative_to(without)).read_bytes() == path.read_bytes()
