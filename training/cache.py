@@ -35,6 +35,7 @@ import json
 import os
 import re
 import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -393,6 +394,15 @@ class CachedLabels:
         if self._labels is None or self._pid != os.getpid():
             self._labels, self._pid = np.load(self.directory / "labels.npy", mmap_mode="r"), os.getpid()
         return torch.from_numpy(np.array(self._labels[index]))
+
+
+def png_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from a PNG's header, without decoding it."""
+    with open(path, "rb") as file:
+        head = file.read(24)
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        raise UserError(f"cannot read PNG {path}: not a PNG file")
+    return struct.unpack(">II", head[16:24])
 
 
 def _label_stats(labels: list[str]) -> list[list[int]]:
