@@ -65,7 +65,8 @@ def test_init_binds_one_visible_gpu_and_bounds_the_collectives(monkeypatch):
     monkeypatch.setattr(distributed.dist, "init_process_group",
                         lambda backend, **kwargs: calls.setdefault("init", (backend, kwargs)))
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "FASTSCNN_COLLECTIVE_TIMEOUT_S"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded first, so that what init() sets is removed again after the test
+        monkeypatch.delenv(name)
     # an srun task of a 2-node job whose batch shell exported MASTER_ADDR
     for name, value in {"SLURM_PROCID": "7", "SLURM_LOCALID": "3", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0",
                         "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "n[1-2]-ib", "MASTER_ADDR": "n1-ib"}.items():

@@ -356,6 +356,7 @@ echo "fake stage: finished"
 
 
 def _stage_env(env: dict, **extra) -> dict:
+    env = {k: v for k, v in env.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}  # the batch shell sets them
     return dict(env, EXPERIMENT_ID=eid(5, 2), PROFILE="2", WEIGHT_DECAY="0",
                 PREVIOUS_MODEL_PATH=f"models/{eid(5, 1)}.pth", **extra)
 

@@ -22,7 +22,7 @@ a builder's temporary files carry its host name and pid (`images.<host>.<pid>.tm
 only stale ones (of a dead process on its own host, or untouched for STALE_AFTER_S; a live builder touches its
 own every HEARTBEAT_S), never those of a builder still at work on another node.
 
-A cached sample is exactly the output of `training.data.resize(profile)` on the uncached one, and that resize is
+A cached sample is exactly the output of `training.images.resize(profile)` on the uncached one, and that resize is
 the first op of the training and validation transforms (a no-op on an image already at the size): cached and
 uncached samples are identical, augmentations included.
 """
@@ -46,9 +46,9 @@ import torchvision
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 
-from training.data import read_png, read_train_ids, resize
 from training.errors import UserError
 from training.helpers import map_in_helpers
+from training.images import read_png, read_train_ids, resize
 from training.profiles import Profile
 
 CACHE_VERSION = 1
