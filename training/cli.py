@@ -54,6 +54,9 @@ def add_distillation_args(parser: argparse.ArgumentParser) -> None:
         help="the student of the previous curriculum stage, or 'none' for random init")
     add("--alpha", type=float, default=0.5, help="weight of the distillation term: alpha*kd + (1-alpha)*ce")
     add("--temperature", type=float, default=4.0, help="softmax temperature T (> 1)")
+    add("--kd-loss", choices=("kl", "cwd"), default="kl",
+        help="kl: per-pixel KL over the classes (the original's term); cwd: channel-wise distillation, each class "
+             "channel a distribution over the positions (Shu et al. 2021)")
 
 
 def check_args(args) -> None:
