@@ -224,11 +224,14 @@ def _shift_hue(x: torch.Tensor, hue: float) -> torch.Tensor:
     return weight.mul_(-chroma).add_(top).mul_(255.999 / 255.0).floor_()  # torchvision's float -> uint8 rounding
 
 
-def train_transform(profile: Profile) -> v2.Transform:
-    """The original's augmentation: resize to the image size, horizontal flip, random crop, colour jitter.
-
-    The resize comes first (on uint8, so all later work is on the small image); it commutes with the flip.
+def train_transform(profile: Profile, augment: str = "original") -> v2.Transform:
+    """augment "original": the original's augmentation: resize to the image size, horizontal flip, random crop, colour
+    jitter. The resize comes first (on uint8, so all later work is on the small image); it commutes with the flip.
+    "mmseg": mmsegmentation's (training/augment.py).
     """
+    if augment == "mmseg":
+        from training.augment import mmseg_transform  # it builds on this module's resize and normalisation
+        return mmseg_transform(profile)
     return v2.Compose([
         resize(profile),
         v2.RandomHorizontalFlip(0.5),
