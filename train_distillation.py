@@ -2,9 +2,9 @@
 
 loss = alpha * kd + (1 - alpha) * CE. --kd-loss kl (default): kd = T^2 * per-pixel KL(teacher || student) of the
 softmax over the classes at temperature T, averaged over all pixels; --kd-loss cwd: channel-wise distillation, the
-same KL with each class channel a softmax over the positions, averaged over images and classes (training/losses.py). The teacher (--teacher-arch, Fast-SCNN by default) sees
-the same augmented batch, stays in eval mode without gradients, and is never saved; the best student goes to
-models/<experiment-id>.pth.
+same KL with each class channel a softmax over the positions, averaged over images and classes (training/losses.py).
+The teacher (--teacher-arch, Fast-SCNN by default) sees the same augmented batch, stays in eval mode without
+gradients, and is never saved; the best student goes to models/<experiment-id>.pth.
 
     python train_distillation.py --profile low --experiment-id fastscnn-training-experiment-11 \
         --trained-teacher-model-path models/fastscnn-training-experiment-05.pth

@@ -6,7 +6,7 @@ distillation term and the teacher, train_dice.py for the Dice term.
     python train_distillation_dice.py --profile low --experiment-id fastscnn-training-experiment-31 \
         --trained-teacher-model-path models/fastscnn-training-experiment-25.pth
 """
-from training.cli import add_distillation_args, add_dice_args
+from training.cli import add_dice_args, add_distillation_args
 from training.errors import run_cli
 from training.losses import dice_loss, distillation_loss, kd_part_name
 from training.models import load_teacher

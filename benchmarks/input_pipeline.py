@@ -13,6 +13,9 @@ timed batches fall inside one epoch, as they do with the 2975 Cityscapes trainin
 in the dataset, the image becomes a float tensor (ToTensor) and is resized at full size, the same flip / crop /
 colour jitter (torchvision's, on float) and normalisation follow, and the label ids of each batch are mapped to
 train ids per pixel with `Tensor.apply_` in the main process. The last line is always `samples/s: X` (ours).
+
+`--augment mmseg` times the pipeline with mmseg's augmentation (training/augment.py) instead of the original's;
+`--compare-augment` times both in one run (the chosen one, the other, the chosen one again) and prints the ratio.
 """
 from __future__ import annotations
 
@@ -145,6 +148,10 @@ def main(argv: list[str] | None = None) -> float:
                         help="also time a re-creation of the original pipeline and print the ratio")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="pinned memory as in training on cuda (default cpu)")
+    parser.add_argument("--augment", choices=("original", "mmseg"), default="original",
+                        help="the training augmentation, as the scripts' --augment (default original)")
+    parser.add_argument("--compare-augment", action="store_true",
+                        help="also time the other --augment in the same run and print the ratio")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     args = parser.parse_args(argv)
@@ -160,12 +167,13 @@ def main(argv: list[str] | None = None) -> float:
         raise UserError("--device cuda: CUDA is not available on this machine")
     length = (warmup + args.batches) * args.batch_size
 
-    print(f"input pipeline: {profile.describe()} | {args.num_workers} workers, batch {args.batch_size}, "
+    print(f"input pipeline: {profile.describe()} | augment {args.augment} | {args.num_workers} workers, "
+          f"batch {args.batch_size}, "
           f"{warmup} warm-up + {args.batches} timed batches | {cores()} cores available | torch {torch.__version__} | "
           f"{platform.python_implementation()} {platform.python_version()} | {allocator()}", flush=True)
 
     start = time.perf_counter()
-    dataset = CityscapesSegmentation(args.data_dir, "train", train_transform(profile), profile=profile,
+    dataset = CityscapesSegmentation(args.data_dir, "train", train_transform(profile, args.augment), profile=profile,
                                      cache=False if args.no_cache else args.cache, cache_dir=args.cache_dir)
     seconds = time.perf_counter() - start
     if dataset.cache is None:
@@ -189,6 +197,17 @@ def main(argv: list[str] | None = None) -> float:
         return samples / seconds
 
     ours = run("ours", dataset)
+    if args.compare_augment:
+        import copy
+
+        other_augment = "mmseg" if args.augment == "original" else "original"
+        other = copy.copy(dataset)  # the same files and cache, the other transform
+        other.transform = train_transform(profile, other_augment)
+        other_rate = run(f"ours with --augment {other_augment}", other)
+        ours = (ours + run("ours (again)", dataset)) / 2
+        print(f"ratio --augment {args.augment} / {other_augment}: {ours / other_rate:.2f}x (per worker: "
+              f"{ours / max(args.num_workers, 1):.1f} vs {other_rate / max(args.num_workers, 1):.1f} samples/s)",
+              flush=True)
     if args.baseline == "original":
         # ours, original, ours again: a change in the machine's load during the run evens out in the ratio
         base = run("original (re-created)", OriginalPipeline(dataset.images, dataset.labels, profile),
