@@ -146,7 +146,7 @@ def test_aux_heads_train_are_dropped_from_the_model_and_carried_to_the_next_stag
     monkeypatch.chdir(tmp_path)
     assert run_in_process(train, _stage(tiny_cityscapes, "aux-s1", "--aux-weight", "0.4"), monkeypatch) == 0
     out = capsys.readouterr().out
-    assert "train_aux_loss" in out and "aux weight 0.4" in out and "aux heads: random init" in out
+    assert "train_aux_loss" in out and "aux_weight 0.4" in out and "aux heads: random init" in out
     best = torch.load(tmp_path / "models" / "aux-s1.pth", weights_only=True)
     fast_scnn.Model().load_state_dict(best)  # strict: no auxiliary head in the best model
     state = torch.load(tmp_path / "checkpoints" / "aux-s1" / "state.pth", weights_only=True)

@@ -370,8 +370,7 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
             f"(best mIoU so far {stage.best_miou:.4f})", flush=True)
     log(f"init: {'weights from ' + stage.init_from if stage.init_from.lower() != 'none' else 'random'}"
         + (f"; {stage.aux_line}" if stage.aux_line else ""), flush=True)
-    log(f"{stage.recipe_line} | optimizer {args.optimizer}, lr {args.lr:g}, schedule {args.lr_schedule}, weight decay "
-        f"{args.weight_decay:g}, aux weight {args.aux_weight:g}, augment {args.augment}", flush=True)
+    log(stage.recipe_line, flush=True)
 
     tracker = Tracker(args.experiment_id, vars(args) | {"script": script}, enabled=main, resume_id=stage.wandb_id)
     stage.wandb_id = tracker.run_id or stage.wandb_id
