@@ -40,6 +40,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
+from training import deploy  # noqa: E402
 from training import efficiency as eff  # noqa: E402
 from training.checkpoint import append_csv_row  # noqa: E402
 from training.distributed import device_name, pick_device  # noqa: E402
@@ -62,7 +63,7 @@ def parse_args(argv):
     add("--batch-size", type=int, default=4, help="validation batch size (latency is always batch 1)")
     add("--num-workers", type=int, default=4, help="data-loading worker processes")
     add("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
-    add("--deploy-dtype", default="auto", choices=eff.DEPLOY_CHOICES,
+    add("--deploy-dtype", default="auto", choices=deploy.DEPLOY_CHOICES,
         help="auto: fp16 on CUDA, bf16 autocast on CPUs with native bf16, else fp32, stepping down to mixed (reduced "
              "precision in the context branch only), then fp32, while predictions change; any other value is used as is")
     add("--compile", action="store_true",
@@ -72,6 +73,9 @@ def parse_args(argv):
     add("--min-seconds", type=float, default=5.0, help="... adding up to at least this many seconds per form")
     add("--warmup", type=int, default=5, help="untimed runs per form first")
     add("--agreement-images", type=int, default=4, help="val images (or random inputs) for the deploy check")
+    add("--export-onnx", metavar="PATH",
+        help="write the fp32 network (BatchNorm folded) as ONNX at the first --resolution (static shape), check it "
+             "with ONNX Runtime against PyTorch and time it beside the plain and deploy forms")
     add("--output-csv", default="measurements/efficiency.csv", help="append one row per model and resolution here")
     add("--write-resolutions", nargs="?", const="measurements/resolutions.csv", metavar="PATH",
         help="regenerate resolutions.csv from training/profiles.py and exit")
@@ -102,6 +106,8 @@ def main(argv):
         if value < low:
             raise UserError(f"{flag} {value}: expected an integer >= {low}")
     profile = resolve_profile(args.profile)
+    if args.export_onnx and args.all:
+        raise UserError("--export-onnx: expected one model (--current-model-path), not --all")
     sizes = list(dict.fromkeys([profile.image_hw] + [eff.parse_resolution(r) for r in args.resolution]))
     device = pick_device(args.device)
     from training.data import CLASS_NAMES, NUM_CLASSES, CityscapesSegmentation, val_transform  # torchvision: slow
@@ -115,7 +121,7 @@ def main(argv):
     val_set = None if no_data else CityscapesSegmentation(args.data_dir, "val", val_transform(profile))
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype, scope, why = eff.choose_deploy_dtype(device, args.deploy_dtype)
+    dtype, scope, why = deploy.choose_deploy_dtype(device, args.deploy_dtype)
     allocator = eff.describe_allocator() + (" (set by the tool)" if os.environ.get(MARKER) else "")
     threads = torch.get_num_threads() if device.type == "cpu" else None
     print(f"{profile.describe()} | device {device} ({device_name(device)}) | deploy: {why}")
@@ -126,9 +132,17 @@ def main(argv):
     for path, model in models:
         params = eff.count_parameters(model)
         print(f"\n== {path} ({args.arch}): {params:,} parameters ({params * 4 / 2**20:.2f} MB fp32)")
+        onnx = None
+        if args.export_onnx:  # at the first --resolution (the profile's image size without one)
+            hw = eff.parse_resolution(args.resolution[0]) if args.resolution else profile.image_hw
+            folded = deploy.export_onnx(model, hw, args.export_onnx)
+            print(f"wrote {args.export_onnx}: fp32, {folded} BatchNorm folded, input 'image' 1x3x{hw[0]}x{hw[1]} "
+                  f"(static), output 'logits' (torch.onnx.export dynamo=True)")
+            onnx = deploy.OnnxRuntimeForm(args.export_onnx, threads)
         result = eff.evaluate_model(model, sizes, device, dtype, val_set, args.compile, args.agreement_images,
                                     args.batch_size, args.num_workers, args.latency_runs, args.min_seconds,
-                                    args.warmup, NUM_CLASSES, fallback=args.deploy_dtype == "auto", scope=scope)
+                                    args.warmup, NUM_CLASSES, fallback=args.deploy_dtype == "auto", scope=scope,
+                                    onnx=onnx)
         if result.accuracy:
             acc = result.accuracy
             print(format_iou_table(acc["iou"], CLASS_NAMES))

@@ -33,6 +33,7 @@ def make_loss(args, device):
         total, ce, kd = distillation_loss(logits, teacher(images), target, args.temperature, args.alpha,
                                           kd_loss=args.kd_loss)
         return total, {"train_total_loss": total, "train_ce_loss": ce, kd_part_name(args.kd_loss): kd}
+    loss.teacher = teacher  # the stage puts it in the student's memory format and AMP dtype
     return loss
 
 

@@ -33,6 +33,7 @@ def make_loss(args, device):
         total = kd_total + args.dice_loss_weight * dice
         return total, {"train_total_loss": total, "train_ce_loss": ce, kd_part_name(args.kd_loss): kd,
                        "train_dice_loss": dice}
+    loss.teacher = teacher  # the stage puts it in the student's memory format and AMP dtype
     return loss
 
 

@@ -5,7 +5,10 @@
         --baseline original
 
 The training loader is built as the stage builds it (`training/stage.py`: the dataset with its per-profile cache,
-`train_transform`, `EpochSampler`, `make_loader`). Building or checking the cache is timed on its own; then
+`train_pipeline`, the photometric ops' parameters drawn per sample, `EpochSampler`, `make_loader`): workers ship
+uint8 images and masks, and the photometric ops (colour jitter), float conversion and normalisation run on the
+training device, timed separately on a batch (`--photometric workers` applies them in the workers instead, as
+CPU-only training does). The bytes of one batch are printed. Building or checking the cache is timed on its own; then
 `--warmup` batches start the workers and `--batches` batches are timed. A small data set is repeated so that the
 timed batches fall inside one epoch, as they do with the 2975 Cityscapes training images.
 
@@ -14,8 +17,9 @@ in the dataset, the image becomes a float tensor (ToTensor) and is resized at fu
 colour jitter (torchvision's, on float) and normalisation follow, and the label ids of each batch are mapped to
 train ids per pixel with `Tensor.apply_` in the main process. The last line is always `samples/s: X` (ours).
 
-`--augment mmseg` times the pipeline with mmseg's augmentation (training/augment.py) instead of the original's;
-`--compare-augment` times both in one run (the chosen one, the other, the chosen one again) and prints the ratio.
+`--augment mmseg` times the pipeline with mmseg's augmentation (training/augment.py: geometry in the workers,
+PhotoMetricDistortion on the device) instead of the original's; `--compare-augment` times both in one run (the
+chosen one, the other, the chosen one again) and prints the ratio.
 """
 from __future__ import annotations
 
@@ -35,8 +39,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from training.data import (MEAN, STD, CityscapesSegmentation, EpochSampler, label_lookup_table,  # noqa: E402
-                           make_loader, train_transform)
+from training.data import (  # noqa: E402
+    MEAN,
+    STD,
+    CityscapesSegmentation,
+    EpochSampler,
+    label_lookup_table,
+    make_loader,
+    train_pipeline,
+)
+from training.device_augment import PhotometricPipeline, apply_in_worker  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 from training.profiles import resolve_profile  # noqa: E402
 
@@ -114,22 +126,53 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def time_loader(loader, sampler, warmup: int, batches: int, map_labels=None) -> tuple[float, int]:
-    """Seconds for `batches` batches after `warmup` ones, and the samples they held."""
+def time_loader(loader, sampler, warmup: int, batches: int, map_labels=None) -> tuple[float, int, tuple]:
+    """Seconds for `batches` batches after `warmup` ones, the samples they held, and the last batch."""
     sampler.set_epoch(0)
     iterator = iter(loader)
     for _ in range(warmup):
-        images, target = next(iterator)
+        batch = next(iterator)
         if map_labels is not None:
-            map_labels(target)
+            map_labels(batch[1])
     samples = 0
     start = time.perf_counter()
     for _ in range(batches):
-        images, target = next(iterator)
+        batch = next(iterator)
         if map_labels is not None:
-            target = map_labels(target)
-        samples += images.shape[0]
-    return time.perf_counter() - start, samples
+            batch = (batch[0], map_labels(batch[1]), *batch[2:])
+        samples += batch[0].shape[0]
+    return time.perf_counter() - start, samples, batch
+
+
+def batch_bytes(batch: tuple) -> int:
+    return sum(t.numel() * t.element_size() for t in batch)
+
+
+def time_photometric(batch: tuple, device: torch.device, pipeline: PhotometricPipeline,
+                     repeats: int = 3) -> tuple[float, float]:
+    """ms per sample of the photometric ops + normalisation: on `device` for the whole batch (as the stage does),
+    and per sample in one thread (as a CPU-only run's loader workers do)."""
+    images, params = batch[0].to(device), batch[2]
+    pipeline.apply(images, params)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        pipeline.apply(images, params)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        for image, sample_params in zip(batch[0], params):
+            apply_in_worker(pipeline, image, sample_params)
+        worker = (time.perf_counter() - start) / len(params)
+    finally:
+        torch.set_num_threads(threads)
+    return 1000 * best / len(params), 1000 * worker
 
 
 def main(argv: list[str] | None = None) -> float:
@@ -152,6 +195,9 @@ def main(argv: list[str] | None = None) -> float:
                         help="the training augmentation, as the scripts' --augment (default original)")
     parser.add_argument("--compare-augment", action="store_true",
                         help="also time the other --augment in the same run and print the ratio")
+    parser.add_argument("--photometric", choices=("device", "workers"), default="device",
+                        help="where the photometric ops run: on the training device (GPU training, default) or in "
+                             "the loader workers (CPU-only training)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     args = parser.parse_args(argv)
@@ -173,17 +219,20 @@ def main(argv: list[str] | None = None) -> float:
           f"{platform.python_implementation()} {platform.python_version()} | {allocator()}", flush=True)
 
     start = time.perf_counter()
-    dataset = CityscapesSegmentation(args.data_dir, "train", train_transform(profile, args.augment), profile=profile,
-                                     cache=False if args.no_cache else args.cache, cache_dir=args.cache_dir)
+    transform, photometric = train_pipeline(profile, args.augment)
+    dataset = CityscapesSegmentation(args.data_dir, "train", transform, profile=profile,
+                                     cache=False if args.no_cache else args.cache, cache_dir=args.cache_dir,
+                                     photometric=photometric, photometric_in_worker=args.photometric == "workers")
     seconds = time.perf_counter() - start
     if dataset.cache is None:
-        why = "--no-cache" if args.no_cache else "the source images are not larger than the profile's image size"
-        print(f"cache: not used ({why}); dataset set up in {seconds:.2f} s", flush=True)
+        print(f"cache: not used (--no-cache); dataset set up in {seconds:.2f} s", flush=True)
     else:
         print(f"cache: {dataset.cache.directory} ready after {seconds:.2f} s (build or check; not part of the timing)",
               flush=True)
     repeated = f" (repeated to {length} samples: the timed batches fall in one epoch)" if len(dataset) < length else ""
     print(f"data: {len(dataset)} training images in {args.data_dir}{repeated}", flush=True)
+
+    last = {}
 
     def run(what: str, data: Dataset, map_labels=None) -> float:
         torch.manual_seed(args.seed)
@@ -191,22 +240,29 @@ def main(argv: list[str] | None = None) -> float:
         size = max(length, len(data))
         sampler = EpochSampler(size, args.seed, True)
         loader = make_loader(Repeated(data, size), sampler, args.batch_size, args.num_workers, device, drop_last=True)
-        seconds, samples = time_loader(loader, sampler, warmup, args.batches, map_labels)
+        seconds, samples, last[what] = time_loader(loader, sampler, warmup, args.batches, map_labels)
         del loader  # stops its workers before the next run starts its own
-        print(f"{what}: {samples} samples in {seconds:.2f} s: {samples / seconds:.1f} samples/s", flush=True)
+        print(f"{what}: {samples} samples in {seconds:.2f} s: {samples / seconds:.1f} samples/s "
+              f"({batch_bytes(last[what]) / 2**20:.1f} MiB a batch)", flush=True)
         return samples / seconds
 
     ours = run("ours", dataset)
+    if args.photometric == "device":
+        on_device, in_worker = time_photometric(last["ours"], device, photometric)
+        print(f"photometric ops + normalisation: {on_device:.2f} ms a sample on {device} (batch of {args.batch_size}, "
+              f"{torch.get_num_threads()} threads; not in the figure above), {in_worker:.2f} ms a sample in one "
+              f"thread as a loader worker would", flush=True)
     if args.compare_augment:
         import copy
 
         other_augment = "mmseg" if args.augment == "original" else "original"
-        other = copy.copy(dataset)  # the same files and cache, the other transform
-        other.transform = train_transform(profile, other_augment)
+        other = copy.copy(dataset)  # the same files and cache, the other augmentation
+        other.transform, other.photometric = train_pipeline(profile, other_augment)
         other_rate = run(f"ours with --augment {other_augment}", other)
         ours = (ours + run("ours (again)", dataset)) / 2
         print(f"ratio --augment {args.augment} / {other_augment}: {ours / other_rate:.2f}x (per worker: "
-              f"{ours / max(args.num_workers, 1):.1f} vs {other_rate / max(args.num_workers, 1):.1f} samples/s)",
+              f"{ours / max(args.num_workers, 1):.1f} vs {other_rate / max(args.num_workers, 1):.1f} samples/s; "
+              f"{'' if args.photometric == 'workers' else '; the photometric ops run on the device, not timed here'})",
               flush=True)
     if args.baseline == "original":
         # ours, original, ours again: a change in the machine's load during the run evens out in the ratio

@@ -17,8 +17,10 @@ of this process and are stopped by their PIDs. The pitfalls of running Slurm 22.
 - a partition named gpu_a100, so the jobscripts' `#SBATCH` lines run unchanged;
 - `SlurmdParameters=config_overrides` with `CPUs=`/`RealMemory=` so a 2-core machine advertises the 18+ CPUs
   the jobscripts ask for;
-- `DependencyParameters=kill_invalid_depend` (a failed afterok parent cancels its children),
-  `EnforcePartLimits=ALL` (a job that can never fit is refused at submission),
+- Slurm's default DependencyParameters, as most clusters have them: a failed afterok parent leaves its children
+  PENDING (DependencyNeverSatisfied) unless they were submitted with `--kill-on-invalid-dep=yes` (the jobscripts
+  do; `kill_invalid_depend` here would hide a chain that does not);
+- `EnforcePartLimits=ALL` (a job that can never fit is refused at submission),
   `SchedulerParameters=sched_interval=1,batch_sched_delay=0` (chains run without scheduler pauses);
 - no accounting daemon (no `sacct`): job states come from `scontrol show job` while the job is remembered
   (MinJobAge) and from output files;
@@ -153,7 +155,6 @@ SelectTypeParameters=CR_CPU
 GresTypes=gpu
 SchedulerType=sched/builtin
 SchedulerParameters=sched_interval=1,batch_sched_delay=0
-DependencyParameters=kill_invalid_depend
 EnforcePartLimits=ALL
 SlurmdParameters=config_overrides
 ReturnToService=2

@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from training import augment
-from training.augment import PAD_COLOUR, MmsegTrainTransform, PhotoMetricDistortion
-from training.data import CityscapesSegmentation, EpochSampler, denormalize, train_transform
+from training.augment import PAD_COLOUR, KeepPadding, MmsegTrainTransform, PhotoMetricDistortion, mmseg_pipeline
+from training.data import CityscapesSegmentation, EpochSampler, train_pipeline
+from training.device_augment import apply_in_worker
 from training.profiles import Profile
 
 
@@ -51,19 +52,24 @@ def _reference(image: np.ndarray, beta, contrast_first, contrast, saturation, hu
     return x
 
 
-@pytest.mark.parametrize("params", [(20.5, 1, 1.3, 1.0, 0.0), (-31.0, 0, 0.6, 1.0, 0.0), (0.0, 1, 1.0, 1.4, 0.0),
-                                    (0.0, 0, 1.0, 0.55, 0.0), (0.0, 1, 1.0, 1.0, 11.0), (0.0, 0, 1.0, 1.0, -18.0),
-                                    (-12.0, 0, 1.45, 0.7, 5.0), (25.0, 1, 0.8, 1.5, -7.0)])
-def test_photometric_distortion_matches_a_colorsys_reference(params):
-    image = np.random.default_rng(0).integers(0, 256, (3, 6, 9)).astype(np.uint8)
-    image[:, 0, :3] = 128  # grey pixels: no chroma, hue undefined
-    ours = PhotoMetricDistortion.apply(torch.from_numpy(image).float(), torch.tensor(params)).numpy()
-    reference = _reference(image, *params)
-    assert ours.min() >= 0 and ours.max() <= 255 and np.array_equal(ours, np.floor(ours))
-    beta, contrast_first, contrast, saturation, hue = params
-    amplified = not contrast_first and contrast > 1 and (saturation != 1 or hue != 0)  # a level x 1.45 after HSV ops
-    assert np.abs(ours - reference).max() <= (2 if amplified else 1), np.abs(ours - reference).max()
-    assert (ours != reference).mean() < 0.25  # the hue shift rounds as torchvision (training/data.py), colorsys floors
+PARAMS = [(20.5, 1, 1.3, 1.0, 0.0), (-31.0, 0, 0.6, 1.0, 0.0), (0.0, 1, 1.0, 1.4, 0.0), (0.0, 0, 1.0, 0.55, 0.0),
+          (0.0, 1, 1.0, 1.0, 11.0), (0.0, 0, 1.0, 1.0, -18.0), (-12.0, 0, 1.45, 0.7, 5.0), (25.0, 1, 0.8, 1.5, -7.0),
+          (0.0, 1, 1.0, 1.0, 0.0)]
+
+
+def test_photometric_distortion_matches_a_colorsys_reference():
+    # one batch with a different parameter set per sample (the device op picks each op's samples)
+    images = np.random.default_rng(0).integers(0, 256, (len(PARAMS), 3, 6, 9)).astype(np.uint8)
+    images[:, :, 0, :3] = 128  # grey pixels: no chroma, hue undefined
+    batch = PhotoMetricDistortion().apply(torch.from_numpy(images).float(), torch.tensor(PARAMS)).numpy()
+    for image, ours, params in zip(images, batch, PARAMS):
+        reference = _reference(image, *params)
+        assert ours.min() >= 0 and ours.max() <= 255 and np.array_equal(ours, np.floor(ours))
+        beta, contrast_first, contrast, saturation, hue = params
+        amplified = not contrast_first and contrast > 1 and (saturation != 1 or hue != 0)  # a level x 1.45 after HSV
+        assert np.abs(ours - reference).max() <= (2 if amplified else 1), (params, np.abs(ours - reference).max())
+        assert (ours != reference).mean() < 0.25  # the hue shift rounds as torchvision, colorsys floors
+    assert np.array_equal(batch[-1], images[-1])  # every op off: unchanged
 
 
 def test_photometric_draws_are_in_mmsegs_ranges_and_each_op_is_on_half_the_time():
@@ -122,16 +128,36 @@ def test_crop_with_cat_max_ratio_redraws_up_to_ten_times(monkeypatch):
     assert redrawn > 0
 
 
-def test_smaller_rescaled_image_is_padded_with_void_and_the_mean_colour(monkeypatch):
+def test_smaller_rescaled_image_is_padded_with_void_and_the_mean_colour_that_the_distortion_leaves(monkeypatch):
     monkeypatch.setattr(augment, "RATIO_RANGE", (0.5, 0.5))  # 64x32 -> 32x16, smaller than the 48x24 patch
     mask = np.ones((32, 64), dtype=np.uint8)
     mask[:, 32:] = 2
     image, out = _sample(mask, 3)
-    assert image.shape == (3, 24, 48) and out.shape == (24, 48)
+    assert image.dtype == torch.uint8 and image.shape == (3, 24, 48) and out.shape == (24, 48)
     assert (out[16:] == 255).all() and (out[:, 32:] == 255).all() and not (out[:16, :32] == 255).any()
-    pixels = denormalize(image[None])[0]
-    assert (pixels[:, 16:] == torch.tensor(PAD_COLOUR, dtype=torch.uint8).view(3, 1, 1)).all()
-    assert image[:, 16:].abs().max() < 0.01  # ~0 after normalisation, as mmseg's zero padding
+    pad = torch.tensor(PAD_COLOUR, dtype=torch.uint8).view(3, 1, 1)
+    assert (image[:, 16:] == pad).all() and (image[:, :, 32:] == pad).all()
+
+    # the device ops: a strong distortion changes the image, and the padded pixels are the mean colour again
+    transform, pipeline = mmseg_pipeline(PROFILE)
+    transform.valid_hw = (16, 32)
+    params = torch.cat([torch.tensor([30.0, 1, 1.4, 1.5, 9.0]), pipeline.ops[1].draw()])
+    assert params[5:].tolist() == [16, 32]
+    distorted = apply_in_worker(pipeline, image, params)
+    assert not torch.equal(distorted[:, :16, :32], image[:, :16, :32])
+    assert torch.equal(distorted[:, 16:], image[:, 16:]) and torch.equal(distorted[:, :, 32:], image[:, :, 32:])
+    assert torch.equal(distorted[:, :16, :32], apply_in_worker(
+        pipeline, image, torch.cat([params[:5], torch.tensor([24.0, 48.0])]))[:, :16, :32])
+    normalised = pipeline.apply(image[None], params[None])[0]
+    assert normalised[:, 16:].abs().max() < 0.01  # ~0 after normalisation, as mmseg's zero padding
+
+
+def test_keep_padding_restores_each_samples_own_padding():
+    x = torch.full((2, 3, 4, 5), 7.0)
+    out = KeepPadding(None).apply(x.clone(), torch.tensor([[4.0, 5.0], [2.0, 3.0]]))
+    assert torch.equal(out[0], x[0])
+    pad = torch.tensor(PAD_COLOUR, dtype=torch.float32).view(3, 1, 1)
+    assert (out[1, :, 2:] == pad).all() and (out[1, :, :, 3:] == pad).all() and (out[1, :, :2, :3] == 7.0).all()
 
 
 def test_rescale_ratio_spans_half_to_twice(monkeypatch):
@@ -155,17 +181,19 @@ DOWN = Profile("down", 0, (160, 80), (128, 64))
 
 
 def test_mmseg_samples_are_seeded_cached_equal_uncached_and_independent_of_workers(tiny_cityscapes, tmp_path):
-    transform = train_transform(DOWN, "mmseg")
+    transform, photometric = train_pipeline(DOWN, "mmseg")
     cached = CityscapesSegmentation(tiny_cityscapes, "train", transform, profile=DOWN, cache="always",
-                                    cache_dir=tmp_path / "cache")
-    plain = CityscapesSegmentation(tiny_cityscapes, "train", transform, profile=DOWN, cache=False)
+                                    cache_dir=tmp_path / "cache", photometric=photometric)
+    plain = CityscapesSegmentation(tiny_cityscapes, "train", transform, profile=DOWN, cache=False,
+                                   photometric=photometric)
     assert cached.cache is not None
     for i in range(len(plain)):
         for seed in (0, 99, 2**61 + 5):
             a, b = cached[(i, seed)], plain[(i, seed)]
-            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), (i, seed)
-            assert a[0].shape == (3, 64, 128) and a[1].shape == (64, 128)
-    assert not torch.equal(cached[(0, 1)][0], cached[(0, 2)][0])
+            assert all(torch.equal(x, y) for x, y in zip(a, b)), (i, seed)
+            assert a[0].shape == (3, 64, 128) and a[1].shape == (64, 128) and a[2].shape == (7,)
+            assert a[0].dtype == torch.uint8 and a[1].dtype == torch.uint8
+    assert not torch.equal(cached[(0, 1)][2], cached[(0, 2)][2])
 
     def batches(workers):
         sampler = EpochSampler(len(cached), seed=5, shuffle=True)
@@ -174,7 +202,7 @@ def test_mmseg_samples_are_seeded_cached_equal_uncached_and_independent_of_worke
                             generator=torch.Generator().manual_seed(0))
         return list(loader)
     serial, parallel = batches(0), batches(2)
-    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(serial, parallel))
+    assert all(torch.equal(x, y) for a, b in zip(serial, parallel) for x, y in zip(a, b))
 
 
 def test_benchmark_times_mmseg_against_the_original_augmentation(tiny_cityscapes, tmp_path):

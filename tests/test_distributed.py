@@ -7,6 +7,7 @@ exact validation must count each image once (no sampler padding) and give the sa
 from __future__ import annotations
 
 import csv
+import datetime
 import os
 import socket
 import subprocess
@@ -47,9 +48,36 @@ def test_detect_from_slurm_step_variables():
     assert not distributed.detect({**slurm, "SLURM_NTASKS": "1", "SLURM_PROCID": "0"}).enabled
 
 
-def test_first_host_of_a_slurm_node_list():
+def test_first_host_of_a_slurm_node_list(monkeypatch):
     assert distributed.first_host("gpu[007-009,012],cpu1") == "gpu007"
     assert distributed.first_host("node12") == "node12"
+    monkeypatch.setenv("PATH", "")  # no scontrol (inside a container): the parser
+    for nodelist, first in [("n[1-2]-ib", "n1-ib"), ("rack[07-08]-n[3,1]", "rack07-n3"),
+                            ("gpu[007-009,012],cpu1", "gpu007"), ("node12,node3", "node12"), ("a[5],b[1-2]", "a5")]:
+        assert distributed.first_host(nodelist) == first, nodelist
+
+
+def test_init_binds_one_visible_gpu_and_bounds_the_collectives(monkeypatch):
+    """Per-task GPU binding gives each task one visible GPU: local rank 3 must use cuda:0, not cuda:3."""
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("set_device", torch.device(device)))
+    monkeypatch.setattr(distributed.dist, "init_process_group",
+                        lambda backend, **kwargs: calls.setdefault("init", (backend, kwargs)))
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "FASTSCNN_COLLECTIVE_TIMEOUT_S"):
+        monkeypatch.delenv(name, raising=False)
+    # an srun task of a 2-node job whose batch shell exported MASTER_ADDR
+    for name, value in {"SLURM_PROCID": "7", "SLURM_LOCALID": "3", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0",
+                        "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "n[1-2]-ib", "MASTER_ADDR": "n1-ib"}.items():
+        monkeypatch.setenv(name, value)
+    env = distributed.init("cuda")
+    assert (env.rank, env.local_rank, env.world_size) == (7, 3, 8)
+    assert calls["set_device"] == torch.device("cuda", 0)
+    backend, kwargs = calls["init"]
+    assert backend == "nccl" and kwargs["rank"] == 7 and kwargs["world_size"] == 8
+    assert kwargs["timeout"] == datetime.timedelta(seconds=300)  # not NCCL's default
+    assert os.environ["MASTER_ADDR"] == "n1-ib" and os.environ["MASTER_PORT"] == str(29500 + 123456 % 10000)
+    assert distributed.cuda_device(5) == torch.device("cuda", 0)
 
 
 # ------------------------------------------------------------------------------------------------ 2-process stages
@@ -137,6 +165,24 @@ def test_two_process_stage_writes_once_and_validates_exactly(odd_val_cityscapes,
     assert len(matrix.matrix.sum(0).nonzero()) > 3  # predictions of several classes: a sensitive comparison
     assert torch.equal(state["best_confusion_matrix"], matrix.matrix)
     assert state["best_miou"] == matrix.compute()["miou"]
+
+
+@pytest.mark.slow
+def test_resume_with_another_number_of_processes_is_refused(odd_val_cityscapes, tmp_path):
+    """2 -> 1 processes: the schedule and the shard position are counted in steps of the saved run's size."""
+    common = ["--data-dir", str(odd_val_cityscapes), "--batch-size", "2", "--num-workers", "0", "--experiment-id",
+              "ddp-resume"]
+    result = torchrun("train.py", *common, "--epochs", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    state = torch.load(tmp_path / "checkpoints" / "ddp-resume" / "state.pth", weights_only=True)
+    assert (state["world_size"], state["steps_per_epoch"]) == (2, 1)
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(REPO / "tests" / "small_profile.py"), "train.py", *common,
+                             "--epochs", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "saved by 2 process(es) with 1 steps per epoch, but this run has 1 process(es) with 2" in result.stderr
+    assert "epoch 2/2" not in result.stdout
 
 
 @pytest.mark.slow

@@ -167,3 +167,13 @@ def _free_port() -> int:
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
 def test_all_reduce_sums_over_two_gloo_processes():
     mp.spawn(_all_reduce_worker, args=(2, _free_port()), nprocs=2, join=True)
+
+
+def test_matrix_lives_on_the_given_device_before_any_update():
+    """A process without validation images all-reduces the matrix it was created with: it must be on the device
+    (NCCL cannot reduce a CPU tensor)."""
+    matrix = ConfusionMatrix(19, device=torch.device("meta"))
+    assert matrix.matrix.device.type == "meta" and matrix.matrix.shape == (19, 19)
+    matrix.reset()
+    assert matrix.matrix.device.type == "meta"
+    assert ConfusionMatrix(3).matrix.device.type == "cpu"

@@ -7,6 +7,10 @@ import multiprocessing
 import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,12 +101,14 @@ def test_cache_lives_next_to_the_data_or_in_data_cache(tiny_cityscapes, tmp_path
     assert fallback.is_relative_to((tmp_path / "data" / "cache").resolve()) and fallback.parent.name == "down-160x80"
 
 
-def test_auto_mode_skips_profiles_at_or_above_the_source_size(tiny_cityscapes, tmp_path):
-    for profile in (resolve_profile("low"), Profile("same", 0, (256, 128), (192, 96))):
-        dataset = CityscapesSegmentation(tiny_cityscapes, "val", val_transform(profile), profile=profile,
-                                         cache_dir=tmp_path / "cache")
-        assert dataset.cache is None
-    assert not (tmp_path / "cache").exists()
+def test_auto_mode_caches_at_the_source_size_too(tiny_cityscapes, tmp_path):
+    """At the sources' own size (profile 5 for Cityscapes) the cache still saves the PNG decoding."""
+    same_size = Profile("same", 0, (256, 128), (192, 96))
+    dataset = CityscapesSegmentation(tiny_cityscapes, "val", val_transform(same_size), profile=same_size,
+                                     cache_dir=tmp_path / "cache")
+    assert dataset.cache is not None
+    plain = CityscapesSegmentation(tiny_cityscapes, "val", val_transform(same_size), profile=same_size, cache=False)
+    assert all(same(dataset[i], plain[i]) for i in range(len(plain)))
 
 
 def test_no_cache_flag_never_builds(tiny_cityscapes, tmp_path):
@@ -194,12 +200,63 @@ def test_partial_cache_is_detected_and_rebuilt(tiny_cityscapes, tmp_path, damage
         (directory / "labels.npy").unlink()
     else:  # SIGKILL during a rebuild: no manifest, half-written arrays under temporary names
         manifest.unlink()
-        (directory / "images.12345.tmp.npy").write_bytes(b"\x93NUMPY partial")
+        (directory / f"images.{socket.gethostname()}.{dead_pid()}.tmp.npy").write_bytes(b"\x93NUMPY partial")
     lines = build_log(tiny_cityscapes, "val", DOWN, tmp_path)
     assert not list(directory.glob("*.tmp*"))
     assert any("writing 2 val" in line for line in lines), lines
     cached, plain = datasets(tiny_cityscapes, "val", DOWN, cache_dir=tmp_path)
     assert all(same(cached[i], plain[i]) for i in range(len(plain)))
+
+
+def dead_pid() -> int:
+    """The pid of a process of this host that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_only_stale_temporaries_of_other_builders_are_removed(tiny_cityscapes, tmp_path):
+    """Builders on several nodes may share a cache where locks do not reach across nodes (Lustre localflock): a
+    builder removes the leftovers of killed builders only, never the files another live builder is writing."""
+    directory = tmp_path / profile_key(DOWN) / "train"
+    directory.mkdir(parents=True)
+    host = socket.gethostname()
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        names = {
+            "another node's live builder": "images.node-b.example.org.4242.tmp.npy",
+            "a live builder here": f"labels.{host}.{sleeper.pid}.tmp.npy",
+            "a killed builder here": f"images.{host}.{dead_pid()}.tmp.npy",
+            "an old one of another node": "labels.node-c.77.tmp.npy",
+            "an old manifest of an earlier version": "manifest.json.31337.tmp",
+        }
+        for name in names.values():
+            (directory / name).write_bytes(b"partial")
+        old = time.time() - 2 * cache_module.STALE_AFTER_S
+        for what in ("an old one of another node", "an old manifest of an earlier version"):
+            os.utime(directory / names[what], (old, old))
+        lines = build_log(tiny_cityscapes, "train", DOWN, tmp_path, workers=2)
+        assert any("writing 4 train" in line for line in lines)
+        left = sorted(p.name for p in directory.glob("*.tmp*"))
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert left == sorted([names["another node's live builder"], names["a live builder here"]])
+    cached, plain = datasets(tiny_cityscapes, "train", DOWN, cache_dir=tmp_path)
+    assert all(same(cached[(i, 1)], plain[(i, 1)]) for i in range(len(plain)))
+
+
+def test_a_builder_names_its_temporaries_by_host_and_pid(tiny_cityscapes, tmp_path, monkeypatch):
+    seen = []
+    real = cache_module._fill
+
+    def spy(images_path, labels_path, *args):
+        seen.extend(p.name for p in Path(images_path).parent.glob("*.tmp*"))
+        return real(images_path, labels_path, *args)
+    monkeypatch.setattr(cache_module, "_fill", spy)
+    build_log(tiny_cityscapes, "train", DOWN, tmp_path)
+    tag = f"{socket.gethostname()}.{os.getpid()}"
+    assert sorted(seen) == [f"images.{tag}.tmp.npy", f"labels.{tag}.tmp.npy"]
 
 
 def test_killed_build_is_detected_and_rebuilt(tiny_cityscapes, tmp_path, monkeypatch):

@@ -21,6 +21,7 @@ from training.auxiliary import auxiliary_loss, init_aux_heads
 from training.cli import get_args_parser
 from training.optim import build_optimizer, build_scheduler, poly_lr
 from training.recipes import resolve_recipe
+from training.step_monitor import skip_nonfinite_update, supports_device_skip
 
 
 def _lrs(optimizer_name: str, schedule: str, lr: float, total: int, min_lr=0.0, warmup=0, steps=None):
@@ -88,6 +89,30 @@ def test_optimizers_are_built_with_the_given_values():
     assert (sgd.defaults["lr"], sgd.defaults["momentum"], sgd.defaults["weight_decay"]) == (0.03, 0.8, 4e-5)
     adamw = build_optimizer(params, SimpleNamespace(optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.0))
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_a_skipped_first_step_leaves_the_optimizer_as_new(name):
+    # fused optimizers skip a non-finite step on the device (training/step_monitor.py); fused SGD's momentum buffers
+    # would stay uninitialised after a skipped first step without the zero buffers build_optimizer gives them
+    args = SimpleNamespace(optimizer=name, lr=0.1, momentum=0.9, weight_decay=1e-4)
+    skipped, fresh = (torch.nn.Parameter(torch.arange(4.0)) for _ in range(2))
+    optimizer, reference = build_optimizer([skipped], args), build_optimizer([fresh], args)
+    assert supports_device_skip(optimizer) and all(group["fused"] for group in optimizer.param_groups)
+    skipped.grad = torch.full((4,), float("nan"))
+    assert not bool(skip_nonfinite_update(optimizer, None, torch.tensor(True)))
+    assert torch.equal(skipped.detach(), torch.arange(4.0))
+    for _ in range(2):
+        for parameter, opt in ((skipped, optimizer), (fresh, reference)):
+            parameter.grad = torch.tensor([1.0, -2.0, 0.5, 3.0])
+            assert bool(skip_nonfinite_update(opt, None, torch.tensor(True)))
+    plain = torch.nn.Parameter(torch.arange(4.0))  # the same two steps, unfused
+    unfused = (torch.optim.SGD([plain], lr=0.1, momentum=0.9, weight_decay=1e-4) if name == "sgd" else
+               torch.optim.AdamW([plain], lr=0.1, weight_decay=1e-4))
+    for _ in range(2):
+        plain.grad = torch.tensor([1.0, -2.0, 0.5, 3.0])
+        unfused.step()
+    assert torch.allclose(skipped.detach(), fresh.detach()) and torch.allclose(skipped.detach(), plain.detach())
 
 
 def _parse(*argv: str):

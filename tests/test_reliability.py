@@ -61,6 +61,14 @@ def copy_outputs(source: Path, target: Path) -> Path:
     return target
 
 
+def saved_epoch(state: Path) -> int:
+    """The epoch of a state file (-1 while there is none); it is replaced atomically, so a read sees a whole file."""
+    try:
+        return torch.load(state, weights_only=True)["epoch"]
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return -1
+
+
 @pytest.fixture(scope="module")
 def baseline(tiny_cityscapes, tmp_path_factory):
     """An uninterrupted 3-epoch stage, run with W&B forced online without an API key (it must fail and not matter)."""
@@ -83,7 +91,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_files_and_resume_i
     temporaries = []
     try:
         deadline = time.monotonic() + 240
-        while not state.exists():  # epoch 1 is saved ...
+        while saved_epoch(state) < 1:  # epoch 1 is saved (the state of epoch 0 is written before the first step) ...
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         while not temporaries:  # ... and epoch 2 is being written: kill it inside a write
@@ -158,6 +166,68 @@ def test_resume_with_other_arguments_is_refused_and_allowed_with_restart(baselin
     assert code == 0 and "init: random" in out and "resume:" not in out
     state = torch.load(work / "checkpoints" / ID / "state.pth", weights_only=True)
     assert state["epoch"] == 1 and state["args"]["lr"] == 0.002
+
+
+def test_fresh_start_over_an_existing_model_is_refused_and_allowed_with_restart(tiny_cityscapes, tmp_path,
+                                                                              monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    torch.save(fast_scnn.Model().state_dict(), tmp_path / "models" / f"{ID}.pth")  # another run's model, no state
+    before = hashes(tmp_path)
+    code = run_in_process(train, stage_args(tiny_cityscapes, 1), monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert f"models/{ID}.pth already exists" in err and "--restart" in err
+    assert hashes(tmp_path) == before and not (tmp_path / "checkpoints").exists()
+
+    code = run_in_process(train, stage_args(tiny_cityscapes, 1, "--restart"), monkeypatch)
+    assert code == 0 and "done: " in capsys.readouterr().out
+    assert hashes(tmp_path)[f"models/{ID}.pth"] != before[f"models/{ID}.pth"]
+    # and the stage's own model, with its state, is not a stranger's: the same command says it is complete
+    assert run_in_process(train, stage_args(tiny_cityscapes, 1), monkeypatch) == 0
+    assert f"{ID}: already complete" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_a_stage_killed_after_writing_its_first_model_resumes(tiny_cityscapes, tmp_path, monkeypatch, capsys):
+    """The state is written before the first step: a job killed after its first best model (a node failure, say)
+    and requeued resumes rather than being refused as an overwrite."""
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "FASTSCNN_TEST_SLOW_WRITE": "1.5"}
+    process = subprocess.Popen([sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes, 2)],
+                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state, model = tmp_path / "checkpoints" / ID / "state.pth", tmp_path / "models" / f"{ID}.pth"
+    try:
+        deadline = time.monotonic() + 240
+        while not model.exists():  # epoch 1's model is written, its state not yet (slow writes)
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.02)
+        process.kill()
+    finally:
+        process.kill()
+        process.wait()
+    assert saved_epoch(state) == 0
+    monkeypatch.chdir(tmp_path)
+    assert run_in_process(train, stage_args(tiny_cityscapes, 2), monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "resume: checkpoints/" in out and "at epoch 1, step 0" in out and "done: " in out
+
+
+def test_resume_with_another_number_of_processes_is_refused(baseline, tiny_cityscapes, tmp_path, monkeypatch,
+                                                            capsys):
+    work = copy_outputs(baseline[0], tmp_path)
+    path = work / "checkpoints" / ID / "state.pth"
+    state = torch.load(path, weights_only=True)
+    assert (state["world_size"], state["steps_per_epoch"]) == (1, 2)  # 4 images, batch 2, one process
+    state.update(world_size=2, steps_per_epoch=1)  # as a 2-process run of the same stage saves it
+    torch.save(state, path)
+    monkeypatch.chdir(work)
+    before = hashes(work)
+    code = run_in_process(train, stage_args(tiny_cityscapes, 4), monkeypatch)  # constant lr: --epochs may grow
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert ("saved by 2 process(es) with 1 steps per epoch, but this run has 1 process(es) with 2 steps per epoch"
+            in err and "--restart" in err)
+    assert hashes(work) == before
 
 
 # ------------------------------------------------------------------------------------------------ numerical faults
@@ -240,7 +310,7 @@ def test_output_folder_that_is_a_file_stops_before_training(baseline, tiny_citys
     shutil.rmtree(work / "checkpoints" / ID)
     (work / "checkpoints" / ID).write_text("in the way\n")
     before = hashes(work)
-    code = run_in_process(train, stage_args(tiny_cityscapes, 3), monkeypatch)
+    code = run_in_process(train, stage_args(tiny_cityscapes, 3, "--restart"), monkeypatch)
     captured = capsys.readouterr()
     assert code == 2 and "epoch 1/3" not in captured.out
     assert captured.err == f"error: cannot write in checkpoints/{ID}/: it is a file, expected a folder (nothing was written)\n"

@@ -118,6 +118,10 @@ if os.path.basename(sys.argv[0]) == "sbatch":
     if str(n) == os.environ.get("FAKE_SBATCH_FAIL_AT"):
         sys.exit("sbatch: error: Batch job submission failed: fake failure")
     print(100 + n)
+if os.path.basename(sys.argv[0]) == "scontrol" and sys.argv[1:3] == ["show", "hostnames"]:
+    print(os.environ.get("FAKE_HOSTNAMES", "").replace(",", "\\n"))
+if os.path.basename(sys.argv[0]) == "srun":
+    print("fake srun: MASTER_ADDR=%s MASTER_PORT=%s" % (os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")))
 """
 
 
@@ -187,6 +191,10 @@ REFUSALS = [
     (STUDENT, ["--run", "4"], rf"teacher checkpoint models/{PREFIX}10\.pth not found"),
     (STUDENT, ["--run", "8", "--teacher", "nothere.pth"], r"teacher checkpoint .*/nothere\.pth not found"),
     (STUDENT, ["--run", "3", "--local", "--gpus", "2"], r"--local runs one process per stage"),
+    (STUDENT, ["--run", "3", "--teacher", "/ckpt/my teacher.pth"],
+     r"teacher path '/ckpt/my teacher\.pth' contains a comma or white space"),
+    (STUDENT, ["--run", "3", "--teacher", "/ckpt/a,b.pth", "--dry-run"],
+     r"teacher path '/ckpt/a,b\.pth' contains a comma"),
 ]
 
 
@@ -201,6 +209,18 @@ def test_bad_submissions_exit_2(repo_copy, fake_slurm, script, args, message):
         assert result.stderr.startswith("error: ")
     assert calls() == []  # nothing submitted
     assert not (repo_copy / "slurms").exists()
+
+
+@pytest.mark.parametrize("folder", ["my repo", "repo,copy"])
+@pytest.mark.parametrize("mode", [[], ["--local"]], ids=["sbatch", "local"])
+def test_a_repository_path_with_a_space_or_comma_is_refused(tmp_path, fake_slurm, folder, mode):
+    env, calls = fake_slurm
+    repo = copy_repo(tmp_path / folder)
+    result = jobscript(repo, TEACHER, "--run", "1", *mode, "--", *TINY, env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == (f"error: the repository path '{repo}' contains a comma or white space, which the job's "
+                             f"variables cannot carry (expected a path without them: move or link the repository)\n")
+    assert calls() == [] and not (repo / "slurms").exists() and not (repo / "models").exists()
 
 
 def test_student_refuses_missing_previous_checkpoint(repo_copy, fake_slurm):
@@ -230,9 +250,9 @@ def test_dry_run_teacher_runs(repo_copy, fake_slurm, run, script, weight_decay):
     for stage, line in enumerate(commands, start=1):
         assert line.startswith(f"job{stage}=$(sbatch --parsable")
         if stage == 1:
-            assert "--dependency" not in line
-        else:
-            assert f'--dependency=afterok:"$job{stage - 1}"' in line
+            assert "--dependency" not in line and "--kill-on-invalid-dep" not in line
+        else:  # a failed stage cancels the rest of the chain also where the cluster does not (stock Slurm)
+            assert f'--dependency=afterok:"$job{stage - 1}" --kill-on-invalid-dep=yes' in line
         previous = "none" if stage == 1 else f"models/{eid(run, stage - 1)}.pth"
         assert (f"MAIN_SCRIPT={script},EXPERIMENT_ID={eid(run, stage)},PROFILE={stage},WEIGHT_DECAY={weight_decay},"
                 f"PREVIOUS_MODEL_PATH={previous}") in line
@@ -305,6 +325,7 @@ def test_submission_prints_jobs_and_outputs(repo_copy, fake_slurm):
         job = 100 + stage
         assert argv[1] == "--parsable"
         assert (f"--dependency=afterok:{job - 1}" in argv) == (stage > 1)
+        assert ("--kill-on-invalid-dep=yes" in argv) == (stage > 1)
         assert f"--chdir={repo_copy}" in argv
         assert argv[-5:] == [str(repo_copy / STUDENT), "--stage", "--", "--epochs", "2"]
         variables = export_vars(argv)
@@ -347,8 +368,8 @@ def test_stage_mode_in_container_with_srun(repo_copy, fake_slurm):
                        env=_stage_env(env, MAIN_SCRIPT="main_dice.sh", CONTAINER="my.sif", SLURM_JOB_ID="42",
                                       SLURM_NTASKS="1", SLURM_CPUS_PER_TASK="18"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert calls() == [["srun", "apptainer", "exec", "--nv", "--env", "PYTHON=python3", "--env-file", ".env", "my.sif",
-                        "bash", "main_dice.sh", "--epochs", "1"]]
+    assert calls() == [["srun", "--kill-on-bad-exit=1", "apptainer", "exec", "--nv", "--env", "PYTHON=python3",
+                        "--env-file", ".env", "my.sif", "bash", "main_dice.sh", "--epochs", "1"]]
     (repo_copy / ".env").unlink()
     result = jobscript(repo_copy, TEACHER, "--stage", env=_stage_env(env, CONTAINER="my.sif"))  # no Slurm: no srun
     assert result.returncode == 0
@@ -362,10 +383,13 @@ def test_stage_mode_without_container_uses_srun_only_for_several_tasks(repo_copy
                                                                      FAKE_STAGE_TENTHS="1"))
     assert result.returncode == 0, result.stderr
     assert f"fake stage: main.sh  EXPERIMENT_ID={eid(5, 2)} ready" in result.stdout and calls() == []
-    result = jobscript(repo_copy, TEACHER, "--stage", "--", "--x", env=_stage_env(env, SLURM_JOB_ID="42",
-                                                                               SLURM_NTASKS="4"))
+    result = jobscript(repo_copy, TEACHER, "--stage", "--", "--x", env=_stage_env(
+        env, SLURM_JOB_ID="12345", SLURM_NTASKS="4", SLURM_JOB_NODELIST="n[1-2]-ib", FAKE_HOSTNAMES="n1-ib,n2-ib"))
     assert result.returncode == 0, result.stderr
-    assert calls() == [["srun", "bash", "main.sh", "--x"]]
+    # a dying task ends the step; the rendezvous comes from the batch shell's scontrol, not from a parser in Python
+    assert calls() == [["scontrol", "show", "hostnames", "n[1-2]-ib"],
+                       ["srun", "--kill-on-bad-exit=1", "bash", "main.sh", "--x"]]
+    assert f"fake srun: MASTER_ADDR=n1-ib MASTER_PORT={29500 + 12345 % 10000}" in result.stdout
 
 
 def test_stage_mode_refuses_a_script_of_the_other_kind(repo_copy, fake_slurm):
@@ -450,10 +474,19 @@ def read_output(path: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def run1_chain(cluster, demo_data, tmp_path_factory):
+def full_size_data(tmp_path_factory) -> Path:
+    """2 train + 1 val images at Cityscapes' own 2048x1024: stages 1-4 build their caches inside the jobs."""
+    root = tmp_path_factory.mktemp("slurm_full_size") / "cityscapes"
+    subprocess.run([sys.executable, "-m", "training.demo_data", "--root", str(root), "--train", "2", "--val", "1",
+                    "--size", "2048x1024", "--seed", "0"], cwd=REPO, check=True, capture_output=True, timeout=300)
+    return root
+
+
+@pytest.fixture(scope="module")
+def run1_chain(cluster, full_size_data, tmp_path_factory):
     """Run 1 submitted once, at the start of the cluster tests: it trains while the other Slurm tests run."""
     repo = copy_repo(tmp_path_factory.mktemp("run1") / "repo")
-    jobs = submit(cluster, repo, TEACHER, "--run", "1", "--", *TINY, "--data-dir", str(demo_data))
+    jobs = submit(cluster, repo, TEACHER, "--run", "1", "--", *TINY, "--data-dir", str(full_size_data))
     dependencies = {job: cluster.job_info(job).get("Dependency", "") for _, job, _, _ in jobs}
     return {"repo": repo, "jobs": jobs, "dependencies": dependencies, "submitted_at": time.monotonic()}
 
@@ -461,12 +494,19 @@ def run1_chain(cluster, demo_data, tmp_path_factory):
 @pytest.mark.slurm
 @pytest.mark.slow
 def test_slurm_failing_stage_cancels_the_rest_of_the_chain(cluster, run1_chain, demo_data, tmp_path):
+    # a stock cluster: Slurm's default DependencyParameters (kill_invalid_depend would hide a chain left pending)
+    assert "DependencyParameters" not in cluster.conf.read_text()
     repo = copy_repo(tmp_path / "repo")
     jobs = submit(cluster, repo, TEACHER, "--run", "2", "--", *TINY, "--data-dir", str(tmp_path / "no-such-dir"))
     assert [e for _, _, e, _ in jobs] == [eid(2, s) for s in range(1, 6)]
-    states = cluster.wait_for_jobs([job for _, job, _, _ in jobs], timeout=180)
     ids = [job for _, job, _, _ in jobs]
-    assert states[ids[0]] == "FAILED", read_output(jobs[0][3])
+    assert cluster.wait_for_jobs(ids[:1], timeout=180)[ids[0]] == "FAILED", read_output(jobs[0][3])
+    failed_at = time.monotonic()
+    while cluster.run(["squeue", "-h", "-o", "%i", "-t", "PD,CF,R,S", "-j", ",".join(ids[1:])]).stdout.strip():
+        assert time.monotonic() - failed_at < 60, cluster.run(["squeue", "-j", ",".join(ids[1:])]).stdout
+        time.sleep(0.5)
+    print(f"stage 1 failed: the other 4 jobs left the queue within {time.monotonic() - failed_at:.1f} s")
+    states = cluster.wait_for_jobs(ids, timeout=30)
     assert cluster.job_info(ids[0])["ExitCode"] == "2:0"
     assert "no-such-dir" in read_output(jobs[0][3])
     for job in ids[1:]:
@@ -594,6 +634,8 @@ def test_slurm_run1_chain_five_stages(cluster, run1_chain):
     assert sorted(p.name for p in (repo / "models").glob("*.pth")) == [f"{eid(1, s)}.pth" for s in range(1, 6)]
     for stage, log in enumerate(logs, start=1):
         assert f"EXPERIMENT_ID={eid(1, stage)} PROFILE={stage} WEIGHT_DECAY=0" in log
+        # the cache, built in the job (its pool forked after the stage's signal handlers): profiles 1-4 of 2048x1024
+        assert ("cache: writing 2 train" in log and "cache: writing 1 val" in log) == (stage < 5), log
         state = load_state(repo, eid(1, stage))
         if stage == 1:
             assert "init: random" in log

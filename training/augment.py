@@ -1,7 +1,7 @@
 """mmsegmentation's training augmentation (`--augment mmseg`), beside the original's in training/data.py.
 
-In mmseg's order, on uint8 in the loader workers, under the sample's seed (so the same whatever the number of
-workers, and a resumed stage sees the same samples):
+In mmseg's order, under the sample's seed (so the same whatever the number of workers, and a resumed stage sees the
+same samples). In the loader workers, on uint8 (`MmsegTrainTransform`):
   1. the profile's resize (what the cache stores; a no-op on a cached sample), then a random rescale by a ratio
      uniform in [0.5, 2.0] (mmseg's RandomResize of the 2048x1024 scale with ratio_range (0.5, 2.0), keep_ratio);
   2. a random crop to the patch size with cat_max_ratio 0.75: a crop whose most frequent class (void not counted)
@@ -9,10 +9,14 @@ workers, and a resumed stage sees the same samples):
      last draw is kept (mmseg's RandomCrop); where the rescaled image is smaller than the patch, the crop is the
      whole extent;
   3. a horizontal flip with probability 0.5;
-  4. PhotoMetricDistortion (below);
-  5. padding to the patch size at the bottom and right: labels with void (255), the image with the mean colour
-     (mmseg pads the normalised image with 0, which is the mean);
-  6. normalisation, as in training/data.py.
+  4. padding to the patch size at the bottom and right: labels with void (255), the image with the mean colour
+     (mmseg pads the normalised image with 0, which is the mean); no random draw, so the draws stay in mmseg's order;
+then the parameters of the photometric ops are drawn (in the worker, after the flip, as mmseg draws them), and on
+the training device (training/device_augment.py, the same pipeline as the original's colour jitter):
+  5. PhotoMetricDistortion (below) on every sample of the batch;
+  6. the padded pixels set back to the mean colour (`KeepPadding`: mmseg pads after the distortion, so they stay
+     the mean whatever the distortion did);
+  7. normalisation and the memory format, as for the original augmentation.
 
 The rescale starts from the profile's image, not from the full-size PNG, so that cached and uncached samples are
 identical: a ratio above 1 upsamples the profile image (at profile 1 on Cityscapes, ratio 2 gives a 1152x576 image
@@ -25,7 +29,8 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from training.data import IGNORE_INDEX, MEAN, _shift_hue, normalize, resize
+from training.data import IGNORE_INDEX, MEAN, resize
+from training.device_augment import PhotometricOp, PhotometricPipeline, _hue, _to_device
 from training.profiles import Profile
 
 RATIO_RANGE = (0.5, 2.0)
@@ -42,15 +47,16 @@ def _coin() -> bool:
     return torch.randint(0, 2, ()).item() == 1
 
 
-class PhotoMetricDistortion:
-    """mmseg's PhotoMetricDistortion on an RGB image of integer values 0..255 (float32), each op truncated to
+class PhotoMetricDistortion(PhotometricOp):
+    """mmseg's PhotoMetricDistortion on RGB images of integer values 0..255 (float32), each op truncated to
     integers as mmseg's uint8 arithmetic: brightness (+beta, beta uniform in [-32, 32], with probability 1/2),
     contrast (x alpha, alpha uniform in [0.5, 1.5], p 1/2; before or after the next two ops, p 1/2 each),
     saturation (HSV saturation x alpha, alpha uniform in [0.5, 1.5], p 1/2) and hue (HSV hue + delta x 2 degrees,
     delta an integer in [-18, 17], p 1/2; OpenCV's 180-step hue).
 
     `draw()` returns the parameters of one sample (beta, contrast first, contrast alpha, saturation alpha, hue
-    delta; the identity value of an op that is off: 0, -, 1, 1, 0) in mmseg's order of draws; `apply` uses them.
+    delta; the identity value of an op that is off: 0, -, 1, 1, 0) in mmseg's order of draws; `apply` uses them on
+    a batch (N,3,H,W) with parameters (N,5), each op on the samples that have it on only.
     The HSV ops use the closed form on max/min/chroma (no HSV image, no uint8 round trip through OpenCV), so an
     op's output can differ from OpenCV's by a level where OpenCV rounds its HSV values to uint8.
     """
@@ -74,24 +80,40 @@ class PhotoMetricDistortion:
             contrast = _uniform(*self.contrast_range)
         return torch.tensor([beta, float(contrast_first), contrast, saturation, hue])
 
-    @staticmethod
-    def apply(x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        beta, contrast_first, contrast, saturation, hue = params.tolist()
-        if beta != 0.0:
-            x = x.add(beta).clamp_(0, 255).floor_()
-        if contrast_first and contrast != 1.0:
-            x = x.mul(contrast).clamp_(0, 255).floor_()
-        if saturation != 1.0:
-            x = _scale_saturation(x, saturation)
-        if hue != 0.0:
-            x = _shift_hue(x, hue / 180.0)  # OpenCV's hue has 180 steps a turn
-        if not contrast_first and contrast != 1.0:
-            x = x.mul(contrast).clamp_(0, 255).floor_()
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        # The parameters are on the CPU (as the loader delivers them): which samples get each op is decided on the
+        # host, without a device sync; the values travel to the device in one non-blocking copy.
+        host = params.numpy()
+        beta, first, contrast, saturation, hue = (host[:, i] for i in range(5))
+        values = _to_device(params.contiguous(), x.device).view(-1, 5, 1, 1, 1)
+        steps = [(beta != 0.0, _brightness, 0), (first.astype(bool) & (contrast != 1.0), _contrast, 2),
+                 (saturation != 1.0, _scale_saturation, 3), (hue != 0.0, _hue_steps, 4),
+                 (~first.astype(bool) & (contrast != 1.0), _contrast, 2)]
+        for chosen, op, column in steps:
+            chosen = np.flatnonzero(chosen)
+            if len(chosen) == len(x):
+                x = op(x, values[:, column])
+            elif len(chosen):
+                index = _to_device(torch.from_numpy(chosen.astype(np.int64)), x.device)
+                part = op(x.index_select(0, index), values.index_select(0, index)[:, column])
+                x = x.index_copy(0, index, part)
         return x
 
 
-def _scale_saturation(x: torch.Tensor, factor: float) -> torch.Tensor:
-    """HSV saturation x factor (clipped to 1) of an RGB image with integer values 0..255; result truncated.
+def _brightness(x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    return x.add(beta).clamp_(0, 255).floor_()
+
+
+def _contrast(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    return x.mul(alpha).clamp_(0, 255).floor_()
+
+
+def _hue_steps(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    return _hue(x, delta / 180.0)  # OpenCV's hue has 180 steps a turn
+
+
+def _scale_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """HSV saturation x factor (clipped to 1) of RGB images with integer values 0..255; result truncated.
     Value (the max) and hue stay: the chroma becomes min(factor x chroma, value), each channel keeps its place
     between the smallest and the largest."""
     top = x.amax(dim=-3, keepdim=True)
@@ -115,13 +137,13 @@ def _crop_is_varied(mask: torch.Tensor) -> bool:
 
 
 class MmsegTrainTransform:
-    """(uint8 image 3xHxW, uint8 mask HxW) -> (normalised float image, mask) at the profile's patch size."""
+    """(uint8 image 3xHxW, uint8 mask HxW) -> (uint8 image, uint8 mask) at the profile's patch size: the geometric
+    steps 1-4. The extent of the last sample before its padding stays in `valid_hw` for `KeepPadding.draw`."""
 
     def __init__(self, profile: Profile):
         self.profile = profile
         self.resize = resize(profile)
-        self.photometric = PhotoMetricDistortion()
-        self.normalize = normalize()
+        self.valid_hw = profile.patch_hw
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor):
         image, mask = self.resize(image, mask)
@@ -143,19 +165,42 @@ class MmsegTrainTransform:
         if _coin():
             image, mask = image.flip(-1), mask.flip(-1)
 
-        params = self.photometric.draw()
-        x = self.photometric.apply(image.float(), params)
-        image = torch.from_numpy(x.numpy().astype(np.uint8))  # numpy's float -> uint8 cast is ~5x faster than torch's
+        self.valid_hw = tuple(image.shape[-2:])
         pad_h, pad_w = patch_h - image.shape[-2], patch_w - image.shape[-1]
         if pad_h > 0 or pad_w > 0:
             padded = torch.tensor(PAD_COLOUR, dtype=torch.uint8).view(3, 1, 1).repeat(1, patch_h, patch_w)
             padded[:, :image.shape[-2], :image.shape[-1]] = image
             image = padded
             mask = TF.pad(mask[None], [0, 0, pad_w, pad_h], fill=IGNORE_INDEX)[0]
-        for op in self.normalize:
-            image = op(image)
-        return image, mask.contiguous()
+        return image.contiguous(), mask.contiguous()
 
 
-def mmseg_transform(profile: Profile) -> MmsegTrainTransform:
-    return MmsegTrainTransform(profile)
+class KeepPadding(PhotometricOp):
+    """Sets the padded pixels (bottom rows and right columns beyond each sample's extent) back to the pad colour
+    after the photometric ops. Parameters: the extent (height, width) before padding, which `draw` takes from the
+    transform that just padded the sample (the dataset draws right after its transform, in the same process)."""
+
+    num_params = 2
+
+    def __init__(self, transform: MmsegTrainTransform):
+        self.transform = transform
+
+    def draw(self) -> torch.Tensor:
+        return torch.tensor(self.transform.valid_hw, dtype=torch.float32)
+
+    def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if not ((params[:, 0] < height) | (params[:, 1] < width)).any():  # host tensor: no device sync
+            return x
+        extent = _to_device(params.contiguous(), x.device)
+        rows = torch.arange(height, device=x.device).view(1, -1, 1)
+        cols = torch.arange(width, device=x.device).view(1, 1, -1)
+        padded = (rows >= extent[:, 0].view(-1, 1, 1)) | (cols >= extent[:, 1].view(-1, 1, 1))
+        colour = _to_device(torch.tensor(PAD_COLOUR, dtype=x.dtype).view(1, 3, 1, 1), x.device)
+        return torch.where(padded.unsqueeze(1), colour, x)
+
+
+def mmseg_pipeline(profile: Profile) -> tuple[MmsegTrainTransform, PhotometricPipeline]:
+    """mmseg's augmentation as (geometric transform for the workers, photometric ops for the device)."""
+    transform = MmsegTrainTransform(profile)
+    return transform, PhotometricPipeline([PhotoMetricDistortion(), KeepPadding(transform)])

@@ -39,8 +39,9 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
         help="original: resize, flip, crop, colour jitter; mmseg: random rescale 0.5-2, crop with cat_max_ratio "
              "0.75, void padding, flip, photometric distortion (from --recipe)")
     add("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this value (0 = off)")
-    add("--amp", action="store_true", help="mixed precision on CUDA (bf16 where supported, else fp16 with loss scaling)")
+    add("--amp", action="store_true", help="mixed precision on CUDA (bf16 where the GPU has native bf16, else fp16 with loss scaling)")
     add("--channels-last", action="store_true", help="channels_last memory format (faster convolutions on GPUs)")
+    add("--compile", action="store_true", help="torch.compile the model for training (slower start, faster steps)")
     add("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     add("--device", default="auto", choices=("auto", "cuda", "cpu"), help="auto = CUDA when available")
     add("--no-cache", action="store_true", help="always decode the full-size PNGs (no per-profile cache)")

@@ -15,7 +15,6 @@ same whatever the number of worker processes, and a resumed stage sees exactly t
 """
 from __future__ import annotations
 
-import signal
 import warnings
 from pathlib import Path
 
@@ -28,7 +27,9 @@ from torchvision.datasets import Cityscapes
 from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms import v2
 
+from training.device_augment import MEAN, STD, PhotometricPipeline, apply_in_worker, original_photometric
 from training.errors import UserError
+from training.helpers import ignore_stop_signals
 from training.profiles import Profile
 
 # torchvision 0.29 deprecates its PNG decoder (in favour of TorchCodec) but it is still the fastest here: ~39 ms for a
@@ -37,9 +38,6 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
                         category=DeprecationWarning)
 
 IGNORE_INDEX = 255
-# The original project's statistics, measured on the Cityscapes training images: no pass over the data at start-up.
-MEAN = (0.2855, 0.3228, 0.2819)
-STD = (0.1831, 0.1864, 0.1837)
 
 TRAIN_CLASSES = sorted((c for c in Cityscapes.classes if 0 <= c.train_id < IGNORE_INDEX), key=lambda c: c.train_id)
 CLASS_NAMES = [c.name for c in TRAIN_CLASSES]
@@ -107,13 +105,19 @@ class CityscapesSegmentation(Dataset):
     Indices may be plain ints (validation) or (index, seed) pairs from `EpochSampler` (training): the sample's
     random transforms then run under that seed, independent of the worker process that loads it.
 
+    With a `photometric` pipeline (training) a sample is (uint8 image 3xHxW, uint8 train ids HxW, float parameters
+    of the photometric ops): `transform` is then the geometric part, the parameters are drawn after it under the
+    same seed, and the training process applies them (`PhotometricPipeline.apply`) on its device. With
+    `photometric_in_worker` the ops run here instead (CPU-only training; the image stays uint8).
+
     With a `profile`, samples come from the per-profile cache (built on first use, rebuilt when stale; see
-    `training.cache.prepare_cache`): `cache=True` uses it where it pays (the source images are larger than the
-    profile's image size), "always" everywhere, False never. `cache_dir` overrides where it is kept.
+    `training.cache.prepare_cache`): `cache=True` (or "always") uses it at every profile (it saves the PNG
+    decoding even at the sources' own size), False never. `cache_dir` overrides where it is kept.
     """
 
     def __init__(self, root: str | Path, split: str, transform: v2.Transform, profile: Profile | None = None,
-                 cache: bool | str = True, cache_dir: str | Path | None = None):
+                 cache: bool | str = True, cache_dir: str | Path | None = None,
+                 photometric: PhotometricPipeline | None = None, photometric_in_worker: bool = False):
         check_layout(root, split)
         files = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
         if not files.images:
@@ -125,6 +129,7 @@ class CityscapesSegmentation(Dataset):
         self.images = list(files.images)
         self.labels = [targets[0] for targets in files.targets]
         self.transform = transform
+        self.photometric, self.photometric_in_worker = photometric, photometric_in_worker
         self.cache = None
         if profile is not None and cache:
             from training.cache import prepare_cache
@@ -144,13 +149,23 @@ class CityscapesSegmentation(Dataset):
         index, seed = item if isinstance(item, tuple) else (item, None)
         image, mask = self.load(index)
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
+        params = None
         if seed is None:
             image, mask = self.transform(image, mask)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(seed)  # CPU only: torch.manual_seed also queues (slow) GPU seeding
                 image, mask = self.transform(image, mask)
-        return image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor).long()
+                if self.photometric is not None:
+                    params = self.photometric.draw()
+        image, mask = image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
+        if self.photometric is None:
+            return image, mask.long()
+        if params is None:
+            raise ValueError("a dataset with photometric ops yields training samples: index it with (index, seed)")
+        if self.photometric_in_worker:
+            image = apply_in_worker(self.photometric, image, params)
+        return image, mask, params
 
 
 def normalize() -> list[v2.Transform]:
@@ -163,82 +178,28 @@ def resize(profile: Profile) -> v2.Transform:
     return v2.Resize(profile.image_hw, antialias=True)  # masks are resized by nearest neighbour (tv_tensors.Mask)
 
 
-_HUE_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1)  # k = n + hue (in sixths) for R, G, B
+def train_transform(profile: Profile) -> v2.Transform:
+    """The original's geometric augmentation, on uint8 in the loader workers: resize to the image size, horizontal
+    flip, random crop. Its colour jitter follows on the training device (`training.device_augment`), with
+    parameters drawn in the worker right after the crop, so the random draws are the original's, in its order.
 
-
-class FastColorJitter(v2.ColorJitter):
-    """`v2.ColorJitter` with a faster kernel for uint8 RGB images (other inputs go to torchvision's).
-
-    The parameters (order of the four ops and their factors) are drawn by torchvision's own `make_params`, so the
-    same seed gives the same jitter. Brightness, contrast and saturation repeat torchvision's uint8 arithmetic
-    exactly (float32 ops, clamp and truncation after each op) without the conversions between ops; the hue shift
-    uses the closed form HSV -> RGB formula on max/min/chroma instead of building and gathering an HSV image.
-    Outputs equal torchvision's but for a few pixels in 10^5 that differ by one level (float rounding in the hue op;
-    rarely two after a later contrast or saturation op): tests/test_data.py checks it pixel by pixel. On a 448x224
-    crop the jitter takes ~3.3 ms instead of ~10 ms (one thread).
+    The resize comes first (on uint8, so all later work is on the small image); it commutes with the flip.
     """
-
-    def transform(self, inpt, params):
-        if not (isinstance(inpt, torch.Tensor) and not isinstance(inpt, tv_tensors.Mask) and inpt.dtype == torch.uint8
-                and inpt.ndim == 3 and inpt.shape[0] == 3):
-            return super().transform(inpt, params)
-        x = inpt.as_subclass(torch.Tensor).float()
-        b, c, s, h = (params[k] for k in ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor"))
-        for fn_id in params["fn_idx"].tolist():
-            if fn_id == 0 and b is not None:
-                x = x.mul(b).clamp_(0, 255).floor_()
-            elif fn_id == 1 and c is not None:
-                mean = torch.mean(_gray(x).floor_(), dim=(-3, -2, -1), keepdim=True)
-                x = _blend(x, mean, c)
-            elif fn_id == 2 and s is not None:
-                x = _blend(x, _gray(x).floor_(), s)
-            elif fn_id == 3 and h is not None:
-                x = _shift_hue(x, h)
-        out = torch.from_numpy(x.numpy().astype(np.uint8))  # numpy's float -> uint8 cast is ~5x faster than torch's
-        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(dim=-3)
-    return r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(dim=-3)
-
-
-def _blend(x: torch.Tensor, other: torch.Tensor, ratio: float) -> torch.Tensor:
-    return x.mul(ratio).add_(other, alpha=1.0 - ratio).clamp_(0, 255).floor_()
-
-
-def _shift_hue(x: torch.Tensor, hue: float) -> torch.Tensor:
-    """Rotate the HSV hue of an RGB image with integer values 0..255 (float32) by `hue` turns; result truncated."""
-    r, g, b = x.unbind(dim=-3)
-    top = torch.maximum(torch.maximum(r, g), b)
-    chroma = top - torch.minimum(torch.minimum(r, g), b)
-    a = (x - (top - chroma)).div_(chroma.clamp(min=1.0))  # 0 at the smallest channel, exactly 1 at the largest
-    ar, ag, ab = a.unbind(dim=-3)
-    is_r = ar.floor()                                     # which channel is the largest (ties: r, then g, then b)
-    is_g = ag.floor().mul_(1.0 - is_r)
-    is_b = 1.0 - is_r - is_g
-    sixths = (ag - ab).mul_(is_r) + (ab - ar).add_(2.0).mul_(is_g) + (ar - ag).add_(4.0).mul_(is_b)
-    k = sixths.add_(6.0 * hue) + _HUE_OFFSETS
-    k.sub_(k.mul(1.0 / 6.0).floor_().mul_(6.0))           # k mod 6
-    weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
-    return weight.mul_(-chroma).add_(top).mul_(255.999 / 255.0).floor_()  # torchvision's float -> uint8 rounding
-
-
-def train_transform(profile: Profile, augment: str = "original") -> v2.Transform:
-    """augment "original": the original's augmentation: resize to the image size, horizontal flip, random crop, colour
-    jitter. The resize comes first (on uint8, so all later work is on the small image); it commutes with the flip.
-    "mmseg": mmsegmentation's (training/augment.py).
-    """
-    if augment == "mmseg":
-        from training.augment import mmseg_transform  # it builds on this module's resize and normalisation
-        return mmseg_transform(profile)
     return v2.Compose([
         resize(profile),
         v2.RandomHorizontalFlip(0.5),
         v2.RandomCrop(profile.patch_hw),
-        FastColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1),
-        *normalize(),
     ])
+
+
+def train_pipeline(profile: Profile, augment: str = "original") -> tuple[v2.Transform, PhotometricPipeline]:
+    """The training augmentation `--augment` as (geometric transform for the workers, photometric ops for the
+    device; a pair: mmseg's ops need their own transform): "original" the original's, "mmseg" mmsegmentation's
+    (training/augment.py)."""
+    if augment == "mmseg":
+        from training.augment import mmseg_pipeline  # it builds on this module's resize
+        return mmseg_pipeline(profile)
+    return train_transform(profile), original_photometric()
 
 
 def val_transform(profile: Profile) -> v2.Transform:
@@ -289,8 +250,7 @@ class EpochSampler(Sampler):
 
 def _ignore_stop_signals(_worker_id: int) -> None:
     # Slurm's warning signal reaches the whole process group: the main process saves and stops the workers.
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ignore_stop_signals()
     torch.set_num_threads(1)
 
 

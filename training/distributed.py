@@ -1,6 +1,12 @@
-"""Process-group set-up from torchrun's variables or Slurm's (one task per GPU), and the few collectives we need."""
+"""Process-group set-up from torchrun's variables or Slurm's (one task per GPU), and the few collectives we need.
+
+Collectives time out after COLLECTIVE_TIMEOUT_S (env FASTSCNN_COLLECTIVE_TIMEOUT_S overrides it): when a rank
+dies the others fail within minutes instead of waiting for it as long as the allocation lasts (the jobs also run
+`srun --kill-on-bad-exit=1`, which ends the whole step when one task fails).
+"""
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 import re
@@ -12,6 +18,8 @@ import torch
 import torch.distributed as dist
 
 from training.errors import UserError
+
+COLLECTIVE_TIMEOUT_S = 300  # half NCCL's default; also bounds the wait for the slowest rank's set-up (cache)
 
 
 @dataclass(frozen=True)
@@ -30,20 +38,38 @@ class DistributedEnv:
 
 
 def first_host(nodelist: str) -> str:
-    """The first host name of a Slurm node list ('gpu[007-009,012],cpu1' -> 'gpu007')."""
+    """The first host name of a Slurm node list ('gpu[007-009,012],cpu1' -> 'gpu007'), by `scontrol show hostnames`
+    or, without scontrol (inside a container), by `first_host_of_nodelist`."""
     try:
         out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=10)
         if out.returncode == 0 and out.stdout.split():
             return out.stdout.split()[0]
     except (OSError, subprocess.SubprocessError):
         pass
-    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
-    if not match:
+    return first_host_of_nodelist(nodelist)
+
+
+def first_host_of_nodelist(nodelist: str) -> str:
+    """The first host of a Slurm node list, parsed: each bracket group contributes the start of its first range
+    ('n[1-2]-ib' -> 'n1-ib', 'r[07-08]n[1,3]' -> 'r07n1', 'gpu[007-009,012],cpu1' -> 'gpu007')."""
+    first = re.match(r"(?:[^,\[]|\[[^\]]*\])+", nodelist.strip())  # up to the first comma outside brackets
+    if not first:
         return nodelist
-    prefix, ranges = match.groups()
-    if not ranges:
-        return prefix
-    return prefix + ranges.split(",")[0].split("-")[0]
+    return re.sub(r"\[([^\]]*)\]", lambda group: re.split(r"[,-]", group[1])[0], first.group(0))
+
+
+def cuda_device(local_rank: int) -> torch.device:
+    """This process's GPU: local rank modulo the visible GPUs (per-task GPU binding leaves each task just one)."""
+    return torch.device("cuda", local_rank % max(torch.cuda.device_count(), 1))
+
+
+def collective_timeout() -> datetime.timedelta:
+    value = os.environ.get("FASTSCNN_COLLECTIVE_TIMEOUT_S", "") or COLLECTIVE_TIMEOUT_S
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise UserError(f"FASTSCNN_COLLECTIVE_TIMEOUT_S={value!r}: expected a number of seconds") from None
+    return datetime.timedelta(seconds=seconds)
 
 
 def detect(environ: dict | None = None) -> DistributedEnv:
@@ -61,14 +87,16 @@ def init(device_type: str) -> DistributedEnv:
     env = detect()
     if not env.enabled:
         return env
-    if "MASTER_ADDR" not in os.environ:  # srun: derive the rendezvous from the job
+    # srun: the rendezvous from the job (the jobscripts export MASTER_ADDR from the batch shell already)
+    if "MASTER_ADDR" not in os.environ:
         os.environ["MASTER_ADDR"] = first_host(os.environ.get("SLURM_JOB_NODELIST", "127.0.0.1"))
-        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ.get("SLURM_JOB_ID", "0")) % 10000))
+    if "SLURM_JOB_ID" in os.environ:  # one port per job: two jobs sharing a node do not collide
+        os.environ.setdefault("MASTER_PORT", str(29500 + int(os.environ["SLURM_JOB_ID"]) % 10000))
     os.environ.setdefault("MASTER_PORT", "29500")
     backend = "nccl" if device_type == "cuda" else "gloo"
     if device_type == "cuda":
-        torch.cuda.set_device(env.local_rank)
-    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size)
+        torch.cuda.set_device(cuda_device(env.local_rank))
+    dist.init_process_group(backend, rank=env.rank, world_size=env.world_size, timeout=collective_timeout())
     return env
 
 

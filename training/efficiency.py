@@ -5,11 +5,10 @@
   `torch.utils.flop_counter.FlopCounterMode`, which counts the aten operators themselves. Both run on the meta
   device (shapes only, no arithmetic). A disagreement over 10% comes with the module types each counter sees and
   the other does not.
-- The deploy form: BatchNorm folded into the preceding Conv2d, channels_last, bf16 autocast on CPUs with native
-  bf16 instructions (fp32 otherwise), fp16 weights and inputs on CUDA, optionally `torch.compile` with frozen
-  weights. Its argmax predictions are checked against the plain model's; a reduced precision that changes more than
-  0.1% of them is narrowed to the model's low-resolution context branch (mixed), and if that changes too many as
-  well, replaced by fp32. The first rejected form is still timed alongside, for reference.
+- The deploy form (training/deploy.py: BatchNorm folded, channels_last, reduced precision, optionally compiled) is
+  checked against the plain model's argmax predictions; a reduced precision that changes more than 0.1% of them is
+  narrowed to the model's low-resolution context branch (mixed), and if that changes too many as well, replaced by
+  fp32. The first rejected form is still timed alongside, for reference.
 - Latency at batch 1, plain and deploy interleaved (both see the same background load): warm-up, then runs until
   each form has at least `runs` timings and `min_seconds` of them; median, p10 and p90; CUDA synchronised.
 - Accuracy streamed through a `ConfusionMatrix`: no prediction is kept.
@@ -25,7 +24,6 @@ import statistics
 import time
 import warnings
 from collections import defaultdict
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -33,6 +31,10 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+# the deploy form's names are also reachable from here, as before they moved to training/deploy.py
+from training.deploy import (CONTEXT_BRANCHES, DEPLOY_CHOICES, DeployForm, ReducedPrecision, agreement,  # noqa: F401
+                             choose_deploy_dtype, compare_onnx, context_branch, dtype_name, fold_batchnorm,
+                             native_bf16_cpu)
 from training.distributed import device_name
 from training.errors import UserError
 from training.metrics import ConfusionMatrix
@@ -158,189 +160,6 @@ def measure_cost(model: nn.Module, hw: tuple[int, int], tolerance: float = 0.10)
     return cost
 
 
-# ------------------------------------------------------------------------------------------------------ deploy form
-
-def fold_batchnorm(model: nn.Module) -> int:
-    """Fold every BatchNorm2d that directly follows a Conv2d inside an nn.Sequential into that conv (in place).
-
-    The BatchNorm is replaced by nn.Identity, so module names and the Sequential's indices stay as they were.
-    Needs eval mode (running statistics). Returns the number of folded pairs.
-    """
-    if model.training:
-        raise ValueError("fold_batchnorm needs a model in eval mode")
-    folded = 0
-    for module in list(model.modules()):
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for first, second in zip(names, names[1:]):
-            conv, bn = module._modules[first], module._modules[second]
-            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
-                    and bn.running_mean is not None and conv.out_channels == bn.num_features):
-                module._modules[first] = torch.nn.utils.fusion.fuse_conv_bn_eval(conv, bn)
-                module._modules[second] = nn.Identity()
-                folded += 1
-    return folded
-
-
-def native_bf16_cpu() -> bool:
-    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX), where bf16 autocast pays off."""
-    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
-    return torch.backends.mkldnn.is_available() and any(check is not None and check() for check in checks)
-
-
-DEPLOY_CHOICES = ("auto", "fp32", "bf16", "fp16", "mixed-bf16", "mixed-fp16")
-
-
-def choose_deploy_dtype(device: torch.device, choice: str = "auto") -> tuple[torch.dtype, str, str]:
-    """The deploy form's dtype, its scope ("all", or "context": mixed-*) and why.
-
-    auto: fp16 on CUDA, bf16 on CPUs with native bf16, else fp32; evaluate_model then steps down from there.
-    """
-    names = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if choice != "auto":
-        return (names[choice.removeprefix("mixed-")], "context" if choice.startswith("mixed-") else "all",
-                f"{choice} (--deploy-dtype)")
-    if device.type == "cuda":
-        return torch.float16, "all", "fp16 (CUDA)"
-    if native_bf16_cpu():
-        return torch.bfloat16, "all", "bf16 autocast (CPU has native bf16: AVX512-BF16/AMX)"
-    return torch.float32, "all", "fp32 (CPU without native bf16; bf16 would be emulated and slower)"
-
-
-# Where a model keeps its low-resolution context branch: the part of the network whose reduced precision changes the
-# fewest predictions (its errors reach the logits only through the fusion at 1/8 resolution) while it does a large
-# share of the arithmetic (about half of Fast-SCNN's). Checked in order; models without one skip the mixed rung.
-CONTEXT_BRANCHES = ("global_feature_extractor", "net.backbone")
-
-
-def context_branch(model: nn.Module) -> str | None:
-    """The qualified name of `model`'s context branch (see CONTEXT_BRANCHES), or None."""
-    names = dict(model.named_modules())
-    return next((name for name in CONTEXT_BRANCHES if name in names), None)
-
-
-def _as_float(out):
-    if isinstance(out, torch.Tensor):
-        return out.float()
-    if isinstance(out, dict):
-        return type(out)((key, _as_float(value)) for key, value in out.items())
-    return type(out)(_as_float(value) for value in out) if isinstance(out, (tuple, list)) else out
-
-
-class ReducedPrecision(nn.Module):
-    """Runs `module` in `dtype` and hands fp32 on: autocast, or (`cast_weights`, CUDA fp16) its own weights cast."""
-
-    def __init__(self, module: nn.Module, dtype: torch.dtype, device_type: str, cast_weights: bool):
-        super().__init__()
-        self.module = module.to(dtype) if cast_weights else module
-        self.dtype, self.device_type, self.cast_weights = dtype, device_type, cast_weights
-
-    def forward(self, *inputs):
-        if self.cast_weights:
-            return _as_float(self.module(*(x.to(self.dtype) for x in inputs)))
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            return _as_float(self.module(*inputs))
-
-
-class DeployForm(nn.Module):
-    """The inference form of a model: BN folded, channels_last, reduced precision, optionally compiled.
-
-    `scope` says where `dtype` applies: "all" of the network (its logits come out in `dtype`), or only its
-    "context" branch (see CONTEXT_BRANCHES), the rest staying fp32. Inputs are expected in channels_last (a decoded
-    HxWxC image permuted to CxHxW already is). On CUDA the reduced-precision weights themselves are fp16; on CPU
-    bf16 runs under autocast (weights stay fp32, convolutions run in bf16).
-    """
-
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, compile: bool = False,
-                 scope: str = "all"):
-        super().__init__()
-        net = copy.deepcopy(model).eval()
-        self.folded = fold_batchnorm(net)
-        self.device, self.dtype = device, dtype
-        self.scope = "all" if dtype == torch.float32 else scope
-        self.context = context_branch(net) if self.scope == "context" else None
-        if self.scope == "context" and self.context is None:
-            raise ValueError(f"{type(model).__name__} has no context branch (one of {', '.join(CONTEXT_BRANCHES)})")
-        self.cast_weights = cast_weights = device.type == "cuda" and dtype != torch.float32
-        net = net.to(device=device, memory_format=torch.channels_last)
-        if self.context:
-            parent, _, name = self.context.rpartition(".")
-            owner = net.get_submodule(parent)
-            setattr(owner, name, ReducedPrecision(getattr(owner, name), dtype, device.type, cast_weights))
-        self.net = net.to(dtype) if self.half_weights else net
-        self.compiled = self._first_call_done = False
-        if compile:
-            # on CUDA the compiled graph is replayed as a CUDA graph (what mode="reduce-overhead" does)
-            self.net = torch.compile(self.net, options={"triton.cudagraphs": True} if device.type == "cuda" else None)
-            self.compiled = True
-
-    @property
-    def half_weights(self) -> bool:
-        """The whole network's weights (and its input) are fp16: reduced precision everywhere, on CUDA."""
-        return self.cast_weights and self.scope == "all"
-
-    @property
-    def precision(self) -> str:
-        """fp32, bf16, fp16, or mixed-bf16 / mixed-fp16 (context branch reduced, the rest fp32)."""
-        return ("mixed-" if self.scope == "context" else "") + dtype_name(self.dtype)
-
-    def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device).contiguous(memory_format=torch.channels_last)
-        return x.to(self.dtype) if self.half_weights else x
-
-    def _compile_settings(self):
-        if not self.compiled:
-            return nullcontext()
-        import torch._inductor.config as inductor_config
-
-        # freezing makes the weights constants: inductor then prepacks them for oneDNN and fuses each conv with the
-        # ReLU or residual add after it. It has to be set in the config itself (in options it is ignored) and only
-        # applies to graphs compiled without autograd.
-        return inductor_config.patch(freezing=True)
-
-    @torch.inference_mode()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        autocast = (torch.autocast(self.device.type, dtype=self.dtype)
-                    if self.dtype != torch.float32 and self.scope == "all" and not self.cast_weights
-                    else nullcontext())
-        with autocast, self._compile_settings():
-            if self._first_call_done or not self.compiled:
-                return self.net(x)
-            try:  # torch.compile compiles at the first call
-                out = self.net(x)
-            except Exception as error:
-                raise UserError(f"--compile: torch.compile failed ({type(error).__name__}: "
-                                f"{str(error).strip().splitlines()[0][:200]}); run without --compile") from None
-            self._first_call_done = True
-            return out
-
-    def describe(self) -> str:
-        precision = dtype_name(self.dtype)
-        if self.dtype != torch.float32:
-            precision += " weights" if self.cast_weights else " autocast"
-        if self.scope == "context":
-            precision += f" in {self.context}, fp32 elsewhere"
-        return (f"{self.folded} BatchNorm folded, channels_last, {precision}"
-                + (", torch.compile (frozen weights)" if self.compiled else ""))
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-
-
-@torch.inference_mode()
-def agreement(plain: nn.Module, deploy: DeployForm, batches: Iterable[torch.Tensor]) -> float:
-    """Fraction of pixels where the deploy form's argmax equals the plain fp32 model's."""
-    same = total = 0
-    for images in batches:
-        reference = plain(images.to(deploy.device)).argmax(1)
-        predicted = deploy(deploy.prepare(images)).float().argmax(1)
-        same += int((reference == predicted).sum())
-        total += reference.numel()
-    return same / max(total, 1)
-
-
 # ---------------------------------------------------------------------------------------------------------- latency
 
 @dataclass
@@ -441,6 +260,7 @@ class SizeResult:
     plain: Latency
     deploy: Latency
     rejected: Latency | None = None     # the reduced-precision form that failed the agreement check, for reference
+    onnxruntime: Latency | None = None  # the exported ONNX file under ONNX Runtime (at its static size only)
 
 
 @dataclass
@@ -457,6 +277,8 @@ class ModelResult:
     rejected_dtype: torch.dtype | None = None
     rejected_precision: str = ""
     rejected_agreement: float | None = None
+    onnx_agreement: float | None = None      # ONNX Runtime vs the plain model, on the agreement inputs
+    onnx_max_abs_diff: float | None = None
 
     @property
     def agreement_ok(self) -> bool:
@@ -487,12 +309,13 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
                    val_set=None, compile: bool = False, agreement_images: int = 4, batch_size: int = 4,
                    num_workers: int = 0, runs: int = 50, min_seconds: float = 5.0, warmup: int = 5,
                    num_classes: int = 19, fallback: bool = True, log: Callable[[str], None] = print,
-                   scope: str = "all") -> ModelResult:
+                   scope: str = "all", onnx=None) -> ModelResult:
     """Cost and latency at every size, the deploy check, and accuracy on `val_set` (if given) of a model on `device`.
 
     With `fallback`, a reduced-precision deploy form whose argmax agreement with the plain model stays below
     AGREEMENT_THRESHOLD is replaced by the next one down: `dtype` in the context branch only (mixed), then fp32
     (folded, channels_last). The first that passes is measured; the first rejected one is timed alongside.
+    `onnx` (a training.deploy.OnnxRuntimeForm) is checked against the plain model and timed beside it at its size.
     """
     model = model.eval()
     inputs, source = agreement_inputs(val_set, sizes[0], agreement_images)
@@ -518,6 +341,12 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
         log(f"compiled deploy form: {deploy.describe()}; agreement {_verdict(agree)}")
         if rejected is not None:
             rejected = DeployForm(model, device, rejected.dtype, compile=True, scope=rejected.scope)
+    onnx_check = (None, None)
+    if onnx is not None:
+        onnx_check = compare_onnx(model, onnx, inputs)
+        log(f"ONNX Runtime ({onnx.threads} threads) vs the plain model on {source} (resized to the ONNX input's "
+            f"{onnx.input_shape[2]}x{onnx.input_shape[3]} where they differ): argmax agreement "
+            f"{100 * onnx_check[0]:.4f}%, max abs logit difference {onnx_check[1]:.3g}")
     results = []
     for hw in sizes:
         cost = measure_cost(model, hw)
@@ -527,14 +356,18 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
         forms = {"plain": (model, x), "deploy": (deploy, deploy.prepare(x))}
         if rejected is not None:
             forms["rejected"] = (rejected, rejected.prepare(x))
+        if onnx is not None and tuple(onnx.input_shape[2:]) == tuple(hw):
+            forms["onnxruntime"] = (onnx, x.cpu())
         latency = measure_latency(forms, device, runs=runs, min_seconds=min_seconds, warmup=warmup)
         plain, fast, slow = latency["plain"], latency["deploy"], latency.get("rejected")
         log(f"{hw[0]}x{hw[1]}: {cost.macs / 1e9:.3f} GMACs (thop), {cost.flops / 1e9:.3f} GFLOPs = 2 x MACs, "
             f"flop_counter {cost.flops_flop_counter / 1e9:.3f} GFLOPs ({100 * cost.disagreement:.1f}% apart) | "
             f"latency plain {_spread(plain)} | deploy {_spread(fast)} | {fast.median_ms / plain.median_ms:.2f} x plain"
             f" ({fast.fps:.1f} FPS)" + ("" if slow is None else f" | rejected {rejected.precision} form "
-                                        f"{_spread(slow)}, {slow.median_ms / plain.median_ms:.2f} x plain"))
-        results.append(SizeResult(hw, cost, plain, fast, slow))
+                                        f"{_spread(slow)}, {slow.median_ms / plain.median_ms:.2f} x plain")
+            + ("" if "onnxruntime" not in latency else f" | ONNX Runtime {_spread(latency['onnxruntime'])}, "
+               f"{latency['onnxruntime'].median_ms / plain.median_ms:.2f} x plain"))
+        results.append(SizeResult(hw, cost, plain, fast, slow, latency.get("onnxruntime")))
     accuracy = None
     if val_set is not None:
         from training.data import EpochSampler, make_loader
@@ -545,7 +378,7 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
     return ModelResult(deploy.describe(), deploy.dtype, deploy.precision, agree, source, results, accuracy,
                        len(val_set) if val_set is not None else 0, rejected.describe() if rejected else "",
                        rejected.dtype if rejected else None, rejected.precision if rejected else "",
-                       rejected_agreement)
+                       rejected_agreement, *onnx_check)
 
 
 def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.device, threads: int | None,
@@ -575,6 +408,9 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
             "rejected_dtype": result.rejected_precision,
             "rejected_agreement": number(result.rejected_agreement, 6),
             "rejected_latency_ms": number(size.rejected.median_ms if size.rejected else None, 3),
+            "latency_ms_onnxruntime": number(size.onnxruntime.median_ms if size.onnxruntime else None, 3),
+            "onnx_agreement": number(result.onnx_agreement, 6) if size.onnxruntime else "",
+            "onnx_max_abs_diff": f"{result.onnx_max_abs_diff:.3g}" if size.onnxruntime else "",
             "threads": threads if threads else "", "allocator": allocator,
             "eval_size": "%dx%d" % profile.image_size if acc else "",
             "miou": number(acc.get("miou"), 6), "mean_dice": number(acc.get("mean_dice"), 6),

@@ -13,12 +13,13 @@ import torch.distributed as dist
 
 
 class ConfusionMatrix:
-    def __init__(self, num_classes: int, ignore_index: int = 255):
+    def __init__(self, num_classes: int, ignore_index: int = 255, device: torch.device | str | None = None):
         if num_classes < 1:
             raise ValueError(f"num_classes must be positive, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+        # `device`: where the matrix lives before any update (what all_reduce needs where a process has no data)
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def reset(self) -> None:
         self.matrix = torch.zeros_like(self.matrix)

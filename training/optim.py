@@ -19,9 +19,21 @@ SCHEDULES = ("constant", "poly", "onecycle")
 
 
 def build_optimizer(parameters, args) -> torch.optim.Optimizer:
+    """fused=True: one kernel for all parameters, and the optimizer takes a `found_inf` flag that skips a non-finite
+    step on the device (training/step_monitor.py)."""
     if args.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    return torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay)
+        optimizer = torch.optim.SGD(parameters, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                                    fused=True)
+        if args.momentum > 0:
+            # Fused SGD allocates its momentum buffers uninitialised on its first step and fills them only if that
+            # step is applied: a skipped first step (found_inf) would leave garbage for the next. Zero buffers give
+            # the same first update (buffer = momentum * 0 + gradient, with no dampening) and are always defined.
+            for group in optimizer.param_groups:
+                for parameter in group["params"]:
+                    optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(
+                        parameter, memory_format=torch.preserve_format)
+        return optimizer
+    return torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, fused=True)
 
 
 def poly_lr(step: int, total_steps: int, lr: float, min_lr: float = 0.0, warmup_steps: int = 0,

@@ -175,10 +175,21 @@ chain_stage() {  # kind [--] args for the training script
         cmd=(apptainer exec --nv --env "PYTHON=${CONTAINER_PYTHON:-python3}")
         if [[ -f .env ]]; then cmd+=(--env-file .env); fi
         cmd+=("$container" bash "$script" "$@")
-        if [[ -n "${SLURM_JOB_ID:-}" ]]; then cmd=(srun "${cmd[@]}"); fi
+        if [[ -n "${SLURM_JOB_ID:-}" ]]; then cmd=(srun --kill-on-bad-exit=1 "${cmd[@]}"); fi
     else
         cmd=(bash "$script" "$@")
-        if [[ -n "${SLURM_JOB_ID:-}" ]] && ((ntasks > 1)); then cmd=(srun "${cmd[@]}"); fi
+        if [[ -n "${SLURM_JOB_ID:-}" ]] && ((ntasks > 1)); then cmd=(srun --kill-on-bad-exit=1 "${cmd[@]}"); fi
+    fi
+    # (--kill-on-bad-exit: a task that dies ends the whole step, the other ranks do not wait for it in a collective)
+    if [[ -n "${SLURM_JOB_ID:-}" ]] && ((ntasks > 1)); then
+        # the rendezvous of the ranks, from here, where scontrol exists (a container may not have it)
+        if [[ -z "${MASTER_ADDR:-}" ]]; then
+            MASTER_ADDR="$(scontrol show hostnames "${SLURM_JOB_NODELIST:-}" 2>/dev/null | head -n 1 || true)"
+            [[ -n "$MASTER_ADDR" ]] || MASTER_ADDR="$(hostname)"
+            export MASTER_ADDR
+        fi
+        export MASTER_PORT="${MASTER_PORT:-$((29500 + SLURM_JOB_ID % 10000))}"
+        _chain_log "stage: rendezvous of the ${ntasks} tasks at $MASTER_ADDR:$MASTER_PORT"
     fi
 
     _chain_log "stage: job ${SLURM_JOB_ID:-none} (restart ${SLURM_RESTART_COUNT:-0}) on $(hostname), ${ntasks} task(s)"
@@ -276,7 +287,9 @@ chain_submit() {  # kind jobscript-name args...
     if ((local_mode)) && ((gpus * nodes > 1)); then
         _chain_die "--local runs one process per stage: for several GPUs on this machine use torchrun (README), for several nodes submit without --local"
     fi
-    [[ "$CHAIN_ROOT" != *,* ]] || _chain_die "the repository path '$CHAIN_ROOT' contains a comma, which sbatch --export cannot carry"
+    # the stage variables travel as one --export list (split at commas) and as words (split at white space)
+    [[ "$CHAIN_ROOT" != *[,[:space:]]* ]] ||
+        _chain_die "the repository path '$CHAIN_ROOT' contains a comma or white space, which the job's variables cannot carry (expected a path without them: move or link the repository)"
 
     local script weight_decay previous="none"
     script="$(chain_run_script "$run")"
@@ -288,7 +301,8 @@ chain_submit() {  # kind jobscript-name args...
         elif [[ "$teacher" != /* ]]; then
             teacher="$PWD/$teacher"  # the jobs run in the repository: make a path given from elsewhere absolute
         fi
-        [[ "$teacher" != *,* ]] || _chain_die "teacher path '$teacher' contains a comma, which sbatch --export cannot carry"
+        [[ "$teacher" != *[,[:space:]]* ]] ||
+            _chain_die "teacher path '$teacher' contains a comma or white space, which the job's variables cannot carry (expected a path without them: copy or link the file)"
         if ((!dry)) && [[ ! -f "$(cd "$CHAIN_ROOT" && realpath -m -- "$teacher")" ]]; then
             _chain_die "teacher checkpoint $teacher not found (run $run distils from it; train its teacher run first or pass --teacher PATH)"
         fi
@@ -344,12 +358,16 @@ chain_submit() {  # kind jobscript-name args...
             "${extra[@]}")
         if ((dry)); then
             local dep=""
-            ((i == 0)) || dep=" --dependency=afterok:\"\$job$((stage - 1))\""
+            ((i == 0)) || dep=" --dependency=afterok:\"\$job$((stage - 1))\" --kill-on-invalid-dep=yes"
             # shellcheck disable=SC2016  # the $( ) is printed for the user's shell
             printf 'job%s=$(sbatch --parsable%s %s)\n' "$stage" "$dep" "$(_chain_quote "${cmd[@]}")"
             continue
         fi
-        if [[ -n "$previous_job" ]]; then cmd=(--dependency="afterok:$previous_job" "${cmd[@]}"); fi
+        # --kill-on-invalid-dep: a failed stage cancels the rest of the chain on any cluster (by default Slurm
+        # leaves them PENDING with DependencyNeverSatisfied for ever; kill_invalid_depend is a cluster option)
+        if [[ -n "$previous_job" ]]; then
+            cmd=(--dependency="afterok:$previous_job" --kill-on-invalid-dep=yes "${cmd[@]}")
+        fi
         printf '+ sbatch --parsable %s\n' "$(_chain_quote "${cmd[@]}")"
         if ! job="$(sbatch --parsable "${cmd[@]}")"; then
             printf 'error: sbatch failed for stage %s (%s)' "$stage" "$id" >&2

@@ -8,9 +8,14 @@ Files (only the main process writes, always atomically):
   checkpoints/<id>/state.pth      resumable state: model, optimizer, scheduler, AMP scaler, epoch, step, best mIoU,
                                   the arguments, where the weights came from; the same command resumes from it
   checkpoints/<id>/preview-epoch-NNN.png   image | ground truth | prediction at each new best
+  checkpoints/<id>/history.csv    one row per epoch with every logged value (training/history.py)
   measurements/durations.csv      one row per finished stage
-Randomness is a function of the seed, epoch and step (see training/data.py), so a resumed stage ends exactly
-where an uninterrupted one would.
+Randomness is a function of the seed, epoch and step (see training/data.py), so on the CPU a resumed stage ends
+exactly where an uninterrupted one would (bit for bit). On CUDA it resumes at the same step with the same data,
+but not bit-exactly: cuDNN's benchmark choice of kernels and atomic-add kernels are not deterministic.
+A resume needs the same number of processes and steps per epoch as the saved state (both recorded in it): the
+schedule and the data position are counted in steps of that size. A fresh start refuses to overwrite an existing
+models/<id>.pth that no state vouches for (--restart does); the state is written before the first step.
 
 Test hook: FASTSCNN_TEST_NAN_AT_STEP=N makes the loss of the N-th training step of the stage (1-based, counted over
 epochs: epoch e, step s is N = (e - 1) * steps_per_epoch + s) NaN, to test the handling of non-finite losses.
@@ -24,26 +29,38 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training import distributed
+from training import distributed, history
+from training.acceleration import amp_dtype, compile_model, prepare_teacher
 from training.auxiliary import aux_heads_state, auxiliary_loss, init_aux_heads, without_aux_heads
 from training.checkpoint import append_csv_row, check_writable, remove_stale_temporaries, save_bytes, save_torch
 from training.cli import check_args, get_args_parser
-from training.data import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, EpochSampler,
-                           denormalize, make_loader, num_train_batches_check, steps_per_epoch, train_transform,
-                           val_transform)
+from training.data import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    CityscapesSegmentation,
+    EpochSampler,
+    denormalize,
+    make_loader,
+    num_train_batches_check,
+    steps_per_epoch,
+    train_pipeline,
+    val_transform,
+)
 from training.errors import EXIT_PREEMPTED, NonFiniteLossError, UserError
 from training.metrics import ConfusionMatrix, format_iou_table
 from training.models import build_model, load_weights
 from training.optim import build_optimizer, build_scheduler
 from training.profiles import resolve_profile
 from training.recipes import resolve_recipe
+from training.step_monitor import CHECK_EVERY, StepMonitor, skip_nonfinite_update
 from training.tracking import Tracker
 from training.visualize import png_bytes, preview_grid
 
@@ -52,7 +69,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor
 STATE_VERSION = 1
 # Arguments that do not change the trained weights: a resume may change them freely.
 RESULT_INDEPENDENT = {"num_workers", "restart", "debug", "no_cache", "device", "previews", "experiment_id",
-                      "skip_nonfinite", "epochs"}
+                      "skip_nonfinite", "epochs", "compile"}
 
 
 class StopRequest:
@@ -106,7 +123,7 @@ class Stage:
         self.device = distributed.pick_device(args.device)
         self.dist = distributed.init(self.device.type)
         if self.device.type == "cuda":
-            self.device = torch.device("cuda", self.dist.local_rank)
+            self.device = distributed.cuda_device(self.dist.local_rank)
             torch.backends.cudnn.benchmark = True
         self.main = self.dist.is_main
         if args.batch_size * (self.dist.world_size if args.sync_bn else 1) < 2:
@@ -117,14 +134,26 @@ class Stage:
         self.state_dir = Path("checkpoints") / args.experiment_id
         self.state_path = self.state_dir / "state.pth"
         self.saved = self._read_saved_state()
+        if self.saved is None and not args.restart and self.model_path.exists():
+            raise UserError(f"{self.model_path} already exists and {self.state_path} does not: a fresh start would "
+                            f"overwrite that model; pass --restart to train the stage again (overwriting it), or "
+                            f"use another --experiment-id")
 
         # Data: the layout is checked here, before anything is written.
         cache = {"profile": self.profile, "cache": not args.no_cache}
-        self.train_set = CityscapesSegmentation(args.data_dir, "train", train_transform(self.profile, args.augment),
-                                                **cache)
+        # Training samples travel as uint8 with their photometric parameters; the photometric ops, float conversion
+        # and normalisation run on the training device (training/device_augment.py). CPU-only with loader workers:
+        # the ops run in the workers, in parallel with the step (measured faster there; README "Input pipeline").
+        transform, self.photometric = train_pipeline(self.profile, args.augment)
+        self.photometric_in_worker = self.device.type == "cpu" and args.num_workers > 0
+        self.train_set = CityscapesSegmentation(args.data_dir, "train", transform, **cache,
+                                                photometric=self.photometric,
+                                                photometric_in_worker=self.photometric_in_worker)
         self.val_set = CityscapesSegmentation(args.data_dir, "val", val_transform(self.profile), **cache)
         num_train_batches_check(len(self.train_set), args.batch_size, self.dist.world_size)
         self.steps = steps_per_epoch(len(self.train_set), args.batch_size, self.dist.world_size)
+        if self.saved is not None:
+            self._check_resume_shape(self.saved)
 
         torch.manual_seed(args.seed)  # the same initial weights on every process
         self.model = build_model(getattr(args, "arch", "fast_scnn"), NUM_CLASSES, aux=args.aux_weight > 0)
@@ -142,13 +171,12 @@ class Stage:
         self.model.to(self.device)
         self.memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        if isinstance(self.loss_fn, nn.Module):
-            self.loss_fn.to(self.device, memory_format=self.memory_format)
-        self.amp_dtype = None
-        if args.amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif args.amp and self.main:
+        self.amp_dtype = amp_dtype(self.device) if args.amp else None
+        if args.amp and self.amp_dtype is None and self.main:
             print("--amp: mixed precision is used on CUDA only; this stage trains in fp32 on the CPU", flush=True)
+        teacher = getattr(self.loss_fn, "teacher", None)  # distillation: make_loss exposes its frozen teacher
+        if isinstance(teacher, nn.Module):
+            prepare_teacher(teacher, self.device, self.memory_format, self.amp_dtype)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.trained = self.model
         if self.dist.enabled:
@@ -156,6 +184,9 @@ class Stage:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.trained = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if getattr(args, "compile", False):
+            self.trained = compile_model(self.trained)
+        # fused: one kernel for all parameters; a non-finite step is skipped on the device (training/step_monitor.py)
         self.optimizer = build_optimizer(self.model.parameters(), args)
         self.scheduler = build_scheduler(self.optimizer, args, args.epochs * self.steps)
 
@@ -165,6 +196,7 @@ class Stage:
         self.wandb_id = None
         self.best_matrix = None  # confusion matrix (rows ground truth) of the best epoch's validation
         self.best_aux_heads = None  # the best epoch's auxiliary heads, for the next stage (training/auxiliary.py)
+        self.provisional_state = False  # only the state written before the first step: removed if the stage fails
         self.nan_at_step = int(os.environ.get("FASTSCNN_TEST_NAN_AT_STEP", "0") or 0)
         if self.saved is not None:
             self._restore(self.saved)
@@ -197,6 +229,17 @@ class Stage:
                             f"use the original arguments, or --restart to start afresh")
         return state
 
+    def _check_resume_shape(self, state: dict) -> None:
+        """Refuse a resume whose steps differ from the saved ones: the schedule and the data position would not fit."""
+        saved = (state.get("world_size"), state.get("steps_per_epoch"))
+        if saved == (None, None):  # a state written before they were recorded
+            return
+        if saved != (self.dist.world_size, self.steps):
+            raise UserError(f"{self.state_path}: saved by {saved[0]} process(es) with {saved[1]} steps per epoch, but "
+                            f"this run has {self.dist.world_size} process(es) with {self.steps} steps per epoch; "
+                            f"resume with the same number of processes (and training images), or --restart to "
+                            f"start afresh")
+
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -213,9 +256,11 @@ class Stage:
     def save_state(self, elapsed: float) -> None:
         if not self.main:
             return
+        self.provisional_state = False
         save_torch({
             "version": STATE_VERSION, "script": self.script, "args": _result_args(self.args),
             "epochs": self.args.epochs, "epoch": self.epoch, "step": self.step,
+            "world_size": self.dist.world_size, "steps_per_epoch": self.steps,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "best_miou": self.best_miou, "best_epoch": self.best_epoch, "elapsed": elapsed,
@@ -243,8 +288,47 @@ class Stage:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         return images, target.to(self.device, non_blocking=True)
 
+    def train_batch_to_device(self, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor):
+        """A training batch as the loader ships it (uint8 images and train ids, photometric parameters on the CPU)
+        -> the model's input on the device: augmented, normalised float images and int64 targets."""
+        images = self.photometric.apply(images.to(self.device, non_blocking=True), params, self.memory_format,
+                                        augment=not self.photometric_in_worker)
+        return images, target.to(self.device, non_blocking=True).long()
+
+    def train_step(self, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor,
+                   monitor: StepMonitor) -> None:
+        """One optimizer step on a loader batch; queues work only (no host read of a device value)."""
+        images, target = self.train_batch_to_device(images, target, params)
+        torch.manual_seed(_step_seed(self.args.seed, self.epoch, self.step, self.dist.rank))
+        with self.autocast():
+            logits = self.trained(images)
+            aux_logits = ()
+            if isinstance(logits, tuple):  # Fast-SCNN with auxiliary heads, in training mode
+                logits, *aux_logits = logits
+            loss, parts = self.loss_fn(logits, images, target)
+            if aux_logits:
+                aux = auxiliary_loss(aux_logits, target, self.args.aux_weight)
+                loss, parts = loss + aux, {**parts, "train_aux_loss": aux}
+        if self.nan_at_step == self.epoch * self.steps + self.step + 1:
+            loss = loss * float("nan")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.args.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.args.grad_clip)
+        # the update is masked on the device where the loss or a gradient is non-finite (also without
+        # --skip-nonfinite: the stage then stops at the next check, and nothing after the bad step is saved)
+        good = skip_nonfinite_update(self.optimizer, self.scaler, torch.isfinite(loss.detach()))
+        self.scheduler.step()
+        self.step += 1
+        monitor.record(self.step, loss, parts, good)
+
     def train_epoch(self, stop: StopRequest, tracker: Tracker, start_time: float) -> bool:
-        """Train from (self.epoch, self.step) to the end of the epoch; False when stopped by a signal."""
+        """Train from (self.epoch, self.step) to the end of the epoch; False when stopped by a signal.
+
+        The host reads the device every CHECK_EVERY steps, at the end of the epoch and before saving on a stop
+        (`StepMonitor.check`): the first non-finite step of the epoch, the stop flag of every process, the loss
+        for the progress bar and W&B."""
         args = self.args
         self.trained.train()
         self.train_sampler.set_epoch(self.epoch, start=self.step * args.batch_size)
@@ -254,58 +338,39 @@ class Stage:
             from tqdm import tqdm
             bar = tqdm(total=self.steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{args.epochs}",
                        leave=False, dynamic_ncols=True)
+        monitor = StepMonitor(self.device, self.epoch_sums)
         tick, images_seen = time.perf_counter(), 0
-        for images, target in self.train_loader:
-            images, target = self.to_device(images, target)
-            torch.manual_seed(_step_seed(args.seed, self.epoch, self.step, self.dist.rank))
-            with self.autocast():
-                logits = self.trained(images)
-                aux_logits = ()
-                if isinstance(logits, tuple):  # Fast-SCNN with auxiliary heads, in training mode
-                    logits, *aux_logits = logits
-                loss, parts = self.loss_fn(logits, images, target)
-                if aux_logits:
-                    aux = auxiliary_loss(aux_logits, target, args.aux_weight)
-                    loss, parts = loss + aux, {**parts, "train_aux_loss": aux}
-            if self.nan_at_step == self.epoch * self.steps + self.step + 1:
-                loss = loss * float("nan")
-            # one collective per step: whether any process has a non-finite loss, or was asked to stop
-            nonfinite, stopping = distributed.any_process_flags(
-                [not bool(torch.isfinite(loss)), stop.signum != 0], self.device)
-            if nonfinite:
-                if not args.skip_nonfinite:
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step + 1}; stopped, the last good "
-                        f"state is kept in {self.state_path} (use --skip-nonfinite to skip such steps, or lower --lr)")
-                self.epoch_sums["skipped_steps"] = self.epoch_sums.get("skipped_steps", 0) + 1
-                self.optimizer.zero_grad(set_to_none=True)
-            else:
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                if args.grad_clip > 0:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), args.grad_clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                for name, value in parts.items():
-                    self.epoch_sums[name] = self.epoch_sums.get(name, 0.0) + float(value.detach())
-                self.epoch_sums["steps"] = self.epoch_sums.get("steps", 0) + 1
-            self.scheduler.step()
-            self.step += 1
+        stopped = False
+        for images, target, params in self.train_loader:
+            self.train_step(images, target, params, monitor)
             images_seen += images.shape[0] * self.dist.world_size
             if bar is not None:
-                rate = images_seen / max(time.perf_counter() - tick, 1e-9)
-                bar.set_postfix(loss=f"{float(loss):.4f}", img_s=f"{rate:.1f}")
                 bar.update(1)
-            if self.main and self.step % 10 == 0:
-                tracker.log({"train_loss_step": float(loss), "learning_rate": self.optimizer.param_groups[0]["lr"]})
-            if stopping or (not self.dist.enabled and stop.signum != 0):
+            # without DDP the stop flag is a host value, checked every step; under DDP it travels with the check
+            local_stop = not self.dist.enabled and stop.signum != 0
+            if not (self.step % CHECK_EVERY == 0 or self.step == self.steps or local_stop):
+                continue
+            first_bad, bad_loss, any_stop, loss = monitor.check(stop.signum != 0, self.dist.enabled)
+            if first_bad is not None and not args.skip_nonfinite:
                 if bar is not None:
                     bar.close()
-                self.save_state(self.elapsed + time.perf_counter() - start_time)
-                return False
+                raise NonFiniteLossError(
+                    f"loss is {bad_loss} at epoch {self.epoch + 1}, step {first_bad}; stopped, the last good "
+                    f"state is kept in {self.state_path} (use --skip-nonfinite to skip such steps, or lower --lr)")
+            if bar is not None:
+                rate = images_seen / max(time.perf_counter() - tick, 1e-9)
+                bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
+            if self.main:
+                tracker.log({"train_loss_step": loss, "learning_rate": self.optimizer.param_groups[0]["lr"]})
+            if any_stop or local_stop:
+                stopped = True
+                break
+        self.epoch_sums = monitor.epoch_sums()
         if bar is not None:
             bar.close()
+        if stopped:
+            self.save_state(self.elapsed + time.perf_counter() - start_time)
+            return False
         self.throughput = images_seen / max(time.perf_counter() - tick, 1e-9)
         return True
 
@@ -316,7 +381,8 @@ class Stage:
         # Without --sync-bn each process has updated its own BatchNorm statistics: validate with the main
         # process's, those of the model that is saved.
         distributed.broadcast_buffers(self.model)
-        matrix = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+        # on the device from the start: a rank without validation images still all-reduces a device tensor (NCCL)
+        matrix = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX, device=self.device)
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, valid pixels
         preview = None
         for images, target in self.val_loader:
@@ -346,6 +412,11 @@ def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn],
     try:
         stage = Stage(args, profiles, make_loss, script)
         return _train(stage, stop)
+    except UserError:
+        # bad input found while training (a corrupt image, a NaN at the first steps): leave nothing behind
+        if stage is not None and stage.main and stage.provisional_state:
+            stage.state_path.unlink(missing_ok=True)
+        raise
     finally:
         stop.restore()
         if stage is not None:
@@ -372,9 +443,14 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
         + (f"; {stage.aux_line}" if stage.aux_line else ""), flush=True)
     log(stage.recipe_line, flush=True)
 
+    if main:  # rows of epochs the state does not hold (a kill before its save, or --restart) are redone
+        history.truncate(history.history_path(stage.state_dir), stage.epoch)
     tracker = Tracker(args.experiment_id, vars(args) | {"script": script}, enabled=main, resume_id=stage.wandb_id)
     stage.wandb_id = tracker.run_id or stage.wandb_id
     start_time = time.perf_counter()
+    if stage.saved is None:  # from now on models/<id>.pth is this run's (a requeue after a crash resumes it)
+        stage.save_state(0.0)
+        stage.provisional_state = True
     epochs_run = 0
     try:
         while stage.epoch < args.epochs:
@@ -399,12 +475,19 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
                 stage.best_matrix = metrics["confusion_matrix"]
                 stage.best_aux_heads = aux_heads_state(stage.model.state_dict()) or None
             if main:
+                seconds = time.perf_counter() - epoch_start
+                values = {"epoch": stage.epoch, "learning_rate": stage.optimizer.param_groups[0]["lr"], **train_means,
+                          "valid_loss": metrics["valid_loss"], "valid_miou": metrics["miou"],
+                          "valid_mean_dice": metrics["mean_dice"], "valid_pixel_accuracy": metrics["pixel_accuracy"],
+                          **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)}}
                 if improved:  # the best model before the state: a crash between them just redoes this epoch
                     save_torch(without_aux_heads(stage.model.state_dict()), stage.model_path)
                     if preview is not None:
                         save_bytes(png_bytes(preview_grid(*preview)), stage.state_dir / f"preview-epoch-{stage.epoch:03d}.png")
                 stage.save_state(stage.elapsed + time.perf_counter() - start_time)
-                seconds = time.perf_counter() - epoch_start
+                # the history row once the state holds the epoch (a failed state write leaves the history as it was)
+                history.record_epoch(history.history_path(stage.state_dir), {
+                    "profile": stage.profile.name, **values, "seconds": seconds, "images_per_s": stage.throughput})
                 skipped = sums.get("skipped_steps", 0)
                 log(f"epoch {stage.epoch}/{args.epochs} | " + " | ".join(f"{k} {v:.4f}" for k, v in train_means.items())
                     + f" | valid_loss {metrics['valid_loss']:.4f} | mIoU {metrics['miou']:.4f} | mean Dice "
@@ -413,10 +496,6 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
                     + (" | new best" if improved else ""), flush=True)
                 if improved:
                     log(format_iou_table(metrics["iou"], CLASS_NAMES), flush=True)
-                values = {"epoch": stage.epoch, "learning_rate": stage.optimizer.param_groups[0]["lr"], **train_means,
-                          "valid_loss": metrics["valid_loss"], "valid_miou": metrics["miou"],
-                          "valid_mean_dice": metrics["mean_dice"], "valid_pixel_accuracy": metrics["pixel_accuracy"],
-                          **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)}}
                 if improved and preview is not None:
                     images, targets, predictions = preview
                     values["predictions"] = tracker.image(preview_grid(images, targets, predictions), "image | label | prediction")
