@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> float:
         other_rate = run(f"ours with --augment {other_augment}", other)
         ours = (ours + run("ours (again)", dataset)) / 2
         print(f"ratio --augment {args.augment} / {other_augment}: {ours / other_rate:.2f}x (per worker: "
-              f"{ours / max(args.num_workers, 1):.1f} vs {other_rate / max(args.num_workers, 1):.1f} samples/s; "
+              f"{ours / max(args.num_workers, 1):.1f} vs {other_rate / max(args.num_workers, 1):.1f} samples/s"
               f"{'' if args.photometric == 'workers' else '; the photometric ops run on the device, not timed here'})",
               flush=True)
     if args.baseline == "original":
