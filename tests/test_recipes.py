@@ -213,6 +213,22 @@ def test_resume_checks_the_resolved_recipe_values(tiny_cityscapes, tmp_path, mon
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("workers", ["0", "1"])  # mmseg's photometric ops on the (CPU) device / in the workers
+def test_mmseg_recipe_skips_a_nonfinite_first_step(tiny_cityscapes, tmp_path, monkeypatch, capsys, workers):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FASTSCNN_TEST_NAN_AT_STEP", "1")  # the fused SGD's very first step
+    args = _stage(tiny_cityscapes, "mmseg-nan", "--recipe", "mmseg", "--skip-nonfinite", "--num-workers", workers)
+    assert run_in_process(train, args, monkeypatch) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 non-finite steps" in next(line for line in out.splitlines() if line.startswith("epoch 1/2"))
+    state = torch.load(tmp_path / "checkpoints" / "mmseg-nan" / "state.pth", weights_only=True)
+    assert state["args"]["augment"] == "mmseg" and state["args"]["optimizer"] == "sgd"
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    buffers = [s["momentum_buffer"] for s in state["optimizer"]["state"].values()]
+    assert buffers and all(torch.isfinite(b).all() for b in buffers)
+
+
+@pytest.mark.slow
 def test_distillation_with_cwd_logs_the_cwd_term(tiny_cityscapes, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_in_process(train, _stage(tiny_cityscapes, "teacher", "--epochs", "1"), monkeypatch) == 0
