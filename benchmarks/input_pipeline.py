@@ -39,15 +39,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from training.data import (  # noqa: E402
-    MEAN,
-    STD,
-    CityscapesSegmentation,
-    EpochSampler,
-    label_lookup_table,
-    make_loader,
-    train_pipeline,
-)
+from training.data import (MEAN, STD, CityscapesSegmentation, EpochSampler, label_lookup_table,  # noqa: E402
+                           make_loader, train_pipeline)
 from training.device_augment import PhotometricPipeline, apply_in_worker  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 from training.profiles import resolve_profile  # noqa: E402
