@@ -1,4 +1,6 @@
 # Sourced by main*.sh: the Python to use, the user's .env, and the --demo mode. Not run on its own.
+# shellcheck shell=bash
+# shellcheck disable=SC2034  # DEMO_ARGS and STAGE_ARGS are read by the main*.sh that source this file
 
 # The project's venv when there is one (a container or module system may set PYTHON instead).
 if [[ -z "${PYTHON:-}" ]]; then
