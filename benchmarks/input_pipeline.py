@@ -5,10 +5,10 @@
         --baseline original
 
 The training loader is built as the stage builds it (`training/stage.py`: the dataset with its per-profile cache,
-`train_pipeline`, the photometric ops' parameters drawn per sample, `EpochSampler`, `make_loader`): workers ship
-uint8 images and masks, and the photometric ops (colour jitter), float conversion and normalisation run on the
-training device, timed separately on a batch (`--photometric workers` applies them in the workers instead, as
-CPU-only training does). The bytes of one batch are printed. Building or checking the cache is timed on its own; then
+`training.augment.train_pipeline`, the photometric ops' parameters drawn per sample, `EpochSampler`,
+`make_loader`): workers ship uint8 images and masks, and the photometric ops (colour jitter), float conversion and
+normalisation run on the training device, timed separately on a batch (`--photometric workers` applies them in the
+workers instead, as CPU-only training does). The bytes of one batch are printed. Building or checking the cache is timed on its own; then
 `--warmup` batches start the workers and `--batches` batches are timed. A small data set is repeated so that the
 timed batches fall inside one epoch, as they do with the 2975 Cityscapes training images.
 
@@ -39,8 +39,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+from training.augment import train_pipeline  # noqa: E402
 from training.data import (MEAN, STD, CityscapesSegmentation, EpochSampler, label_lookup_table,  # noqa: E402
-                           make_loader, train_pipeline)
+                           make_loader)
 from training.device_augment import PhotometricPipeline, apply_in_worker  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 from training.profiles import resolve_profile  # noqa: E402

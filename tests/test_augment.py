@@ -12,8 +12,15 @@ import torch
 from torch.utils.data import DataLoader
 
 from training import augment
-from training.augment import PAD_COLOUR, KeepPadding, MmsegTrainTransform, PhotoMetricDistortion, mmseg_pipeline
-from training.data import CityscapesSegmentation, EpochSampler, train_pipeline
+from training.augment import (
+    PAD_COLOUR,
+    KeepPadding,
+    MmsegTrainTransform,
+    PhotoMetricDistortion,
+    mmseg_pipeline,
+    train_pipeline,
+)
+from training.data import CityscapesSegmentation, EpochSampler
 from training.device_augment import apply_in_worker
 from training.profiles import Profile
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-from training.data import IGNORE_INDEX, MEAN, resize
-from training.device_augment import PhotometricOp, PhotometricPipeline, _hue, _to_device
+from training.data import IGNORE_INDEX, MEAN, resize, train_transform
+from training.device_augment import PhotometricOp, PhotometricPipeline, _hue, _to_device, original_photometric
 from training.profiles import Profile
 
 RATIO_RANGE = (0.5, 2.0)
@@ -204,3 +204,12 @@ def mmseg_pipeline(profile: Profile) -> tuple[MmsegTrainTransform, PhotometricPi
     """mmseg's augmentation as (geometric transform for the workers, photometric ops for the device)."""
     transform = MmsegTrainTransform(profile)
     return transform, PhotometricPipeline([PhotoMetricDistortion(), KeepPadding(transform)])
+
+
+def train_pipeline(profile: Profile, augment: str = "original") -> tuple[v2.Transform, PhotometricPipeline]:
+    """The training augmentation `--augment` as (geometric transform for the workers, photometric ops for the
+    device; a pair: mmseg's ops need their own transform): "original" the original's (training/data.py), "mmseg"
+    mmsegmentation's (above)."""
+    if augment == "mmseg":
+        return mmseg_pipeline(profile)
+    return train_transform(profile), original_photometric()

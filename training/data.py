@@ -27,7 +27,7 @@ from torchvision.datasets import Cityscapes
 from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms import v2
 
-from training.device_augment import MEAN, STD, PhotometricPipeline, apply_in_worker, original_photometric
+from training.device_augment import MEAN, STD, PhotometricPipeline, apply_in_worker
 from training.errors import UserError
 from training.helpers import ignore_stop_signals
 from training.profiles import Profile
@@ -190,16 +190,6 @@ def train_transform(profile: Profile) -> v2.Transform:
         v2.RandomHorizontalFlip(0.5),
         v2.RandomCrop(profile.patch_hw),
     ])
-
-
-def train_pipeline(profile: Profile, augment: str = "original") -> tuple[v2.Transform, PhotometricPipeline]:
-    """The training augmentation `--augment` as (geometric transform for the workers, photometric ops for the
-    device; a pair: mmseg's ops need their own transform): "original" the original's, "mmseg" mmsegmentation's
-    (training/augment.py)."""
-    if augment == "mmseg":
-        from training.augment import mmseg_pipeline  # it builds on this module's resize
-        return mmseg_pipeline(profile)
-    return train_transform(profile), original_photometric()
 
 
 def val_transform(profile: Profile) -> v2.Transform:

@@ -38,12 +38,12 @@ from torch import nn
 
 from training import distributed, history
 from training.acceleration import amp_dtype, compile_model, prepare_teacher
+from training.augment import train_pipeline
 from training.auxiliary import aux_heads_state, auxiliary_loss, init_aux_heads, without_aux_heads
 from training.checkpoint import append_csv_row, check_writable, remove_stale_temporaries, save_bytes, save_torch
 from training.cli import check_args, get_args_parser
 from training.data import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, EpochSampler,
-                           denormalize, make_loader, num_train_batches_check, steps_per_epoch, train_pipeline,
-                           val_transform)
+                           denormalize, make_loader, num_train_batches_check, steps_per_epoch, val_transform)
 from training.errors import EXIT_PREEMPTED, NonFiniteLossError, UserError
 from training.metrics import ConfusionMatrix, format_iou_table
 from training.models import build_model, load_weights
