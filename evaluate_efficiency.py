@@ -7,8 +7,17 @@ Reports parameters, thop MACs and FLOPs (= 2 x MACs, cross-checked with torch.ut
 the plain model (eval, fp32, NCHW) and of the deploy form (BatchNorm folded, channels_last, bf16 autocast on CPUs with
 native bf16 / fp16 on CUDA, narrowed to the context branch or to fp32 where it would change more than 0.1% of the
 predictions; --compile adds torch.compile) measured side by side, their argmax agreement, and (unless --data-dir none) mIoU, per-class
-IoU, mean Dice and pixel accuracy on `val` at the profile's image size. Sizes are measured at the profile's image size
-and at every --resolution. On Linux the tool restarts itself once with glibc malloc tuned (see measurements/README.md).
+IoU, mean Dice and pixel accuracy on `val`: the model sees the profile's image size, its fp32 logits are scored at the
+labels' own resolution (the benchmark's protocol; --val-resolution profile for the older score at the profile's size),
+one row per --tta mode. Sizes are measured at the profile's image size and at every --resolution. On Linux the tool
+restarts itself once with glibc malloc tuned (see measurements/README.md).
+
+    python evaluate_efficiency.py --current-model-path M --profile P --data-dir D --export-predictions DIR \
+        [--split test]
+
+writes the predictions instead, as the Cityscapes benchmark reads them: one label-id PNG per image at its own
+resolution, DIR/<city>/<city>_<seq>_<frame>_leftImg8bit.png (scored too where the split has labels); --overlay adds
+colour overlays, --images FOLDER predicts any folder of PNG/JPEG photos.
 """
 import os
 import platform
@@ -76,6 +85,18 @@ def parse_args(argv):
     add("--export-onnx", metavar="PATH",
         help="write the fp32 network (BatchNorm folded) as ONNX at the first --resolution (static shape), check it "
              "with ONNX Runtime against PyTorch and time it beside the plain and deploy forms")
+    add("--val-resolution", choices=("full", "profile"), default="full",
+        help="score at the labels' own resolution (full: the benchmark's protocol) or at the profile's image size")
+    add("--tta", nargs="+", default=["none"], choices=("none", "flip", "multiscale"),
+        help="test-time augmentation of the accuracy, one row each: none, flip (with the mirror image), multiscale "
+             "(mmseg's ratios 0.5-1.75 of the profile size, each with its mirror); latency is always single-scale")
+    add("--export-predictions", metavar="DIR",
+        help="write label-id PNGs of every image of --split (the test server's format) to DIR/<city>/ and score "
+             "them where the split has labels; no cost, latency or CSV row")
+    add("--split", default="val", choices=("val", "test"), help="the split --export-predictions predicts")
+    add("--overlay", nargs="?", const="", metavar="DIR",
+        help="with --export-predictions: colour overlays of the predictions too (default DIR: <export dir>_overlay)")
+    add("--images", metavar="FOLDER", help="with --export-predictions: predict every PNG/JPEG under FOLDER instead")
     add("--output-csv", default="measurements/efficiency.csv", help="append one row per model and resolution here")
     add("--write-resolutions", nargs="?", const="measurements/resolutions.csv", metavar="PATH",
         help="regenerate resolutions.csv from training/profiles.py and exit")
@@ -110,17 +131,30 @@ def main(argv):
         raise UserError("--export-onnx: expected one model (--current-model-path), not --all")
     sizes = list(dict.fromkeys([profile.image_hw] + [eff.parse_resolution(r) for r in args.resolution]))
     device = pick_device(args.device)
-    from training.data import CLASS_NAMES, NUM_CLASSES, CityscapesSegmentation, val_transform  # torchvision: slow
+    from training import evaluation  # torchvision: slow
+    from training.data import CLASS_NAMES, NUM_CLASSES
+
+    evaluation.check_export_args(args)
 
     models = []
     for path in model_paths(args):  # every input is checked before anything is measured or written
         model = build_model(args.arch, NUM_CLASSES)
         load_weights(model, path, args.arch, "--all" if args.all else "--current-model-path")
         models.append((path, model.eval().to(device)))
-    no_data = str(args.data_dir).lower() == "none"
-    val_set = None if no_data else CityscapesSegmentation(args.data_dir, "val", val_transform(profile))
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.export_predictions:
+        metrics = evaluation.export_predictions(models[0][1], args, profile, device)
+        if metrics:
+            print(format_iou_table(metrics["iou"], CLASS_NAMES))
+            print(f"{args.split}: mIoU {metrics['miou']:.4f} | mean Dice {metrics['mean_dice']:.4f} | pixel accuracy "
+                  f"{metrics['pixel_accuracy']:.4f} (val at full res, tta {args.tta[0]}; the official evaluator: "
+                  f"CITYSCAPES_DATASET={args.data_dir} CITYSCAPES_RESULTS={args.export_predictions} "
+                  f"csEvalPixelLevelSemanticLabeling)")
+        return
+    no_data = str(args.data_dir).lower() == "none"
+    val_set, sets = (None, {}) if no_data else evaluation.accuracy_sets(args.data_dir, profile, args.tta,
+                                                                         args.val_resolution)
     dtype, scope, why = deploy.choose_deploy_dtype(device, args.deploy_dtype)
     allocator = eff.describe_allocator() + (" (set by the tool)" if os.environ.get(MARKER) else "")
     threads = torch.get_num_threads() if device.type == "cpu" else None
@@ -142,14 +176,16 @@ def main(argv):
         result = eff.evaluate_model(model, sizes, device, dtype, val_set, args.compile, args.agreement_images,
                                     args.batch_size, args.num_workers, args.latency_runs, args.min_seconds,
                                     args.warmup, NUM_CLASSES, fallback=args.deploy_dtype == "auto", scope=scope,
-                                    onnx=onnx)
-        if result.accuracy:
-            acc = result.accuracy
+                                    onnx=onnx, accuracy_sets=sets)
+        scoring = evaluation.describe_scoring(args.val_resolution, profile)
+        for tta, acc in result.accuracies.items():
             print(format_iou_table(acc["iou"], CLASS_NAMES))
-            print(f"val ({result.val_images} images at {profile.image_size[0]}x{profile.image_size[1]}): mIoU "
-                  f"{acc['miou']:.4f} | mean Dice {acc['mean_dice']:.4f} | pixel accuracy {acc['pixel_accuracy']:.4f}")
+            print(f"val ({result.val_images} images seen at {profile.image_size[0]}x{profile.image_size[1]}, scored "
+                  f"at {scoring}, tta {tta}): mIoU {acc['miou']:.4f} | mean Dice {acc['mean_dice']:.4f} | "
+                  f"pixel accuracy {acc['pixel_accuracy']:.4f}")
         date = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
-        new = eff.csv_rows(result, path.stem, args.arch, profile, device, threads, allocator, date, command)
+        new = eff.csv_rows(result, path.stem, args.arch, profile, device, threads, allocator, date, command,
+                           val_resolution=args.val_resolution)
         Path(args.output_csv).parent.mkdir(parents=True, exist_ok=True)
         for row in new:  # written model by model: an interrupted --all keeps what it measured
             append_csv_row(args.output_csv, row)

@@ -47,6 +47,9 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
     add("--no-cache", action="store_true", help="always decode the full-size PNGs (no per-profile cache)")
     add("--restart", action="store_true", help="ignore the resumable state in checkpoints/<id>/ and start afresh")
     add("--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/inf instead of stopping")
+    add("--val-resolution", choices=("full", "profile"), default="full",
+        help="score validation at the labels' own resolution (full: the benchmark's protocol, what selects the best "
+             "model) or at the profile's image size (profile: cheaper, not comparable with published figures)")
     add("--previews", type=int, default=4, help="validation images in the preview PNG at each new best")
     add("--debug", action="store_true", help="show tracebacks for errors")
     if arch:

@@ -113,11 +113,16 @@ class CityscapesSegmentation(Dataset):
     With a `profile`, samples come from the per-profile cache (built on first use, rebuilt when stale; see
     `training.cache.prepare_cache`): `cache=True` (or "always") uses it at every profile (it saves the PNG
     decoding even at the sources' own size), False never. `cache_dir` overrides where it is kept.
+
+    `full_labels=True` (validation scored at the labels' own resolution, see `training.evaluation`): the transform
+    sees the image only, and the mask is the label's uint8 train ids at its original size (cached too, uint8,
+    where the image cache is used and all labels have one size).
     """
 
     def __init__(self, root: str | Path, split: str, transform: v2.Transform, profile: Profile | None = None,
                  cache: bool | str = True, cache_dir: str | Path | None = None,
-                 photometric: PhotometricPipeline | None = None, photometric_in_worker: bool = False):
+                 photometric: PhotometricPipeline | None = None, photometric_in_worker: bool = False,
+                 full_labels: bool = False):
         check_layout(root, split)
         files = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
         if not files.images:
@@ -130,11 +135,14 @@ class CityscapesSegmentation(Dataset):
         self.labels = [targets[0] for targets in files.targets]
         self.transform = transform
         self.photometric, self.photometric_in_worker = photometric, photometric_in_worker
-        self.cache = None
+        self.full_labels = full_labels
+        self.cache = self.label_cache = None
         if profile is not None and cache:
-            from training.cache import prepare_cache
+            from training.cache import prepare_cache, prepare_label_cache
             self.cache = prepare_cache(self.root, split, self.images, self.labels, profile,
                                        mode="always" if cache == "always" else "auto", cache_dir=cache_dir)
+            if full_labels and self.cache is not None:
+                self.label_cache = prepare_label_cache(self.root, split, self.labels, cache_dir=cache_dir)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -147,6 +155,8 @@ class CityscapesSegmentation(Dataset):
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
+        if self.full_labels:
+            return self._full_resolution_item(index)
         image, mask = self.load(index)
         image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
         params = None
@@ -166,6 +176,21 @@ class CityscapesSegmentation(Dataset):
         if self.photometric_in_worker:
             image = apply_in_worker(self.photometric, image, params)
         return image, mask, params
+
+    def _full_resolution_item(self, index: int):
+        """(transformed image, or a tuple of views for test-time augmentation; uint8 train ids at the label's size)."""
+        if self.cache is not None:
+            image = self.cache.read(index)[0]
+        else:
+            image = read_png(self.images[index], ImageReadMode.RGB)
+        if self.label_cache is not None:
+            mask = self.label_cache.read(index)
+        else:
+            mask = read_train_ids(self.labels[index])
+        views = self.transform(tv_tensors.Image(image))
+        if isinstance(views, (tuple, list)):
+            return tuple(view.as_subclass(torch.Tensor) for view in views), mask
+        return views.as_subclass(torch.Tensor), mask
 
 
 def normalize() -> list[v2.Transform]:
@@ -245,10 +270,11 @@ def _ignore_stop_signals(_worker_id: int) -> None:
 
 
 def make_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, num_workers: int, device: torch.device,
-                drop_last: bool) -> DataLoader:
+                drop_last: bool, collate_fn=None) -> DataLoader:
     on_cuda = device.type == "cuda"
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+        collate_fn=collate_fn,
         pin_memory=on_cuda, persistent_workers=num_workers > 0, worker_init_fn=_ignore_stop_signals,
         prefetch_factor=4 if num_workers > 0 else None,
         # A private generator: creating the iterator must not consume the global RNG (exact resume).

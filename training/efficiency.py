@@ -11,7 +11,8 @@
   fp32. The first rejected form is still timed alongside, for reference.
 - Latency at batch 1, plain and deploy interleaved (both see the same background load): warm-up, then runs until
   each form has at least `runs` timings and `min_seconds` of them; median, p10 and p90; CUDA synchronised.
-- Accuracy streamed through a `ConfusionMatrix`: no prediction is kept.
+- Accuracy by `training.evaluation` (the stage's scorer: full resolution, fp32, optional test-time augmentation),
+  streamed through a `ConfusionMatrix`: no prediction is kept.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import nn
@@ -37,7 +38,6 @@ from training.deploy import (CONTEXT_BRANCHES, DEPLOY_CHOICES, DeployForm, Reduc
                              native_bf16_cpu)
 from training.distributed import device_name
 from training.errors import UserError
-from training.metrics import ConfusionMatrix
 from training.profiles import PROFILES, resolve_profile
 
 AGREEMENT_THRESHOLD = 0.999
@@ -210,19 +210,6 @@ def measure_latency(forms: dict[str, tuple[Callable, torch.Tensor]], device: tor
     return {name: Latency(t) for name, t in times.items()}
 
 
-# --------------------------------------------------------------------------------------------------------- accuracy
-
-@torch.inference_mode()
-def evaluate_accuracy(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int,
-                      progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict:
-    """mIoU, per-class IoU, Dice and pixel accuracy of `model` over `loader`, streamed through a ConfusionMatrix."""
-    matrix = ConfusionMatrix(num_classes)
-    for images, target in progress(loader):
-        logits = model(images.to(device, non_blocking=True))
-        matrix.update(logits.argmax(1), target.to(device, non_blocking=True))
-    return matrix.compute()
-
-
 # ------------------------------------------------------------------------------------------------ resolutions.csv
 
 RESOLUTION_COLUMNS = ("number", "name", "image_width", "image_height", "patch_width", "patch_height")
@@ -271,7 +258,7 @@ class ModelResult:
     agreement: float            # argmax agreement deploy vs plain
     agreement_on: str           # what it was measured on
     sizes: list[SizeResult]
-    accuracy: dict | None       # ConfusionMatrix.compute(), None without data
+    accuracy: dict | None       # ConfusionMatrix.compute() of the first TTA mode, None without data
     val_images: int = 0
     rejected: str = ""          # the first reduced-precision form that failed the check, if any
     rejected_dtype: torch.dtype | None = None
@@ -279,6 +266,7 @@ class ModelResult:
     rejected_agreement: float | None = None
     onnx_agreement: float | None = None      # ONNX Runtime vs the plain model, on the agreement inputs
     onnx_max_abs_diff: float | None = None
+    accuracies: dict = field(default_factory=dict)  # TTA mode -> ConfusionMatrix.compute()
 
     @property
     def agreement_ok(self) -> bool:
@@ -309,8 +297,11 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
                    val_set=None, compile: bool = False, agreement_images: int = 4, batch_size: int = 4,
                    num_workers: int = 0, runs: int = 50, min_seconds: float = 5.0, warmup: int = 5,
                    num_classes: int = 19, fallback: bool = True, log: Callable[[str], None] = print,
-                   scope: str = "all", onnx=None) -> ModelResult:
+                   scope: str = "all", onnx=None, accuracy_sets: dict | None = None) -> ModelResult:
     """Cost and latency at every size, the deploy check, and accuracy on `val_set` (if given) of a model on `device`.
+
+    `accuracy_sets` maps test-time augmentation modes (training.evaluation.TTA_MODES) to the data set each is scored
+    on (default: "none" on `val_set`); data sets give full-resolution labels for full-resolution scores.
 
     With `fallback`, a reduced-precision deploy form whose argmax agreement with the plain model stays below
     AGREEMENT_THRESHOLD is replaced by the next one down: `dtype` in the context branch only (mixed), then fp32
@@ -368,29 +359,33 @@ def evaluate_model(model: nn.Module, sizes: list[tuple[int, int]], device: torch
             + ("" if "onnxruntime" not in latency else f" | ONNX Runtime {_spread(latency['onnxruntime'])}, "
                f"{latency['onnxruntime'].median_ms / plain.median_ms:.2f} x plain"))
         results.append(SizeResult(hw, cost, plain, fast, slow, latency.get("onnxruntime")))
-    accuracy = None
-    if val_set is not None:
+    if accuracy_sets is None:
+        accuracy_sets = {"none": val_set} if val_set is not None else {}
+    accuracies = {}
+    for tta, dataset in accuracy_sets.items():
         from training.data import EpochSampler, make_loader
+        from training.evaluation import collate, evaluate_accuracy
 
-        sampler = EpochSampler(len(val_set), seed=0, shuffle=False)
-        loader = make_loader(val_set, sampler, batch_size, num_workers, device, drop_last=False)
-        accuracy = evaluate_accuracy(model, loader, device, num_classes)
+        sampler = EpochSampler(len(dataset), seed=0, shuffle=False)
+        loader = make_loader(dataset, sampler, batch_size, num_workers, device, drop_last=False, collate_fn=collate)
+        accuracies[tta] = evaluate_accuracy(model.eval(), loader, device, num_classes, tta=tta)
+    accuracy = next(iter(accuracies.values()), None)
     return ModelResult(deploy.describe(), deploy.dtype, deploy.precision, agree, source, results, accuracy,
                        len(val_set) if val_set is not None else 0, rejected.describe() if rejected else "",
                        rejected.dtype if rejected else None, rejected.precision if rejected else "",
-                       rejected_agreement, *onnx_check)
+                       rejected_agreement, *onnx_check, accuracies)
 
 
 def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.device, threads: int | None,
-             allocator: str, date: str, command: str) -> list[dict]:
-    """One row of measurements/efficiency.csv per measured size (accuracy cells empty without data)."""
-    acc = result.accuracy or {}
-
+             allocator: str, date: str, command: str, val_resolution: str = "full") -> list[dict]:
+    """One row of measurements/efficiency.csv per measured size and TTA mode (accuracy cells empty without data;
+    the cost and latency, always single-scale batch 1, repeat on every TTA row)."""
     def number(value, digits):
         return "" if value is None else f"{value:.{digits}f}"
 
     rows = []
-    for size in result.sizes:
+    for size, (tta, acc) in ((size, mode) for size in result.sizes
+                             for mode in (result.accuracies.items() or [("", {})])):
         gflops, plain, deploy = size.cost.flops / 1e9, size.plain, size.deploy
         rows.append({
             "model": model, "arch": arch, "profile": profile.name, "resolution": "%dx%d" % size.hw,
@@ -413,6 +408,7 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
             "onnx_max_abs_diff": f"{result.onnx_max_abs_diff:.3g}" if size.onnxruntime else "",
             "threads": threads if threads else "", "allocator": allocator,
             "eval_size": "%dx%d" % profile.image_size if acc else "",
+            "val_resolution": val_resolution if acc else "", "tta": tta,
             "miou": number(acc.get("miou"), 6), "mean_dice": number(acc.get("mean_dice"), 6),
             "pixel_accuracy": number(acc.get("pixel_accuracy"), 6),
             "miou_per_gflop": number(acc["miou"] / gflops, 6) if acc else "",
@@ -424,8 +420,8 @@ def csv_rows(result: ModelResult, model: str, arch: str, profile, device: torch.
 
 SHEET_COLUMNS = (("model", "model"), ("resolution", "HxW"), ("params", "params"), ("macs", "GMACs"),
                  ("flops", "GFLOPs"), ("dtype", "deploy"), ("latency_ms_plain", "plain ms"),
-                 ("latency_ms_deploy", "deploy ms"), ("speedup", "speed-up"), ("fps_deploy", "FPS"), ("miou", "mIoU"),
-                 ("mean_dice", "mean Dice"), ("dice_per_gflop", "Dice/GFLOP"))
+                 ("latency_ms_deploy", "deploy ms"), ("speedup", "speed-up"), ("fps_deploy", "FPS"), ("tta", "TTA"),
+                 ("miou", "mIoU"), ("mean_dice", "mean Dice"), ("dice_per_gflop", "Dice/GFLOP"))
 
 
 def format_sheet(rows: list[dict]) -> str:

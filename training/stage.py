@@ -33,10 +33,9 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from training import distributed, history
+from training import distributed, evaluation, history
 from training.acceleration import amp_dtype, compile_model, prepare_teacher
 from training.augment import train_pipeline
 from training.auxiliary import aux_heads_state, auxiliary_loss, init_aux_heads, without_aux_heads
@@ -139,7 +138,10 @@ class Stage:
         self.train_set = CityscapesSegmentation(args.data_dir, "train", transform, **cache,
                                                 photometric=self.photometric,
                                                 photometric_in_worker=self.photometric_in_worker)
-        self.val_set = CityscapesSegmentation(args.data_dir, "val", val_transform(self.profile), **cache)
+        # scored at the labels' own resolution (the benchmark's protocol) unless --val-resolution profile
+        self.val_resolution = getattr(args, "val_resolution", "full")
+        self.val_set = CityscapesSegmentation(args.data_dir, "val", val_transform(self.profile),
+                                              full_labels=self.val_resolution == "full", **cache)
         num_train_batches_check(len(self.train_set), args.batch_size, self.dist.world_size)
         self.steps = steps_per_epoch(len(self.train_set), args.batch_size, self.dist.world_size)
         if self.saved is not None:
@@ -187,6 +189,7 @@ class Stage:
         self.best_matrix = None  # confusion matrix (rows ground truth) of the best epoch's validation
         self.best_aux_heads = None  # the best epoch's auxiliary heads, for the next stage (training/auxiliary.py)
         self.provisional_state = False  # only the state written before the first step: removed if the stage fails
+        self.last_metrics: dict = {}  # the last validation's figures
         self.nan_at_step = int(os.environ.get("FASTSCNN_TEST_NAN_AT_STEP", "0") or 0)
         if self.saved is not None:
             self._restore(self.saved)
@@ -196,7 +199,7 @@ class Stage:
         self.train_loader = make_loader(self.train_set, self.train_sampler, args.batch_size, args.num_workers,
                                         self.device, drop_last=True)
         self.val_loader = make_loader(self.val_set, self.val_sampler, args.batch_size, args.num_workers,
-                                      self.device, drop_last=False)
+                                      self.device, drop_last=False, collate_fn=evaluation.collate)
 
     # ----------------------------------------------------------------------------------------------- state
     def _read_saved_state(self) -> dict | None:
@@ -211,6 +214,7 @@ class Stage:
             raise UserError(f"{self.state_path}: not a state file of this version; use --restart to start afresh")
         current = _result_args(self.args)
         saved_args = dict(state["args"])
+        saved_args.setdefault("val_resolution", "profile")  # states written before full-resolution scoring
         if self.args.lr_schedule != "constant" and state["epochs"] != self.args.epochs:
             saved_args["epochs"], current["epochs"] = state["epochs"], self.args.epochs
         differences = _differences(saved_args, current)
@@ -366,33 +370,25 @@ class Stage:
 
     @torch.no_grad()
     def validate(self) -> tuple[dict, tuple | None]:
-        """Loss and metrics on the whole validation split (each image counted once over all processes)."""
+        """Loss and metrics on the whole validation split (each image counted once over all processes), scored by
+        `training.evaluation` at the labels' own size (or the profile's with --val-resolution profile)."""
         self.trained.eval()
         # Without --sync-bn each process has updated its own BatchNorm statistics: validate with the main
         # process's, those of the model that is saved.
         distributed.broadcast_buffers(self.model)
-        # on the device from the start: a rank without validation images still all-reduces a device tensor (NCCL)
-        matrix = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX, device=self.device)
-        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # loss sum, valid pixels
+        scorer = evaluation.Scorer(NUM_CLASSES, self.device, loss=True)
         preview = None
-        for images, target in self.val_loader:
-            images, target = self.to_device(images, target)
-            with self.autocast():
-                logits = self.model(images)
-            logits = logits.float()
-            sums[0] += F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum").double()
-            sums[1] += (target != IGNORE_INDEX).sum()
-            prediction = logits.argmax(1)
-            matrix.update(prediction, target)
+        for images, targets in self.val_loader:
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            # fp32 even under --amp: the figure is that of the saved fp32 model, as evaluate_efficiency.py scores it
+            logits = self.model(images).float()
+            scorer.update([logits], targets)
             if preview is None and self.args.previews > 0:
                 n = self.args.previews
-                preview = (denormalize(images[:n]).cpu(), target[:n].cpu(), prediction[:n].cpu())
-        matrix.all_reduce()
-        distributed.all_reduce_sum(sums)
-        metrics = matrix.compute()
-        metrics["confusion_matrix"] = matrix.matrix.cpu()
-        metrics["valid_loss"] = float(sums[0] / sums[1].clamp(min=1))
-        return metrics, preview
+                labels = torch.stack([evaluation.nearest(target, images.shape[-2:]) for target in targets[:n]])
+                preview = (denormalize(images[:n]).cpu(), labels, logits[:n].argmax(1).cpu())
+        scorer.all_reduce()
+        return scorer.compute(), preview
 
 
 def run_stage(args, profiles: dict, make_loss: Callable[[torch.device], LossFn], script: str) -> dict:
@@ -435,6 +431,7 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
 
     if main:  # rows of epochs the state does not hold (a kill before its save, or --restart) are redone
         history.truncate(history.history_path(stage.state_dir), stage.epoch)
+    scoring = evaluation.describe_scoring(stage.val_resolution, stage.profile)
     tracker = Tracker(args.experiment_id, vars(args) | {"script": script}, enabled=main, resume_id=stage.wandb_id)
     stage.wandb_id = tracker.run_id or stage.wandb_id
     start_time = time.perf_counter()
@@ -457,6 +454,7 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
             train_means = {f"train_{k}" if not k.startswith("train_") else k: v / steps
                            for k, v in sums.items() if k not in ("steps", "skipped_steps")}
             improved = metrics["miou"] > stage.best_miou
+            stage.last_metrics = metrics
             stage.epoch += 1
             stage.step, stage.epoch_sums = 0, {}
             epochs_run += 1
@@ -477,11 +475,13 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
                 stage.save_state(stage.elapsed + time.perf_counter() - start_time)
                 # the history row once the state holds the epoch (a failed state write leaves the history as it was)
                 history.record_epoch(history.history_path(stage.state_dir), {
-                    "profile": stage.profile.name, **values, "seconds": seconds, "images_per_s": stage.throughput})
+                    "profile": stage.profile.name, "val_resolution": stage.val_resolution, **values, "seconds": seconds,
+                    "images_per_s": stage.throughput})
                 skipped = sums.get("skipped_steps", 0)
                 log(f"epoch {stage.epoch}/{args.epochs} | " + " | ".join(f"{k} {v:.4f}" for k, v in train_means.items())
                     + f" | valid_loss {metrics['valid_loss']:.4f} | mIoU {metrics['miou']:.4f} | mean Dice "
-                    f"{metrics['mean_dice']:.4f} | pixel acc {metrics['pixel_accuracy']:.4f} | {seconds:.1f} s | "
+                    f"{metrics['mean_dice']:.4f} | pixel acc {metrics['pixel_accuracy']:.4f} | val at {scoring} | "
+                    f"{seconds:.1f} s | "
                     f"{stage.throughput:.1f} img/s" + (f" | skipped {int(skipped)} non-finite steps" if skipped else "")
                     + (" | new best" if improved else ""), flush=True)
                 if improved:
@@ -497,6 +497,7 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
 
     total = stage.elapsed + time.perf_counter() - start_time
     summary = {"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "epochs_run": epochs_run}
+    best, last = _figures(stage.best_matrix), stage.last_metrics or _figures(None)
     if main:
         append_csv_row(Path("measurements") / "durations.csv", {
             "experiment_id": args.experiment_id, "script": script, "profile": stage.profile.name,
@@ -504,14 +505,28 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
             "patch_size": "x".join(map(str, stage.profile.patch_size)), "epochs": args.epochs,
             "wall_time_s": f"{total:.1f}", "s_per_epoch": f"{total / args.epochs:.2f}",
             "device": distributed.device_name(stage.device) if stage.device.type == "cuda" else "cpu",
-            "processes": stage.dist.world_size, "best_miou": f"{stage.best_miou:.4f}", "best_epoch": stage.best_epoch,
+            "processes": stage.dist.world_size, "best_miou": f"{stage.best_miou:.6f}", "best_epoch": stage.best_epoch,
+            "val_resolution": stage.val_resolution, "last_miou": f"{last['miou']:.6f}",
             "date": datetime.datetime.now().isoformat(timespec="seconds"),
         })
-        log(f"done: {args.experiment_id} best mIoU {stage.best_miou:.4f} at epoch {stage.best_epoch} -> "
-            f"{stage.model_path}; {total:.0f} s in all", flush=True)
+        log(f"done: {args.experiment_id} best mIoU {stage.best_miou:.4f} at epoch {stage.best_epoch} (mean Dice "
+            f"{best['mean_dice']:.4f}, pixel acc {best['pixel_accuracy']:.4f}); last epoch {stage.epoch}: mIoU "
+            f"{last['miou']:.4f} (mean Dice {last['mean_dice']:.4f}, pixel acc {last['pixel_accuracy']:.4f}); val at "
+            f"{scoring} -> {stage.model_path}; {total:.0f} s in all", flush=True)
+        tracker.summary({"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "best_mean_dice":
+                         best["mean_dice"], "last_miou": last["miou"], "last_mean_dice": last["mean_dice"],
+                         "val_resolution": stage.val_resolution})
     tracker.finish()
     distributed.shutdown()
     return summary
+
+
+def _figures(matrix: torch.Tensor | None) -> dict:
+    """mIoU, mean Dice, pixel accuracy of a saved confusion matrix (nan without one)."""
+    scores = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+    if matrix is not None:
+        scores.matrix = matrix.to(torch.int64)
+    return scores.compute()
 
 
 def stage_main(argv, doc: str, profiles: dict, default_profile: str, make_loss, *add_args, script: str) -> dict:

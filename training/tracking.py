@@ -64,6 +64,15 @@ class Tracker:
         except Exception as error:
             self._fail(error)
 
+    def summary(self, values: dict) -> None:
+        """Set the run's summary values (what W&B shows for the run as a whole)."""
+        if self.run is None:
+            return
+        try:
+            self.run.summary.update(values)
+        except Exception as error:
+            self._fail(error)
+
     def image(self, array, caption: str = ""):
         """A wandb.Image for `log`, or None when W&B is off."""
         if self.run is None:
