@@ -16,6 +16,6 @@ DATA_DIR="${DATA_DIR:-./data/cityscapes}"
 
 stage_setup "$@"
 run_python train.py \
-    --data-dir "$DATA_DIR" --batch-size 32 --epochs 100 --lr 1e-3 --num-workers 8 --seed 42 \
+    --data-dir "$DATA_DIR" --batch-size 32 --epochs 100 --num-workers 8 --seed 42 \
     --experiment-id "$EXPERIMENT_ID" --previous-model-path "$PREVIOUS_MODEL_PATH" \
     --profile "$PROFILE" --weight-decay "$WEIGHT_DECAY" "${DEMO_ARGS[@]}" "${STAGE_ARGS[@]}"

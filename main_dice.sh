@@ -14,7 +14,7 @@ DICE_LOSS_WEIGHT="${DICE_LOSS_WEIGHT:-1.0}"
 
 stage_setup "$@"
 run_python train_dice.py \
-    --data-dir "$DATA_DIR" --batch-size 32 --epochs 100 --lr 1e-3 --num-workers 8 --seed 42 \
+    --data-dir "$DATA_DIR" --batch-size 32 --epochs 100 --num-workers 8 --seed 42 \
     --experiment-id "$EXPERIMENT_ID" --previous-model-path "$PREVIOUS_MODEL_PATH" \
     --profile "$PROFILE" --weight-decay "$WEIGHT_DECAY" --dice-loss-weight "$DICE_LOSS_WEIGHT" \
     "${DEMO_ARGS[@]}" "${STAGE_ARGS[@]}"

@@ -17,7 +17,7 @@ TEMPERATURE="${TEMPERATURE:-4.0}"
 
 stage_setup "$@"
 run_python train_distillation.py \
-    --data-dir "$DATA_DIR" --batch-size 32 --epochs 100 --lr 1e-3 --num-workers 8 --seed 42 \
+    --data-dir "$DATA_DIR" --batch-size 32 --epochs 100 --num-workers 8 --seed 42 \
     --experiment-id "$EXPERIMENT_ID" --trained-teacher-model-path "$TRAINED_TEACHER_MODEL_PATH" \
     --previous-student-model-path "$PREVIOUS_STUDENT_MODEL_PATH" --alpha "$ALPHA" --temperature "$TEMPERATURE" \
     --profile "$PROFILE" --weight-decay "$WEIGHT_DECAY" "${DEMO_ARGS[@]}" "${STAGE_ARGS[@]}"

@@ -17,7 +17,7 @@ DICE_LOSS_WEIGHT="${DICE_LOSS_WEIGHT:-1.0}"
 
 stage_setup "$@"
 run_python train_distillation_dice.py \
-    --data-dir "$DATA_DIR" --batch-size 32 --epochs 100 --lr 1e-3 --num-workers 8 --seed 42 \
+    --data-dir "$DATA_DIR" --batch-size 32 --epochs 100 --num-workers 8 --seed 42 \
     --experiment-id "$EXPERIMENT_ID" --trained-teacher-model-path "$TRAINED_TEACHER_MODEL_PATH" \
     --previous-student-model-path "$PREVIOUS_STUDENT_MODEL_PATH" --alpha "$ALPHA" --temperature "$TEMPERATURE" \
     --dice-loss-weight "$DICE_LOSS_WEIGHT" --profile "$PROFILE" --weight-decay "$WEIGHT_DECAY" \

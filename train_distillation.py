@@ -1,16 +1,17 @@
 """Train a Fast-SCNN student for one curriculum stage, distilled from a trained, frozen teacher.
 
-loss = alpha * kd + (1 - alpha) * CE, kd = T^2 * per-pixel KL(teacher || student) of the softmax at temperature T,
-averaged over all pixels (training/losses.py). The teacher (--teacher-arch, Fast-SCNN by default) sees the same
-augmented batch, stays in eval mode without gradients, and is never saved; the best student goes to
-models/<experiment-id>.pth.
+loss = alpha * kd + (1 - alpha) * CE. --kd-loss kl (default): kd = T^2 * per-pixel KL(teacher || student) of the
+softmax over the classes at temperature T, averaged over all pixels; --kd-loss cwd: channel-wise distillation, the
+same KL with each class channel a softmax over the positions, averaged over images and classes (training/losses.py).
+The teacher (--teacher-arch, Fast-SCNN by default) sees the same augmented batch, stays in eval mode without
+gradients, and is never saved; the best student goes to models/<experiment-id>.pth.
 
     python train_distillation.py --profile low --experiment-id fastscnn-training-experiment-11 \
         --trained-teacher-model-path models/fastscnn-training-experiment-05.pth
 """
 from training.cli import add_distillation_args
 from training.errors import run_cli
-from training.losses import distillation_loss
+from training.losses import distillation_loss, kd_part_name
 from training.models import load_teacher
 from training.stage import stage_main
 
@@ -29,8 +30,9 @@ def make_loss(args, device):
     teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path).to(device)
 
     def loss(logits, images, target):
-        total, ce, kd = distillation_loss(logits, teacher(images), target, args.temperature, args.alpha)
-        return total, {"train_total_loss": total, "train_ce_loss": ce, "train_kd_loss": kd}
+        total, ce, kd = distillation_loss(logits, teacher(images), target, args.temperature, args.alpha,
+                                          kd_loss=args.kd_loss)
+        return total, {"train_total_loss": total, "train_ce_loss": ce, kd_part_name(args.kd_loss): kd}
     loss.teacher = teacher  # the stage puts it in the student's memory format and AMP dtype
     return loss
 

@@ -5,10 +5,10 @@
         --baseline original
 
 The training loader is built as the stage builds it (`training/stage.py`: the dataset with its per-profile cache,
-`train_transform`, the colour jitter's parameters drawn per sample, `EpochSampler`, `make_loader`): workers ship
-uint8 images and masks, and the jitter, float conversion and normalisation run on the training device, timed
-separately on a batch (`--photometric workers` applies the jitter in the workers instead, as CPU-only training
-does). The bytes of one batch are printed. Building or checking the cache is timed on its own; then
+`training.augment.train_pipeline`, the photometric ops' parameters drawn per sample, `EpochSampler`,
+`make_loader`): workers ship uint8 images and masks, and the photometric ops (colour jitter), float conversion and
+normalisation run on the training device, timed separately on a batch (`--photometric workers` applies them in the
+workers instead, as CPU-only training does). The bytes of one batch are printed. Building or checking the cache is timed on its own; then
 `--warmup` batches start the workers and `--batches` batches are timed. A small data set is repeated so that the
 timed batches fall inside one epoch, as they do with the 2975 Cityscapes training images.
 
@@ -16,6 +16,10 @@ timed batches fall inside one epoch, as they do with the 2975 Cityscapes trainin
 in the dataset, the image becomes a float tensor (ToTensor) and is resized at full size, the same flip / crop /
 colour jitter (torchvision's, on float) and normalisation follow, and the label ids of each batch are mapped to
 train ids per pixel with `Tensor.apply_` in the main process. The last line is always `samples/s: X` (ours).
+
+`--augment mmseg` times the pipeline with mmseg's augmentation (training/augment.py: geometry in the workers,
+PhotoMetricDistortion on the device) instead of the original's; `--compare-augment` times both in one run (the
+chosen one, the other, the chosen one again) and prints the ratio.
 """
 from __future__ import annotations
 
@@ -35,9 +39,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
+from training.augment import train_pipeline  # noqa: E402
 from training.data import (MEAN, STD, CityscapesSegmentation, EpochSampler, label_lookup_table,  # noqa: E402
-                           make_loader, train_transform)
-from training.device_augment import apply_in_worker, original_photometric  # noqa: E402
+                           make_loader)
+from training.device_augment import PhotometricPipeline, apply_in_worker  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 from training.profiles import resolve_profile  # noqa: E402
 
@@ -137,10 +142,10 @@ def batch_bytes(batch: tuple) -> int:
     return sum(t.numel() * t.element_size() for t in batch)
 
 
-def time_photometric(batch: tuple, device: torch.device, repeats: int = 3) -> tuple[float, float]:
-    """ms per sample of the colour jitter + normalisation: on `device` for the whole batch (as the stage does), and
-    per sample in one thread (as a CPU-only run's loader workers do)."""
-    pipeline = original_photometric()
+def time_photometric(batch: tuple, device: torch.device, pipeline: PhotometricPipeline,
+                     repeats: int = 3) -> tuple[float, float]:
+    """ms per sample of the photometric ops + normalisation: on `device` for the whole batch (as the stage does),
+    and per sample in one thread (as a CPU-only run's loader workers do)."""
     images, params = batch[0].to(device), batch[2]
     pipeline.apply(images, params)  # warm-up
     best = float("inf")
@@ -180,9 +185,13 @@ def main(argv: list[str] | None = None) -> float:
                         help="also time a re-creation of the original pipeline and print the ratio")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="pinned memory as in training on cuda (default cpu)")
+    parser.add_argument("--augment", choices=("original", "mmseg"), default="original",
+                        help="the training augmentation, as the scripts' --augment (default original)")
+    parser.add_argument("--compare-augment", action="store_true",
+                        help="also time the other --augment in the same run and print the ratio")
     parser.add_argument("--photometric", choices=("device", "workers"), default="device",
-                        help="where the colour jitter runs: on the training device (GPU training, default) or in the "
-                             "loader workers (CPU-only training)")
+                        help="where the photometric ops run: on the training device (GPU training, default) or in "
+                             "the loader workers (CPU-only training)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     args = parser.parse_args(argv)
@@ -198,15 +207,16 @@ def main(argv: list[str] | None = None) -> float:
         raise UserError("--device cuda: CUDA is not available on this machine")
     length = (warmup + args.batches) * args.batch_size
 
-    print(f"input pipeline: {profile.describe()} | {args.num_workers} workers, batch {args.batch_size}, "
+    print(f"input pipeline: {profile.describe()} | augment {args.augment} | {args.num_workers} workers, "
+          f"batch {args.batch_size}, "
           f"{warmup} warm-up + {args.batches} timed batches | {cores()} cores available | torch {torch.__version__} | "
           f"{platform.python_implementation()} {platform.python_version()} | {allocator()}", flush=True)
 
     start = time.perf_counter()
-    dataset = CityscapesSegmentation(args.data_dir, "train", train_transform(profile), profile=profile,
+    transform, photometric = train_pipeline(profile, args.augment)
+    dataset = CityscapesSegmentation(args.data_dir, "train", transform, profile=profile,
                                      cache=False if args.no_cache else args.cache, cache_dir=args.cache_dir,
-                                     photometric=original_photometric(),
-                                     photometric_in_worker=args.photometric == "workers")
+                                     photometric=photometric, photometric_in_worker=args.photometric == "workers")
     seconds = time.perf_counter() - start
     if dataset.cache is None:
         print(f"cache: not used (--no-cache); dataset set up in {seconds:.2f} s", flush=True)
@@ -232,10 +242,22 @@ def main(argv: list[str] | None = None) -> float:
 
     ours = run("ours", dataset)
     if args.photometric == "device":
-        on_device, in_worker = time_photometric(last["ours"], device)
-        print(f"colour jitter + normalisation: {on_device:.2f} ms a sample on {device} (batch of {args.batch_size}, "
+        on_device, in_worker = time_photometric(last["ours"], device, photometric)
+        print(f"photometric ops + normalisation: {on_device:.2f} ms a sample on {device} (batch of {args.batch_size}, "
               f"{torch.get_num_threads()} threads; not in the figure above), {in_worker:.2f} ms a sample in one "
               f"thread as a loader worker would", flush=True)
+    if args.compare_augment:
+        import copy
+
+        other_augment = "mmseg" if args.augment == "original" else "original"
+        other = copy.copy(dataset)  # the same files and cache, the other augmentation
+        other.transform, other.photometric = train_pipeline(profile, other_augment)
+        other_rate = run(f"ours with --augment {other_augment}", other)
+        ours = (ours + run("ours (again)", dataset)) / 2
+        print(f"ratio --augment {args.augment} / {other_augment}: {ours / other_rate:.2f}x (per worker: "
+              f"{ours / max(args.num_workers, 1):.1f} vs {other_rate / max(args.num_workers, 1):.1f} samples/s"
+              f"{'' if args.photometric == 'workers' else '; the photometric ops run on the device, not timed here'})",
+              flush=True)
     if args.baseline == "original":
         # ours, original, ours again: a change in the machine's load during the run evens out in the ratio
         base = run("original (re-created)", OriginalPipeline(dataset.images, dataset.labels, profile),

@@ -154,7 +154,8 @@ def test_two_process_stage_writes_once_and_validates_exactly(odd_val_cityscapes,
     assert "device cpu x 2" in result.stdout and result.stdout.count("epoch 1/1 |") == 1  # rank 0 prints
 
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["ddp.pth", "init.pth"]
-    assert sorted(p.name for p in (tmp_path / "checkpoints" / "ddp").iterdir()) == ["preview-epoch-001.png", "state.pth"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "ddp").iterdir()) == [
+        "history.csv", "preview-epoch-001.png", "state.pth"]
     rows = durations(tmp_path)
     assert len(rows) == 1 and rows[0]["processes"] == "2" and rows[0]["experiment_id"] == "ddp"
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import cross_entropy, dice_loss, distillation_loss
+from training.losses import channel_wise_distillation_loss, cross_entropy, dice_loss, distillation_loss
 
 B, C, H, W = 2, 4, 5, 6
 VOID = 255
@@ -176,3 +176,47 @@ def test_kd_and_ce_are_on_the_same_scale():
     _, ce, kd = distillation_loss(student, teacher, target, temperature=4.0, alpha=0.5)
     assert 0.01 < kd.item() / ce.item() < 100
     assert np.isfinite([kd.item(), ce.item()]).all()
+
+
+def _cwd_reference(student, teacher, temperature) -> float:
+    """Explicit loops: for each image n and class c, the softmax over the H*W positions of the channel / T."""
+    s, t = student.detach().double().numpy(), teacher.detach().double().numpy()
+    per_channel = []
+    for n in range(s.shape[0]):
+        for c in range(s.shape[1]):
+            p = _softmax([v / temperature for v in t[n, c].ravel().tolist()])
+            q = _softmax([v / temperature for v in s[n, c].ravel().tolist()])
+            per_channel.append(sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q)))
+    return temperature ** 2 * sum(per_channel) / len(per_channel)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0])
+def test_cwd_matches_loop_reference(temperature):
+    student, teacher, _ = _inputs(11)
+    loss = channel_wise_distillation_loss(student, teacher, temperature)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(_cwd_reference(student, teacher, temperature), rel=1e-5)
+    # a distribution over positions, not over classes: the per-pixel KL is another number
+    assert loss.item() != pytest.approx(_kd_reference(student, teacher, temperature), rel=1e-2)
+
+
+def test_cwd_teacher_of_another_size_is_resized_bilinearly_first():
+    student, _, _ = _inputs(12)
+    small_teacher = torch.randn(B, C, 3, 4, generator=torch.Generator().manual_seed(12))
+    resized = F.interpolate(small_teacher, size=(H, W), mode="bilinear", align_corners=False)
+    loss = channel_wise_distillation_loss(student, small_teacher, 4.0)
+    assert loss.item() == pytest.approx(_cwd_reference(student, resized, 4.0), rel=1e-5)
+
+
+def test_cwd_in_distillation_loss_total_and_gradients():
+    student, teacher, target = _inputs(13)
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    total, ce, kd = distillation_loss(student, teacher, target, temperature=4.0, alpha=0.3, kd_loss="cwd")
+    assert kd.item() == pytest.approx(_cwd_reference(student, teacher, 4.0), rel=1e-5)
+    assert ce.item() == pytest.approx(_ce_reference(student, target), rel=1e-5)
+    assert total.item() == pytest.approx(0.3 * kd.item() + 0.7 * ce.item(), rel=1e-6)
+    total.backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+    _, _, kd_same = distillation_loss(student, student.detach().clone(), target, 4.0, 0.5, kd_loss="cwd")
+    assert abs(kd_same.item()) < 1e-6

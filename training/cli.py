@@ -5,6 +5,8 @@ import argparse
 
 from training.errors import UserError
 from training.models import ARCHITECTURES
+from training.optim import OPTIMIZERS, SCHEDULES
+from training.recipes import RECIPES
 
 
 def get_args_parser(description: str, default_profile: str, arch: bool = True) -> argparse.ArgumentParser:
@@ -13,15 +15,29 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
     add("--data-dir", default="./data/cityscapes", help="Cityscapes root (leftImg8bit/, gtFine/)")
     add("--batch-size", type=int, default=32, help="images per step and per process (per GPU under torchrun/srun)")
     add("--epochs", type=int, default=100, help="epochs of this stage")
-    add("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    add("--lr", type=float, default=None,
+        help="learning rate (from --recipe: original 1e-3; mmseg 0.12 x total batch / 32)")
     add("--num-workers", type=int, default=8, help="data-loading worker processes per process")
     add("--seed", type=int, default=42, help="seed of initialisation, data order and augmentation")
     add("--experiment-id", default="fastscnn-training-experiment-01",
         help="names models/<id>.pth, checkpoints/<id>/ and the W&B run")
     add("--profile", default=default_profile, help="resolution profile: name or number 1-5 (see the table in the script)")
-    add("--weight-decay", type=float, default=0.0, help="AdamW weight decay (0 = none)")
-    add("--lr-schedule", choices=("constant", "poly", "onecycle"), default="constant",
-        help="constant (the original), poly (power 0.9, per step) or onecycle")
+    add("--recipe", choices=tuple(RECIPES), default="original",
+        help="values of the flags below left unset: original (the course project's) or mmseg (see README.md)")
+    add("--weight-decay", type=float, default=None, help="weight decay, 0 = none (from --recipe: 0; mmseg 4e-5)")
+    add("--optimizer", choices=OPTIMIZERS, default=None, help="from --recipe: original adamw; mmseg sgd")
+    add("--momentum", type=float, default=None, help="SGD momentum (from --recipe: 0.9)")
+    add("--lr-schedule", choices=SCHEDULES, default=None,
+        help="constant, poly (power 0.9, per step, with --min-lr and --warmup-steps) or onecycle "
+             "(from --recipe: original constant; mmseg poly)")
+    add("--min-lr", type=float, default=None, help="the poly schedule's final lr (from --recipe: 0; mmseg 1e-4)")
+    add("--warmup-steps", type=int, default=None,
+        help="steps of linear warm-up of the poly schedule, from a tenth of the lr (from --recipe: 0)")
+    add("--aux-weight", type=float, default=None,
+        help="cross-entropy weight of each of Fast-SCNN's two auxiliary heads, 0 = off (from --recipe: 0; mmseg 0.4)")
+    add("--augment", choices=("original", "mmseg"), default=None,
+        help="original: resize, flip, crop, colour jitter; mmseg: random rescale 0.5-2, crop with cat_max_ratio "
+             "0.75, void padding, flip, photometric distortion (from --recipe)")
     add("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this value (0 = off)")
     add("--amp", action="store_true", help="mixed precision on CUDA (bf16 where the GPU has native bf16, else fp16 with loss scaling)")
     add("--channels-last", action="store_true", help="channels_last memory format (faster convolutions on GPUs)")
@@ -58,6 +74,9 @@ def add_distillation_args(parser: argparse.ArgumentParser) -> None:
         help="the student of the previous curriculum stage, or 'none' for random init")
     add("--alpha", type=float, default=0.5, help="weight of the distillation term: alpha*kd + (1-alpha)*ce")
     add("--temperature", type=float, default=4.0, help="softmax temperature T (> 1)")
+    add("--kd-loss", choices=("kl", "cwd"), default="kl",
+        help="kl: per-pixel KL over the classes (the original's term); cwd: channel-wise distillation, each class "
+             "channel a distribution over the positions (Shu et al. 2021)")
 
 
 def check_args(args) -> None:
@@ -68,6 +87,10 @@ def check_args(args) -> None:
         ("--lr", args.lr, args.lr > 0, "a positive number"),
         ("--num-workers", args.num_workers, args.num_workers >= 0, "an integer >= 0"),
         ("--weight-decay", args.weight_decay, args.weight_decay >= 0, "a number >= 0"),
+        ("--momentum", args.momentum, 0 <= args.momentum < 1, "a number in [0, 1)"),
+        ("--min-lr", args.min_lr, 0 <= args.min_lr <= args.lr, f"a number in [0, --lr {args.lr:g}]"),
+        ("--warmup-steps", args.warmup_steps, args.warmup_steps >= 0, "an integer >= 0"),
+        ("--aux-weight", args.aux_weight, args.aux_weight >= 0, "a number >= 0 (0 = off)"),
         ("--grad-clip", args.grad_clip, args.grad_clip >= 0, "a number >= 0 (0 = off)"),
         ("--dice-loss-weight", getattr(args, "dice_loss_weight", 0), getattr(args, "dice_loss_weight", 0) >= 0,
          "a number >= 0"),
@@ -76,5 +99,8 @@ def check_args(args) -> None:
     ]:
         if not ok:
             raise UserError(f"{flag} {value}: expected {expected}")
+    if args.aux_weight > 0 and getattr(args, "arch", "fast_scnn") != "fast_scnn":
+        raise UserError(f"--aux-weight {args.aux_weight:g}: auxiliary heads exist in fast_scnn only, not in "
+                        f"--arch {args.arch} (expected --aux-weight 0)")
     if not str(args.experiment_id) or "/" in str(args.experiment_id):
         raise UserError(f"--experiment-id {args.experiment_id!r}: expected a non-empty name without '/'")

@@ -1,4 +1,5 @@
-"""Losses of the training scripts: cross-entropy, a soft Dice loss, and knowledge distillation.
+"""Losses of the training scripts: cross-entropy, a soft Dice loss, and knowledge distillation (per-pixel KL or
+channel-wise distillation, CWD).
 
 Distillation: the original project computed the teacher/student term with
 `F.kl_div(log_q_student, q_teacher, reduction='batchmean')` on (B, C, H, W) maps. 'batchmean' divides by the
@@ -35,21 +36,57 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 25
     return (num_present > 0).float() * (1 - (dice * present).sum() / num_present.clamp(min=1))
 
 
-def distillation_loss(student_logits, teacher_logits, target, temperature: float, alpha: float,
-                      ignore_index: int = 255):
-    """Return (total, ce, kd) with total = alpha * kd + (1 - alpha) * ce.
+KD_LOSSES = ("kl", "cwd")
 
-    kd = T^2 * per-pixel mean of KL(softmax(teacher / T) || softmax(student / T)), over every pixel (void
-    included, the teacher has an opinion there too). The teacher is detached and, when its output has another
-    spatial size, resized bilinearly to the student's.
-    """
+
+def kd_part_name(kd_loss: str) -> str:
+    """The logged name of the distillation term: train_kd_loss for the per-pixel KL (as before), train_cwd_loss."""
+    return "train_kd_loss" if kd_loss == "kl" else f"train_{kd_loss}_loss"
+
+
+def _teacher_like(teacher_logits: torch.Tensor, student_logits: torch.Tensor) -> torch.Tensor:
+    """The teacher's logits detached, in float32, resized bilinearly to the student's spatial size if it differs."""
     teacher = teacher_logits.detach().float()
     if teacher.shape[-2:] != student_logits.shape[-2:]:
         teacher = F.interpolate(teacher, size=student_logits.shape[-2:], mode="bilinear", align_corners=False)
-    log_q_student = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_q_teacher = F.log_softmax(teacher / temperature, dim=1)
-    kl_per_pixel = (log_q_teacher.exp() * (log_q_teacher - log_q_student)).sum(dim=1)
-    kd = temperature ** 2 * kl_per_pixel.mean()
+    return teacher
+
+
+def _spatial_kl_mean(student: torch.Tensor, teacher: torch.Tensor, temperature: float, dim) -> torch.Tensor:
+    """T^2 * mean of KL(softmax(teacher / T) || softmax(student / T)), the softmax taken over `dim`."""
+    log_q_student = F.log_softmax(student / temperature, dim=dim)
+    log_q_teacher = F.log_softmax(teacher / temperature, dim=dim)
+    return temperature ** 2 * (log_q_teacher.exp() * (log_q_teacher - log_q_student)).sum(dim=dim).mean()
+
+
+def channel_wise_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                                   temperature: float) -> torch.Tensor:
+    """Channel-wise distillation (CWD, Shu et al. 2021): each class channel of each image becomes a distribution
+    over the H*W positions (softmax of logits / T), and the student's is pulled towards the teacher's.
+
+    loss = T^2 * mean over (image n, class c) of sum over positions of p * (log p - log q), p the teacher's and q the
+    student's distribution. Every position counts (void included, as in the per-pixel KL). The teacher is detached and
+    resized bilinearly to the student's size first.
+    """
+    teacher = _teacher_like(teacher_logits, student_logits)
+    n, c = student_logits.shape[:2]
+    return _spatial_kl_mean(student_logits.float().reshape(n, c, -1), teacher.reshape(n, c, -1), temperature, dim=2)
+
+
+def distillation_loss(student_logits, teacher_logits, target, temperature: float, alpha: float,
+                      ignore_index: int = 255, kd_loss: str = "kl"):
+    """Return (total, ce, kd) with total = alpha * kd + (1 - alpha) * ce.
+
+    kd_loss "kl": kd = T^2 * per-pixel mean of KL(softmax(teacher / T) || softmax(student / T)) over the classes, over
+    every pixel (void included, the teacher has an opinion there too); "cwd": kd = channel_wise_distillation_loss.
+    The teacher is detached and, when its output has another spatial size, resized bilinearly to the student's.
+    """
+    if kd_loss == "cwd":
+        kd = channel_wise_distillation_loss(student_logits, teacher_logits, temperature)
+    elif kd_loss == "kl":
+        kd = _spatial_kl_mean(student_logits.float(), _teacher_like(teacher_logits, student_logits), temperature, dim=1)
+    else:
+        raise ValueError(f"kd_loss {kd_loss!r}: expected one of {KD_LOSSES}")
     ce = cross_entropy(student_logits, target, ignore_index)
     total = alpha * kd + (1 - alpha) * ce
     return total, ce, kd

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import fast_scnn
+from training.auxiliary import without_aux_heads
 from training.errors import UserError
 
 TORCHVISION_ARCHS = ("deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large", "fcn_resnet50", "lraspp_mobilenet_v3_large")
@@ -30,9 +31,9 @@ class LogitsOnly(nn.Module):
         return self.net(x)["out"]
 
 
-def build_model(arch: str = "fast_scnn", num_classes: int = 19) -> nn.Module:
+def build_model(arch: str = "fast_scnn", num_classes: int = 19, aux: bool = False) -> nn.Module:
     if arch == "fast_scnn":
-        return fast_scnn.Model(in_channels=3, n_classes=num_classes)
+        return fast_scnn.Model(in_channels=3, n_classes=num_classes, aux=aux)
     if arch not in TORCHVISION_ARCHS:
         raise UserError(f"--arch {arch!r}: unknown architecture; expected one of {', '.join(ARCHITECTURES)}")
     import torchvision.models.segmentation as segmentation
@@ -85,9 +86,10 @@ def detect_architecture(state: dict[str, torch.Tensor]) -> str | None:
 
 
 def load_weights(model: nn.Module, path: str | Path, arch: str, what: str) -> None:
-    """Load `path` into `model` (of architecture `arch`), saying precisely what does not fit."""
+    """Load `path` into `model` (of architecture `arch`), saying precisely what does not fit. Training-only
+    auxiliary heads of `model` are not expected in the file (training/auxiliary.py initialises them)."""
     state = read_state_dict(path, what)
-    expected = model.state_dict()
+    expected = without_aux_heads(model.state_dict())
     if set(state) != set(expected):
         found = detect_architecture(state)
         if found is not None and found != arch:
@@ -102,7 +104,7 @@ def load_weights(model: nn.Module, path: str | Path, arch: str, what: str) -> No
             detail = f"; it was trained for {classes} classes, expected {tensor.shape[0]}" if classes else ""
             raise UserError(f"{what} {path}: shape of {key} is {tuple(state[key].shape)}, expected "
                             f"{tuple(tensor.shape)}{detail}")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=len(expected) == len(model.state_dict()))
 
 
 class FrozenTeacher(nn.Module):

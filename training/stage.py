@@ -37,16 +37,18 @@ from torch import nn
 
 from training import distributed, evaluation, history
 from training.acceleration import amp_dtype, compile_model, prepare_teacher
+from training.augment import train_pipeline
+from training.auxiliary import aux_heads_state, auxiliary_loss, init_aux_heads, without_aux_heads
 from training.checkpoint import append_csv_row, check_writable, remove_stale_temporaries, save_bytes, save_torch
 from training.cli import check_args, get_args_parser
 from training.data import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, EpochSampler,
-                           denormalize, make_loader, num_train_batches_check, steps_per_epoch, train_transform,
-                           val_transform)
-from training.device_augment import original_photometric
+                           denormalize, make_loader, num_train_batches_check, steps_per_epoch, val_transform)
 from training.errors import EXIT_PREEMPTED, NonFiniteLossError, UserError
 from training.metrics import ConfusionMatrix, format_iou_table
 from training.models import build_model, load_weights
+from training.optim import build_optimizer, build_scheduler
 from training.profiles import resolve_profile
+from training.recipes import resolve_recipe
 from training.step_monitor import CHECK_EVERY, StepMonitor, skip_nonfinite_update
 from training.tracking import Tracker
 from training.visualize import png_bytes, preview_grid
@@ -95,18 +97,11 @@ def _differences(saved: dict, current: dict) -> list[str]:
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
 
 
-def _make_scheduler(optimizer, schedule: str, lr: float, total_steps: int):
-    if schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=max(total_steps, 1))
-    if schedule == "poly":
-        return torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=max(total_steps, 1), power=0.9)
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
 class Stage:
     """The state and the steps of one stage; `run_stage` drives it."""
 
     def __init__(self, args, profiles: dict, make_loss: Callable[[torch.device], LossFn], script: str):
+        self.recipe_line = resolve_recipe(args, distributed.detect().world_size)
         check_args(args)
         self.args, self.script = args, script
         self.profile = resolve_profile(args.profile, profiles)
@@ -135,12 +130,12 @@ class Stage:
 
         # Data: the layout is checked here, before anything is written.
         cache = {"profile": self.profile, "cache": not args.no_cache}
-        # Training samples travel as uint8 with their colour-jitter parameters; the jitter, float conversion and
-        # normalisation run on the training device (training/device_augment.py). CPU-only with loader workers: the
-        # jitter runs in the workers, in parallel with the step (measured faster there; README "Input pipeline").
-        self.photometric = original_photometric()
+        # Training samples travel as uint8 with their photometric parameters; the photometric ops, float conversion
+        # and normalisation run on the training device (training/device_augment.py). CPU-only with loader workers:
+        # the ops run in the workers, in parallel with the step (measured faster there; README "Input pipeline").
+        transform, self.photometric = train_pipeline(self.profile, args.augment)
         self.photometric_in_worker = self.device.type == "cpu" and args.num_workers > 0
-        self.train_set = CityscapesSegmentation(args.data_dir, "train", train_transform(self.profile), **cache,
+        self.train_set = CityscapesSegmentation(args.data_dir, "train", transform, **cache,
                                                 photometric=self.photometric,
                                                 photometric_in_worker=self.photometric_in_worker)
         # scored at the labels' own resolution (the benchmark's protocol) unless --val-resolution profile
@@ -153,7 +148,8 @@ class Stage:
             self._check_resume_shape(self.saved)
 
         torch.manual_seed(args.seed)  # the same initial weights on every process
-        self.model = build_model(getattr(args, "arch", "fast_scnn"), NUM_CLASSES)
+        self.model = build_model(getattr(args, "arch", "fast_scnn"), NUM_CLASSES, aux=args.aux_weight > 0)
+        self.aux_line = init_aux_heads(self.model, args.init_from) if args.aux_weight > 0 and self.saved is None else ""
         if self.saved is None and args.init_from.lower() != "none":
             what = "--previous-student-model-path" if hasattr(args, "trained_teacher_model_path") else "--previous-model-path"
             load_weights(self.model, args.init_from, getattr(args, "arch", "fast_scnn"), what)
@@ -183,15 +179,15 @@ class Stage:
         if getattr(args, "compile", False):
             self.trained = compile_model(self.trained)
         # fused: one kernel for all parameters; a non-finite step is skipped on the device (training/step_monitor.py)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                           fused=True)
-        self.scheduler = _make_scheduler(self.optimizer, args.lr_schedule, args.lr, args.epochs * self.steps)
+        self.optimizer = build_optimizer(self.model.parameters(), args)
+        self.scheduler = build_scheduler(self.optimizer, args, args.epochs * self.steps)
 
         self.epoch, self.step, self.best_miou, self.best_epoch, self.elapsed = 0, 0, -math.inf, -1, 0.0
         self.epoch_sums: dict[str, float] = {}
         self.init_from = args.init_from
         self.wandb_id = None
         self.best_matrix = None  # confusion matrix (rows ground truth) of the best epoch's validation
+        self.best_aux_heads = None  # the best epoch's auxiliary heads, for the next stage (training/auxiliary.py)
         self.provisional_state = False  # only the state written before the first step: removed if the stage fails
         self.last_metrics: dict = {}  # the last validation's figures
         self.nan_at_step = int(os.environ.get("FASTSCNN_TEST_NAN_AT_STEP", "0") or 0)
@@ -249,6 +245,7 @@ class Stage:
         self.elapsed, self.epoch_sums = state["elapsed"], dict(state["epoch_sums"])
         self.init_from, self.wandb_id = state["init_from"], state.get("wandb_id")
         self.best_matrix = state.get("best_confusion_matrix")
+        self.best_aux_heads = state.get("best_aux_heads")
 
     def save_state(self, elapsed: float) -> None:
         if not self.main:
@@ -263,6 +260,7 @@ class Stage:
             "best_miou": self.best_miou, "best_epoch": self.best_epoch, "elapsed": elapsed,
             "epoch_sums": self.epoch_sums, "init_from": self.init_from, "wandb_id": self.wandb_id or "",
             **({"best_confusion_matrix": self.best_matrix} if self.best_matrix is not None else {}),
+            **({"best_aux_heads": self.best_aux_heads} if self.best_aux_heads else {}),
         }, self.state_path)
 
     def close_loaders(self) -> None:
@@ -298,7 +296,13 @@ class Stage:
         torch.manual_seed(_step_seed(self.args.seed, self.epoch, self.step, self.dist.rank))
         with self.autocast():
             logits = self.trained(images)
+            aux_logits = ()
+            if isinstance(logits, tuple):  # Fast-SCNN with auxiliary heads, in training mode
+                logits, *aux_logits = logits
             loss, parts = self.loss_fn(logits, images, target)
+            if aux_logits:
+                aux = auxiliary_loss(aux_logits, target, self.args.aux_weight)
+                loss, parts = loss + aux, {**parts, "train_aux_loss": aux}
         if self.nan_at_step == self.epoch * self.steps + self.step + 1:
             loss = loss * float("nan")
         self.optimizer.zero_grad(set_to_none=True)
@@ -421,7 +425,9 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
     if stage.saved is not None:
         log(f"resume: {stage.state_path} at epoch {stage.epoch + 1}, step {stage.step} "
             f"(best mIoU so far {stage.best_miou:.4f})", flush=True)
-    log(f"init: {'weights from ' + stage.init_from if stage.init_from.lower() != 'none' else 'random'}", flush=True)
+    log(f"init: {'weights from ' + stage.init_from if stage.init_from.lower() != 'none' else 'random'}"
+        + (f"; {stage.aux_line}" if stage.aux_line else ""), flush=True)
+    log(stage.recipe_line, flush=True)
 
     if main:  # rows of epochs the state does not hold (a kill before its save, or --restart) are redone
         history.truncate(history.history_path(stage.state_dir), stage.epoch)
@@ -455,6 +461,7 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
             if improved:
                 stage.best_miou, stage.best_epoch = metrics["miou"], stage.epoch
                 stage.best_matrix = metrics["confusion_matrix"]
+                stage.best_aux_heads = aux_heads_state(stage.model.state_dict()) or None
             if main:
                 seconds = time.perf_counter() - epoch_start
                 values = {"epoch": stage.epoch, "learning_rate": stage.optimizer.param_groups[0]["lr"], **train_means,
@@ -462,7 +469,7 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
                           "valid_mean_dice": metrics["mean_dice"], "valid_pixel_accuracy": metrics["pixel_accuracy"],
                           **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)}}
                 if improved:  # the best model before the state: a crash between them just redoes this epoch
-                    save_torch(stage.model.state_dict(), stage.model_path)
+                    save_torch(without_aux_heads(stage.model.state_dict()), stage.model_path)
                     if preview is not None:
                         save_bytes(png_bytes(preview_grid(*preview)), stage.state_dir / f"preview-epoch-{stage.epoch:03d}.png")
                 stage.save_state(stage.elapsed + time.perf_counter() - start_time)
