@@ -6,7 +6,8 @@
 Reports parameters, thop MACs and FLOPs (= 2 x MACs, cross-checked with torch.utils.flop_counter), batch-1 latency of
 the plain model (eval, fp32, NCHW) and of the deploy form (BatchNorm folded, channels_last, bf16 autocast on CPUs with
 native bf16 / fp16 on CUDA, narrowed to the context branch or to fp32 where it would change more than 0.1% of the
-predictions; --compile adds torch.compile) measured side by side, their argmax agreement, and (unless --data-dir none) mIoU, per-class
+predictions; --compile adds torch.compile) measured side by side, their argmax agreement, and (unless --data-dir
+none) mIoU, per-class
 IoU, mean Dice and pixel accuracy on `val`: the model sees the profile's image size, its fp32 logits are scored at the
 labels' own resolution (the benchmark's protocol; --val-resolution profile for the older score at the profile's size),
 one row per --tta mode. Sizes are measured at the profile's image size and at every --resolution. On Linux the tool
@@ -19,6 +20,7 @@ writes the predictions instead, as the Cityscapes benchmark reads them: one labe
 resolution, DIR/<city>/<city>_<seq>_<frame>_leftImg8bit.png (scored too where the split has labels); --overlay adds
 colour overlays, --images FOLDER predicts any folder of PNG/JPEG photos.
 """
+
 import os
 import platform
 import sys
@@ -72,34 +74,66 @@ def parse_args(argv):
     add("--batch-size", type=int, default=4, help="validation batch size (latency is always batch 1)")
     add("--num-workers", type=int, default=4, help="data-loading worker processes")
     add("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
-    add("--deploy-dtype", default="auto", choices=deploy.DEPLOY_CHOICES,
+    add(
+        "--deploy-dtype",
+        default="auto",
+        choices=deploy.DEPLOY_CHOICES,
         help="auto: fp16 on CUDA, bf16 autocast on CPUs with native bf16, else fp32, stepping down to mixed (reduced "
-             "precision in the context branch only), then fp32, while predictions change; any other value is used as is")
-    add("--compile", action="store_true",
+        "precision in the context branch only), then fp32, while predictions change; any other value is used as is",
+    )
+    add(
+        "--compile",
+        action="store_true",
         help="torch.compile the deploy form with frozen weights (oneDNN conv + ReLU/add fusion on CPU, CUDA graphs on "
-             "CUDA); needs a C++ compiler on CPU")
+        "CUDA); needs a C++ compiler on CPU",
+    )
     add("--latency-runs", type=int, default=50, help="at least this many timed runs per form")
     add("--min-seconds", type=float, default=5.0, help="... adding up to at least this many seconds per form")
     add("--warmup", type=int, default=5, help="untimed runs per form first")
     add("--agreement-images", type=int, default=4, help="val images (or random inputs) for the deploy check")
-    add("--export-onnx", metavar="PATH",
+    add(
+        "--export-onnx",
+        metavar="PATH",
         help="write the fp32 network (BatchNorm folded) as ONNX at the first --resolution (static shape), check it "
-             "with ONNX Runtime against PyTorch and time it beside the plain and deploy forms")
-    add("--val-resolution", choices=("full", "profile"), default="full",
-        help="score at the labels' own resolution (full: the benchmark's protocol) or at the profile's image size")
-    add("--tta", nargs="+", default=["none"], choices=("none", "flip", "multiscale"),
+        "with ONNX Runtime against PyTorch and time it beside the plain and deploy forms",
+    )
+    add(
+        "--val-resolution",
+        choices=("full", "profile"),
+        default="full",
+        help="score at the labels' own resolution (full: the benchmark's protocol) or at the profile's image size",
+    )
+    add(
+        "--tta",
+        nargs="+",
+        default=["none"],
+        choices=("none", "flip", "multiscale"),
         help="test-time augmentation of the accuracy, one row each: none, flip (with the mirror image), multiscale "
-             "(mmseg's ratios 0.5-1.75 of the profile size, each with its mirror); latency is always single-scale")
-    add("--export-predictions", metavar="DIR",
+        "(mmseg's ratios 0.5-1.75 of the profile size, each with its mirror); latency is always single-scale",
+    )
+    add(
+        "--export-predictions",
+        metavar="DIR",
         help="write label-id PNGs of every image of --split (the test server's format) to DIR/<city>/ and score "
-             "them where the split has labels; no cost, latency or CSV row")
+        "them where the split has labels; no cost, latency or CSV row",
+    )
     add("--split", default="val", choices=("val", "test"), help="the split --export-predictions predicts")
-    add("--overlay", nargs="?", const="", metavar="DIR",
-        help="with --export-predictions: colour overlays of the predictions too (default DIR: <export dir>_overlay)")
+    add(
+        "--overlay",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="with --export-predictions: colour overlays of the predictions too (default DIR: <export dir>_overlay)",
+    )
     add("--images", metavar="FOLDER", help="with --export-predictions: predict every PNG/JPEG under FOLDER instead")
     add("--output-csv", default="measurements/efficiency.csv", help="append one row per model and resolution here")
-    add("--write-resolutions", nargs="?", const="measurements/resolutions.csv", metavar="PATH",
-        help="regenerate resolutions.csv from training/profiles.py and exit")
+    add(
+        "--write-resolutions",
+        nargs="?",
+        const="measurements/resolutions.csv",
+        metavar="PATH",
+        help="regenerate resolutions.csv from training/profiles.py and exit",
+    )
     add("--malloc", default="tuned", choices=("tuned", "system"), help="glibc malloc: tuned (fast) or as started")
     add("--debug", action="store_true", help="show tracebacks for errors")
     return parser.parse_args(argv)
@@ -121,9 +155,14 @@ def main(argv):
     args = parse_args(argv)
     if args.write_resolutions:
         return print(f"wrote {eff.write_resolutions(args.write_resolutions)}")
-    for flag, value, low in (("--latency-runs", args.latency_runs, 1), ("--batch-size", args.batch_size, 1),
-                             ("--warmup", args.warmup, 0), ("--num-workers", args.num_workers, 0),
-                             ("--threads", args.threads, 0), ("--agreement-images", args.agreement_images, 1)):
+    for flag, value, low in (
+        ("--latency-runs", args.latency_runs, 1),
+        ("--batch-size", args.batch_size, 1),
+        ("--warmup", args.warmup, 0),
+        ("--num-workers", args.num_workers, 0),
+        ("--threads", args.threads, 0),
+        ("--agreement-images", args.agreement_images, 1),
+    ):
         if value < low:
             raise UserError(f"{flag} {value}: expected an integer >= {low}")
     profile = resolve_profile(args.profile)
@@ -147,14 +186,17 @@ def main(argv):
         metrics = evaluation.export_predictions(models[0][1], args, profile, device)
         if metrics:
             print(format_iou_table(metrics["iou"], CLASS_NAMES))
-            print(f"{args.split}: mIoU {metrics['miou']:.4f} | mean Dice {metrics['mean_dice']:.4f} | pixel accuracy "
-                  f"{metrics['pixel_accuracy']:.4f} (val at full res, tta {args.tta[0]}; the official evaluator: "
-                  f"CITYSCAPES_DATASET={args.data_dir} CITYSCAPES_RESULTS={args.export_predictions} "
-                  f"csEvalPixelLevelSemanticLabeling)")
+            print(
+                f"{args.split}: mIoU {metrics['miou']:.4f} | mean Dice {metrics['mean_dice']:.4f} | pixel accuracy "
+                f"{metrics['pixel_accuracy']:.4f} (val at full res, tta {args.tta[0]}; the official evaluator: "
+                f"CITYSCAPES_DATASET={args.data_dir} CITYSCAPES_RESULTS={args.export_predictions} "
+                f"csEvalPixelLevelSemanticLabeling)"
+            )
         return
     no_data = str(args.data_dir).lower() == "none"
-    val_set, sets = (None, {}) if no_data else evaluation.accuracy_sets(args.data_dir, profile, args.tta,
-                                                                         args.val_resolution)
+    val_set, sets = (
+        (None, {}) if no_data else evaluation.accuracy_sets(args.data_dir, profile, args.tta, args.val_resolution)
+    )
     dtype, scope, why = deploy.choose_deploy_dtype(device, args.deploy_dtype)
     allocator = eff.describe_allocator() + (" (set by the tool)" if os.environ.get(MARKER) else "")
     threads = torch.get_num_threads() if device.type == "cpu" else None
@@ -170,22 +212,51 @@ def main(argv):
         if args.export_onnx:  # at the first --resolution (the profile's image size without one)
             hw = eff.parse_resolution(args.resolution[0]) if args.resolution else profile.image_hw
             folded = deploy.export_onnx(model, hw, args.export_onnx)
-            print(f"wrote {args.export_onnx}: fp32, {folded} BatchNorm folded, input 'image' 1x3x{hw[0]}x{hw[1]} "
-                  f"(static), output 'logits' (torch.onnx.export dynamo=True)")
+            print(
+                f"wrote {args.export_onnx}: fp32, {folded} BatchNorm folded, input 'image' 1x3x{hw[0]}x{hw[1]} "
+                f"(static), output 'logits' (torch.onnx.export dynamo=True)"
+            )
             onnx = deploy.OnnxRuntimeForm(args.export_onnx, threads)
-        result = eff.evaluate_model(model, sizes, device, dtype, val_set, args.compile, args.agreement_images,
-                                    args.batch_size, args.num_workers, args.latency_runs, args.min_seconds,
-                                    args.warmup, NUM_CLASSES, fallback=args.deploy_dtype == "auto", scope=scope,
-                                    onnx=onnx, accuracy_sets=sets)
+        result = eff.evaluate_model(
+            model,
+            sizes,
+            device,
+            dtype,
+            val_set,
+            args.compile,
+            args.agreement_images,
+            args.batch_size,
+            args.num_workers,
+            args.latency_runs,
+            args.min_seconds,
+            args.warmup,
+            NUM_CLASSES,
+            fallback=args.deploy_dtype == "auto",
+            scope=scope,
+            onnx=onnx,
+            accuracy_sets=sets,
+        )
         scoring = evaluation.describe_scoring(args.val_resolution, profile)
         for tta, acc in result.accuracies.items():
             print(format_iou_table(acc["iou"], CLASS_NAMES))
-            print(f"val ({result.val_images} images seen at {profile.image_size[0]}x{profile.image_size[1]}, scored "
-                  f"at {scoring}, tta {tta}): mIoU {acc['miou']:.4f} | mean Dice {acc['mean_dice']:.4f} | "
-                  f"pixel accuracy {acc['pixel_accuracy']:.4f}")
+            print(
+                f"val ({result.val_images} images seen at {profile.image_size[0]}x{profile.image_size[1]}, scored "
+                f"at {scoring}, tta {tta}): mIoU {acc['miou']:.4f} | mean Dice {acc['mean_dice']:.4f} | "
+                f"pixel accuracy {acc['pixel_accuracy']:.4f}"
+            )
         date = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
-        new = eff.csv_rows(result, path.stem, args.arch, profile, device, threads, allocator, date, command,
-                           val_resolution=args.val_resolution)
+        new = eff.csv_rows(
+            result,
+            path.stem,
+            args.arch,
+            profile,
+            device,
+            threads,
+            allocator,
+            date,
+            command,
+            val_resolution=args.val_resolution,
+        )
         Path(args.output_csv).parent.mkdir(parents=True, exist_ok=True)
         for row in new:  # written model by model: an interrupted --all keeps what it measured
             append_csv_row(args.output_csv, row)

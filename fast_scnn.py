@@ -28,19 +28,19 @@ Every conv + BatchNorm pair is built as ``nn.Sequential(Conv2d, BatchNorm2d,
 [ReLU])`` so a generic BN-folding pass can fuse them for inference.
 """
 
-from typing import List, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
-def conv_bn(in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1,
-            groups: int = 1, relu: bool = True) -> nn.Sequential:
+def conv_bn(
+    in_ch: int, out_ch: int, kernel_size: int = 1, stride: int = 1, groups: int = 1, relu: bool = True
+) -> nn.Sequential:
     """Conv2d (no bias, BN supplies it) + BatchNorm2d, optionally + ReLU."""
-    layers: List[nn.Module] = [
-        nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride,
-                  padding=kernel_size // 2, groups=groups, bias=False),
+    layers: list[nn.Module] = [
+        nn.Conv2d(in_ch, out_ch, kernel_size, stride=stride, padding=kernel_size // 2, groups=groups, bias=False),
         nn.BatchNorm2d(out_ch),
     ]
     if relu:
@@ -63,15 +63,13 @@ class DepthwiseSeparableConv(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNetV2 bottleneck: expand 1x1, depthwise 3x3, linear project 1x1."""
 
-    def __init__(self, in_ch: int, out_ch: int, stride: int = 1,
-                 expansion: int = 6):
+    def __init__(self, in_ch: int, out_ch: int, stride: int = 1, expansion: int = 6):
         super().__init__()
         hidden = in_ch * expansion
         # The skip only makes sense when the shapes match exactly.
         self.use_residual = stride == 1 and in_ch == out_ch
         self.expand = conv_bn(in_ch, hidden, 1)
-        self.depthwise = conv_bn(hidden, hidden, 3, stride=stride,
-                                 groups=hidden)
+        self.depthwise = conv_bn(hidden, hidden, 3, stride=stride, groups=hidden)
         # Linear bottleneck: no ReLU after the projection keeps information
         # in the low-dimensional output.
         self.project = conv_bn(hidden, out_ch, 1, relu=False)
@@ -81,36 +79,29 @@ class InvertedResidual(nn.Module):
         return x + out if self.use_residual else out
 
 
-def bottleneck_stage(in_ch: int, out_ch: int, num_blocks: int, stride: int,
-                     expansion: int = 6) -> nn.Sequential:
+def bottleneck_stage(in_ch: int, out_ch: int, num_blocks: int, stride: int, expansion: int = 6) -> nn.Sequential:
     """Stack of inverted residuals; only the first block changes stride/width."""
     blocks = [InvertedResidual(in_ch, out_ch, stride, expansion)]
-    blocks += [InvertedResidual(out_ch, out_ch, 1, expansion)
-               for _ in range(num_blocks - 1)]
+    blocks += [InvertedResidual(out_ch, out_ch, 1, expansion) for _ in range(num_blocks - 1)]
     return nn.Sequential(*blocks)
 
 
 class PyramidPooling(nn.Module):
     """PSPNet-style pyramid pooling: multi-scale context for the 1/32 map."""
 
-    def __init__(self, in_ch: int, out_ch: int,
-                 bins: Sequence[int] = (1, 2, 3, 6)):
+    def __init__(self, in_ch: int, out_ch: int, bins: Sequence[int] = (1, 2, 3, 6)):
         super().__init__()
         branch_ch = in_ch // 4
         # Registered as a ModuleList so the branch weights are trained, saved
         # and moved between devices with the rest of the model.
         self.branches = nn.ModuleList(
-            nn.Sequential(nn.AdaptiveAvgPool2d(b),
-                          *conv_bn(in_ch, branch_ch, 1))
-            for b in bins
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), *conv_bn(in_ch, branch_ch, 1)) for b in bins
         )
         self.project = conv_bn(in_ch + branch_ch * len(bins), out_ch, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
-        pooled = [F.interpolate(branch(x), size=size, mode="bilinear",
-                                align_corners=False)
-                  for branch in self.branches]
+        pooled = [F.interpolate(branch(x), size=size, mode="bilinear", align_corners=False) for branch in self.branches]
         return self.project(torch.cat([x] + pooled, dim=1))
 
 
@@ -146,8 +137,7 @@ class GlobalFeatureExtractor(nn.Module):
 class FeatureFusion(nn.Module):
     """Merge the 1/8 spatial branch with the upsampled 1/32 context branch."""
 
-    def __init__(self, high_ch: int = 64, low_ch: int = 128,
-                 out_ch: int = 128):
+    def __init__(self, high_ch: int = 64, low_ch: int = 128, out_ch: int = 128):
         super().__init__()
         self.low_depthwise = conv_bn(low_ch, low_ch, 3, groups=low_ch)
         # No ReLU before the sum so both branches contribute signed features.
@@ -158,8 +148,7 @@ class FeatureFusion(nn.Module):
     def forward(self, high: torch.Tensor, low: torch.Tensor) -> torch.Tensor:
         # Upsample to the real size of the high-res map rather than a fixed
         # x4, so inputs that are not multiples of 32 still line up.
-        low = F.interpolate(low, size=high.shape[-2:], mode="bilinear",
-                            align_corners=False)
+        low = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
         low = self.low_project(self.low_depthwise(low))
         return self.relu(self.high_project(high) + low)
 
@@ -199,8 +188,7 @@ class Model(nn.Module):
     otherwise it returns the logits tensor only.
     """
 
-    def __init__(self, in_channels: int = 3, n_classes: int = 19,
-                 aux: bool = False):
+    def __init__(self, in_channels: int = 3, n_classes: int = 19, aux: bool = False):
         super().__init__()
         self.in_channels = in_channels
         self.n_classes = n_classes
@@ -211,35 +199,31 @@ class Model(nn.Module):
         self.classifier = Classifier(128, n_classes)
         if aux:
             # Index 0: on the stem (64 ch); index 1: on the context branch.
-            self.aux_heads = nn.ModuleList(
-                [AuxHead(64, n_classes), AuxHead(128, n_classes)])
+            self.aux_heads = nn.ModuleList([AuxHead(64, n_classes), AuxHead(128, n_classes)])
         self._init_weights()
 
     def _init_weights(self) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out",
-                                        nonlinearity="relu")
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         size = x.shape[-2:]
         high = self.learning_to_downsample(x)
         low = self.global_feature_extractor(high)
         fused = self.feature_fusion(high, low)
-        logits = F.interpolate(self.classifier(fused), size=size,
-                               mode="bilinear", align_corners=False)
+        logits = F.interpolate(self.classifier(fused), size=size, mode="bilinear", align_corners=False)
         if not (self.aux and self.training):
             return logits
         aux_outputs = tuple(
-            F.interpolate(head(feat), size=size, mode="bilinear",
-                          align_corners=False)
-            for head, feat in zip(self.aux_heads, (high, low)))
+            F.interpolate(head(feat), size=size, mode="bilinear", align_corners=False)
+            for head, feat in zip(self.aux_heads, (high, low))
+        )
         return (logits,) + aux_outputs
 
 

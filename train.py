@@ -8,6 +8,7 @@ stage 1 from random weights ('none'). The best epoch by validation mIoU goes to 
         --previous-model-path models/fastscnn-training-experiment-01.pth
 Run the same command again to resume an interrupted stage; see README.md for the curriculum on SLURM.
 """
+
 from training.cli import add_previous_model_args
 from training.errors import run_cli
 from training.losses import cross_entropy
@@ -28,12 +29,12 @@ def make_loss(args, device):
     def loss(logits, images, target):
         ce = cross_entropy(logits, target)
         return ce, {"train_loss": ce}
+
     return loss
 
 
 def main(argv=None):
-    return stage_main(argv, __doc__, PROFILES, PROFILE, make_loss, add_previous_model_args,
-                      script="train.py")
+    return stage_main(argv, __doc__, PROFILES, PROFILE, make_loss, add_previous_model_args, script="train.py")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ over the classes present in the batch, void pixels excluded (training/losses.py)
 
     python train_dice.py --profile low --experiment-id fastscnn-training-experiment-21
 """
-from training.cli import add_previous_model_args, add_dice_args
+
+from training.cli import add_dice_args, add_previous_model_args
 from training.errors import run_cli
 from training.losses import cross_entropy, dice_loss
 from training.stage import stage_main
@@ -26,12 +27,14 @@ def make_loss(args, device):
         ce, dice = cross_entropy(logits, target), dice_loss(logits, target)
         total = ce + args.dice_loss_weight * dice
         return total, {"train_ce_loss": ce, "train_dice_loss": dice, "train_loss": total}
+
     return loss
 
 
 def main(argv=None):
-    return stage_main(argv, __doc__, PROFILES, PROFILE, make_loss, add_previous_model_args, add_dice_args,
-                      script="train_dice.py")
+    return stage_main(
+        argv, __doc__, PROFILES, PROFILE, make_loss, add_previous_model_args, add_dice_args, script="train_dice.py"
+    )
 
 
 if __name__ == "__main__":

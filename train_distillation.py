@@ -9,6 +9,7 @@ gradients, and is never saved; the best student goes to models/<experiment-id>.p
     python train_distillation.py --profile low --experiment-id fastscnn-training-experiment-11 \
         --trained-teacher-model-path models/fastscnn-training-experiment-05.pth
 """
+
 from training.cli import add_distillation_args
 from training.errors import run_cli
 from training.losses import distillation_loss, kd_part_name
@@ -30,16 +31,19 @@ def make_loss(args, device):
     teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path).to(device)
 
     def loss(logits, images, target):
-        total, ce, kd = distillation_loss(logits, teacher(images), target, args.temperature, args.alpha,
-                                          kd_loss=args.kd_loss)
+        total, ce, kd = distillation_loss(
+            logits, teacher(images), target, args.temperature, args.alpha, kd_loss=args.kd_loss
+        )
         return total, {"train_total_loss": total, "train_ce_loss": ce, kd_part_name(args.kd_loss): kd}
+
     loss.teacher = teacher  # the stage puts it in the student's memory format and AMP dtype
     return loss
 
 
 def main(argv=None):
-    return stage_main(argv, __doc__, PROFILES, PROFILE, make_loss, add_distillation_args,
-                      script="train_distillation.py")
+    return stage_main(
+        argv, __doc__, PROFILES, PROFILE, make_loss, add_distillation_args, script="train_distillation.py"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ distillation term and the teacher, train_dice.py for the Dice term.
     python train_distillation_dice.py --profile low --experiment-id fastscnn-training-experiment-31 \
         --trained-teacher-model-path models/fastscnn-training-experiment-25.pth
 """
+
 from training.cli import add_dice_args, add_distillation_args
 from training.errors import run_cli
 from training.losses import dice_loss, distillation_loss, kd_part_name
@@ -27,19 +28,33 @@ def make_loss(args, device):
     teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path).to(device)
 
     def loss(logits, images, target):
-        kd_total, ce, kd = distillation_loss(logits, teacher(images), target, args.temperature, args.alpha,
-                                             kd_loss=args.kd_loss)
+        kd_total, ce, kd = distillation_loss(
+            logits, teacher(images), target, args.temperature, args.alpha, kd_loss=args.kd_loss
+        )
         dice = dice_loss(logits, target)
         total = kd_total + args.dice_loss_weight * dice
-        return total, {"train_total_loss": total, "train_ce_loss": ce, kd_part_name(args.kd_loss): kd,
-                       "train_dice_loss": dice}
+        return total, {
+            "train_total_loss": total,
+            "train_ce_loss": ce,
+            kd_part_name(args.kd_loss): kd,
+            "train_dice_loss": dice,
+        }
+
     loss.teacher = teacher  # the stage puts it in the student's memory format and AMP dtype
     return loss
 
 
 def main(argv=None):
-    return stage_main(argv, __doc__, PROFILES, PROFILE, make_loss, add_distillation_args, add_dice_args,
-                      script="train_distillation_dice.py")
+    return stage_main(
+        argv,
+        __doc__,
+        PROFILES,
+        PROFILE,
+        make_loss,
+        add_distillation_args,
+        add_dice_args,
+        script="train_distillation_dice.py",
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ with their peak memory.
 Without --data-dir a demo data set at 2048x1024 is generated in a temporary directory first (--quick: 256x128 and
 scaled-down profiles). The per-profile caches are built before any timing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,19 @@ from training.errors import UserError, run_cli  # noqa: E402
 from training.step_monitor import StepMonitor  # noqa: E402
 
 # --quick: the profiles scaled down to 256x128 demo images (names and numbers as in the scripts)
-QUICK_PROFILES = {"low": ((128, 64), (96, 64)), "medium": ((160, 80), (128, 64)), "high": ((192, 96), (128, 64)),
-                  "higher": ((224, 112), (160, 96)), "highest": ((256, 128), (192, 96))}
-VARIANTS = {"fp32": [], "amp": ["--amp"], "amp+cl": ["--amp", "--channels-last"],
-            "amp+cl+compile": ["--amp", "--channels-last", "--compile"]}
+QUICK_PROFILES = {
+    "low": ((128, 64), (96, 64)),
+    "medium": ((160, 80), (128, 64)),
+    "high": ((192, 96), (128, 64)),
+    "higher": ((224, 112), (160, 96)),
+    "highest": ((256, 128), (192, 96)),
+}
+VARIANTS = {
+    "fp32": [],
+    "amp": ["--amp"],
+    "amp+cl": ["--amp", "--channels-last"],
+    "amp+cl+compile": ["--amp", "--channels-last", "--compile"],
+}
 
 
 def synchronize(device: torch.device) -> None:
@@ -65,9 +75,24 @@ def peak_mib(device: torch.device) -> str:
 def build_stage(data_dir: Path, profile: str, variant: list[str], opts):
     from training.stage import Stage
 
-    argv = ["--data-dir", str(data_dir), "--profile", profile, "--batch-size", str(opts.batch_size),
-            "--num-workers", str(opts.num_workers), "--device", opts.device, "--experiment-id", "gpu-benchmark",
-            "--restart", "--previews", "0", *variant]
+    argv = [
+        "--data-dir",
+        str(data_dir),
+        "--profile",
+        profile,
+        "--batch-size",
+        str(opts.batch_size),
+        "--num-workers",
+        str(opts.num_workers),
+        "--device",
+        opts.device,
+        "--experiment-id",
+        "gpu-benchmark",
+        "--restart",
+        "--previews",
+        "0",
+        *variant,
+    ]
     parser = get_args_parser("benchmark", "low")
     add_previous_model_args(parser)  # train.py's flags: random initial weights
     args = parser.parse_args(argv)
@@ -108,8 +133,14 @@ def training_rows(data_dir: Path, opts) -> list[tuple]:
                 size = (steps + warmup) * opts.batch_size
                 sampler = EpochSampler(size, 0, True)
                 sampler.set_epoch(0)
-                loader = make_loader(Repeated(stage.train_set, size), sampler, opts.batch_size, opts.num_workers,
-                                     stage.device, drop_last=True)
+                loader = make_loader(
+                    Repeated(stage.train_set, size),
+                    sampler,
+                    opts.batch_size,
+                    opts.num_workers,
+                    stage.device,
+                    drop_last=True,
+                )
                 stage.trained.train()
                 reset_peak(stage.device)
                 full, warm = time_steps(stage, loader, steps, warmup)
@@ -117,8 +148,7 @@ def training_rows(data_dir: Path, opts) -> list[tuple]:
                 images, target, params = next(iter(stage.train_loader))
                 on_device = (images.to(stage.device), target.to(stage.device), params)
                 synthetic, _ = time_steps(stage, _repeat(on_device), steps, warmup)
-                rows.append((profile, name, f"{full:.1f}", f"{synthetic:.1f}", peak_mib(stage.device),
-                             f"{warm:.1f}"))
+                rows.append((profile, name, f"{full:.1f}", f"{synthetic:.1f}", peak_mib(stage.device), f"{warm:.1f}"))
             finally:
                 stage.close_loaders()
                 del stage
@@ -170,6 +200,7 @@ def cuda_graph(form, static_input: torch.Tensor):
     def replay(_x):
         graph.replay()
         return output
+
     return replay
 
 
@@ -205,8 +236,11 @@ def main(argv: list[str] | None = None) -> None:
     opts.resolution = (128, 256) if quick else (1024, 2048)
     device = torch.device(opts.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"benchmarks/gpu.py: {name} | torch {torch.__version__} | batch {opts.batch_size}, {opts.num_workers} "
-          f"loader workers, {opts.warmup} warm-up + {opts.steps} timed steps per row", flush=True)
+    print(
+        f"benchmarks/gpu.py: {name} | torch {torch.__version__} | batch {opts.batch_size}, {opts.num_workers} "
+        f"loader workers, {opts.warmup} warm-up + {opts.steps} timed steps per row",
+        flush=True,
+    )
 
     with tempfile.TemporaryDirectory(prefix="gpu-benchmark-") as work, contextlib.chdir(work):
         data_dir = Path(opts.data_dir).resolve() if opts.data_dir else None
@@ -215,14 +249,17 @@ def main(argv: list[str] | None = None) -> None:
 
             start = time.perf_counter()
             count = max(4, opts.batch_size) if quick else 40
-            data_dir = make_demo_dataset(Path(work) / "demo", num_train=count, num_val=2,
-                                         size=(256, 128) if quick else (2048, 1024), seed=0)
+            data_dir = make_demo_dataset(
+                Path(work) / "demo", num_train=count, num_val=2, size=(256, 128) if quick else (2048, 1024), seed=0
+            )
             print(f"data: {count} demo images generated in {time.perf_counter() - start:.0f} s", flush=True)
         os.environ.setdefault("WANDB_MODE", "disabled")
         start = time.perf_counter()
         rows = training_rows(data_dir, opts)
-        print(f"\ntraining (img/s; full = loader included, device = one batch on the device; "
-              f"{time.perf_counter() - start:.0f} s):")
+        print(
+            f"\ntraining (img/s; full = loader included, device = one batch on the device; "
+            f"{time.perf_counter() - start:.0f} s):"
+        )
         print(table(("profile", "variant", "full step", "device step", "peak MiB", "warm-up s"), rows))
         print(f"\ninference {opts.resolution[0]}x{opts.resolution[1]}, batch 1:")
         print(table(("form", "median ms", "FPS", "peak MiB"), inference_rows(opts)), flush=True)

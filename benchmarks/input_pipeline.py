@@ -8,7 +8,8 @@ The training loader is built as the stage builds it (`training/stage.py`: the da
 `training.augment.train_pipeline`, the photometric ops' parameters drawn per sample, `EpochSampler`,
 `make_loader`): workers ship uint8 images and masks, and the photometric ops (colour jitter), float conversion and
 normalisation run on the training device, timed separately on a batch (`--photometric workers` applies them in the
-workers instead, as CPU-only training does). The bytes of one batch are printed. Building or checking the cache is timed on its own; then
+workers instead, as CPU-only training does). The bytes of one batch are printed. Building or checking the cache
+is timed on its own; then
 `--warmup` batches start the workers and `--batches` batches are timed. A small data set is repeated so that the
 timed batches fall inside one epoch, as they do with the 2975 Cityscapes training images.
 
@@ -21,6 +22,7 @@ train ids per pixel with `Tensor.apply_` in the main process. The last line is a
 PhotoMetricDistortion on the device) instead of the original's; `--compare-augment` times both in one run (the
 chosen one, the other, the chosen one again) and prints the ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +42,14 @@ import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
 from training.augment import train_pipeline  # noqa: E402
-from training.data import (MEAN, STD, CityscapesSegmentation, EpochSampler, label_lookup_table,  # noqa: E402
-                           make_loader)
+from training.data import (  # noqa: E402
+    MEAN,
+    STD,
+    CityscapesSegmentation,
+    EpochSampler,
+    label_lookup_table,  # noqa: E402
+    make_loader,
+)
 from training.device_augment import PhotometricPipeline, apply_in_worker  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 from training.profiles import resolve_profile  # noqa: E402
@@ -142,8 +150,9 @@ def batch_bytes(batch: tuple) -> int:
     return sum(t.numel() * t.element_size() for t in batch)
 
 
-def time_photometric(batch: tuple, device: torch.device, pipeline: PhotometricPipeline,
-                     repeats: int = 3) -> tuple[float, float]:
+def time_photometric(
+    batch: tuple, device: torch.device, pipeline: PhotometricPipeline, repeats: int = 3
+) -> tuple[float, float]:
     """ms per sample of the photometric ops + normalisation: on `device` for the whole batch (as the stage does),
     and per sample in one thread (as a CPU-only run's loader workers do)."""
     images, params = batch[0].to(device), batch[2]
@@ -178,28 +187,50 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--batch-size", type=int, default=32, help="batch size (default 32, as the scripts)")
     parser.add_argument("--warmup", type=int, default=None, help="batches before timing (default max(2, workers))")
     parser.add_argument("--no-cache", action="store_true", help="decode the source PNGs every time, as --no-cache")
-    parser.add_argument("--cache", choices=("auto", "always"), default="auto",
-                        help="auto: cache where it pays, as the scripts (default); always: at any profile")
+    parser.add_argument(
+        "--cache",
+        choices=("auto", "always"),
+        default="auto",
+        help="auto: cache where it pays, as the scripts (default); always: at any profile",
+    )
     parser.add_argument("--cache-dir", default=None, help="keep the cache here instead of the default location")
-    parser.add_argument("--baseline", choices=("original",), default=None,
-                        help="also time a re-creation of the original pipeline and print the ratio")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="pinned memory as in training on cuda (default cpu)")
-    parser.add_argument("--augment", choices=("original", "mmseg"), default="original",
-                        help="the training augmentation, as the scripts' --augment (default original)")
-    parser.add_argument("--compare-augment", action="store_true",
-                        help="also time the other --augment in the same run and print the ratio")
-    parser.add_argument("--photometric", choices=("device", "workers"), default="device",
-                        help="where the photometric ops run: on the training device (GPU training, default) or in "
-                             "the loader workers (CPU-only training)")
+    parser.add_argument(
+        "--baseline",
+        choices=("original",),
+        default=None,
+        help="also time a re-creation of the original pipeline and print the ratio",
+    )
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="pinned memory as in training on cuda (default cpu)"
+    )
+    parser.add_argument(
+        "--augment",
+        choices=("original", "mmseg"),
+        default="original",
+        help="the training augmentation, as the scripts' --augment (default original)",
+    )
+    parser.add_argument(
+        "--compare-augment",
+        action="store_true",
+        help="also time the other --augment in the same run and print the ratio",
+    )
+    parser.add_argument(
+        "--photometric",
+        choices=("device", "workers"),
+        default="device",
+        help="where the photometric ops run: on the training device (GPU training, default) or in "
+        "the loader workers (CPU-only training)",
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
     args = parser.parse_args(argv)
     for name in ("num_workers", "batches", "batch_size", "warmup"):
         value = getattr(args, name)
         if value is not None and value < (0 if name in ("num_workers", "warmup") else 1):
-            raise UserError(f"--{name.replace('_', '-')} {value}: expected a whole number >= "
-                            f"{0 if name in ('num_workers', 'warmup') else 1}")
+            raise UserError(
+                f"--{name.replace('_', '-')} {value}: expected a whole number >= "
+                f"{0 if name in ('num_workers', 'warmup') else 1}"
+            )
     profile = resolve_profile(args.profile)
     warmup = args.warmup if args.warmup is not None else max(2, args.num_workers)
     device = torch.device(args.device)
@@ -207,22 +238,34 @@ def main(argv: list[str] | None = None) -> float:
         raise UserError("--device cuda: CUDA is not available on this machine")
     length = (warmup + args.batches) * args.batch_size
 
-    print(f"input pipeline: {profile.describe()} | augment {args.augment} | {args.num_workers} workers, "
-          f"batch {args.batch_size}, "
-          f"{warmup} warm-up + {args.batches} timed batches | {cores()} cores available | torch {torch.__version__} | "
-          f"{platform.python_implementation()} {platform.python_version()} | {allocator()}", flush=True)
+    print(
+        f"input pipeline: {profile.describe()} | augment {args.augment} | {args.num_workers} workers, "
+        f"batch {args.batch_size}, "
+        f"{warmup} warm-up + {args.batches} timed batches | {cores()} cores available | torch {torch.__version__} | "
+        f"{platform.python_implementation()} {platform.python_version()} | {allocator()}",
+        flush=True,
+    )
 
     start = time.perf_counter()
     transform, photometric = train_pipeline(profile, args.augment)
-    dataset = CityscapesSegmentation(args.data_dir, "train", transform, profile=profile,
-                                     cache=False if args.no_cache else args.cache, cache_dir=args.cache_dir,
-                                     photometric=photometric, photometric_in_worker=args.photometric == "workers")
+    dataset = CityscapesSegmentation(
+        args.data_dir,
+        "train",
+        transform,
+        profile=profile,
+        cache=False if args.no_cache else args.cache,
+        cache_dir=args.cache_dir,
+        photometric=photometric,
+        photometric_in_worker=args.photometric == "workers",
+    )
     seconds = time.perf_counter() - start
     if dataset.cache is None:
         print(f"cache: not used (--no-cache); dataset set up in {seconds:.2f} s", flush=True)
     else:
-        print(f"cache: {dataset.cache.directory} ready after {seconds:.2f} s (build or check; not part of the timing)",
-              flush=True)
+        print(
+            f"cache: {dataset.cache.directory} ready after {seconds:.2f} s (build or check; not part of the timing)",
+            flush=True,
+        )
     repeated = f" (repeated to {length} samples: the timed batches fall in one epoch)" if len(dataset) < length else ""
     print(f"data: {len(dataset)} training images in {args.data_dir}{repeated}", flush=True)
 
@@ -236,16 +279,22 @@ def main(argv: list[str] | None = None) -> float:
         loader = make_loader(Repeated(data, size), sampler, args.batch_size, args.num_workers, device, drop_last=True)
         seconds, samples, last[what] = time_loader(loader, sampler, warmup, args.batches, map_labels)
         del loader  # stops its workers before the next run starts its own
-        print(f"{what}: {samples} samples in {seconds:.2f} s: {samples / seconds:.1f} samples/s "
-              f"({batch_bytes(last[what]) / 2**20:.1f} MiB a batch)", flush=True)
+        print(
+            f"{what}: {samples} samples in {seconds:.2f} s: {samples / seconds:.1f} samples/s "
+            f"({batch_bytes(last[what]) / 2**20:.1f} MiB a batch)",
+            flush=True,
+        )
         return samples / seconds
 
     ours = run("ours", dataset)
     if args.photometric == "device":
         on_device, in_worker = time_photometric(last["ours"], device, photometric)
-        print(f"photometric ops + normalisation: {on_device:.2f} ms a sample on {device} (batch of {args.batch_size}, "
-              f"{torch.get_num_threads()} threads; not in the figure above), {in_worker:.2f} ms a sample in one "
-              f"thread as a loader worker would", flush=True)
+        print(
+            f"photometric ops + normalisation: {on_device:.2f} ms a sample on {device} (batch of {args.batch_size}, "
+            f"{torch.get_num_threads()} threads; not in the figure above), {in_worker:.2f} ms a sample in one "
+            f"thread as a loader worker would",
+            flush=True,
+        )
     if args.compare_augment:
         import copy
 
@@ -254,14 +303,17 @@ def main(argv: list[str] | None = None) -> float:
         other.transform, other.photometric = train_pipeline(profile, other_augment)
         other_rate = run(f"ours with --augment {other_augment}", other)
         ours = (ours + run("ours (again)", dataset)) / 2
-        print(f"ratio --augment {args.augment} / {other_augment}: {ours / other_rate:.2f}x (per worker: "
-              f"{ours / max(args.num_workers, 1):.1f} vs {other_rate / max(args.num_workers, 1):.1f} samples/s"
-              f"{'' if args.photometric == 'workers' else '; the photometric ops run on the device, not timed here'})",
-              flush=True)
+        print(
+            f"ratio --augment {args.augment} / {other_augment}: {ours / other_rate:.2f}x (per worker: "
+            f"{ours / max(args.num_workers, 1):.1f} vs {other_rate / max(args.num_workers, 1):.1f} samples/s"
+            f"{'' if args.photometric == 'workers' else '; the photometric ops run on the device, not timed here'})",
+            flush=True,
+        )
     if args.baseline == "original":
         # ours, original, ours again: a change in the machine's load during the run evens out in the ratio
-        base = run("original (re-created)", OriginalPipeline(dataset.images, dataset.labels, profile),
-                   original_map_labels)
+        base = run(
+            "original (re-created)", OriginalPipeline(dataset.images, dataset.labels, profile), original_map_labels
+        )
         ours = (ours + run("ours (again)", dataset)) / 2
         print(f"ratio ours / original: {ours / base:.1f}x (ours: mean of both runs, {ours:.1f} samples/s)", flush=True)
     print(f"samples/s: {ours:.1f}", flush=True)

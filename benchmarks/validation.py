@@ -7,6 +7,7 @@ images, fp32 logits, loss included) on the same model, alternating round by roun
 background load. It prints seconds per pass for each and their ratio, and the part of the full-resolution pass spent
 upsampling, taking the argmax and counting (measured separately on the same logits).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,10 +62,18 @@ def main(argv=None):
     model.eval().to(device)
     loaders = {}
     for mode in evaluation.VAL_RESOLUTIONS:
-        dataset = CityscapesSegmentation(args.data_dir, "val", val_transform(profile), profile=profile,
-                                         full_labels=mode == "full")
-        loaders[mode] = make_loader(dataset, EpochSampler(len(dataset), 0, False), args.batch_size, args.num_workers,
-                                    device, drop_last=False, collate_fn=evaluation.collate)
+        dataset = CityscapesSegmentation(
+            args.data_dir, "val", val_transform(profile), profile=profile, full_labels=mode == "full"
+        )
+        loaders[mode] = make_loader(
+            dataset,
+            EpochSampler(len(dataset), 0, False),
+            args.batch_size,
+            args.num_workers,
+            device,
+            drop_last=False,
+            collate_fn=evaluation.collate,
+        )
     times = {mode: [] for mode in loaders}
     scoring = {mode: [] for mode in loaders}
     for _ in range(args.rounds):
@@ -74,12 +83,16 @@ def main(argv=None):
             scoring[mode].append(part)
     images = len(loaders["full"].dataset)
     full, small = statistics.median(times["full"]), statistics.median(times["profile"])
-    print(f"{images} val images, {profile.describe()}, device {device}, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} alternating rounds")
+    print(
+        f"{images} val images, {profile.describe()}, device {device}, {torch.get_num_threads()} threads, "
+        f"median of {args.rounds} alternating rounds"
+    )
     for mode in loaders:
-        print(f"  {mode:7s}: {statistics.median(times[mode]):.2f} s per pass, of which scoring "
-              f"{statistics.median(scoring[mode]):.2f} s ({1000 * statistics.median(scoring[mode]) / images:.1f} "
-              f"ms/image)")
+        print(
+            f"  {mode:7s}: {statistics.median(times[mode]):.2f} s per pass, of which scoring "
+            f"{statistics.median(scoring[mode]):.2f} s ({1000 * statistics.median(scoring[mode]) / images:.1f} "
+            f"ms/image)"
+        )
     print(f"full / profile: {full / small:.2f}x")
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the repository root on sys.path, tiny demo data sets, and a runner for the scripts."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")  # tests never talk to W&B unles
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: integration tests that train or start services (CI runs them)")
     config.addinivalue_line("markers", "slurm: tests against a real Slurm cluster started on loopback (needs root)")
-    # torchvision 0.29 deprecates its PNG decoder in favour of TorchCodec; it is still the fastest here (training/data.py)
+    # torchvision 0.29 deprecates its PNG decoder in favour of TorchCodec; it is still the fastest here
+    # (training/images.py)
     config.addinivalue_line("filterwarnings", "ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
 
@@ -27,11 +29,21 @@ def tiny_cityscapes(tmp_path_factory) -> Path:
     """A tiny demo data set in the Cityscapes layout: 4 train and 2 val images of 256x128 (read-only for tests)."""
     from training.demo_data import make_demo_dataset
 
-    return make_demo_dataset(tmp_path_factory.mktemp("tiny_cityscapes"), num_train=4, num_val=2, size=(256, 128), seed=0)
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("tiny_cityscapes"), num_train=4, num_val=2, size=(256, 128), seed=0
+    )
 
 
-def run_script(script: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 300
+) -> subprocess.CompletedProcess:
     """Run one of the repository's scripts with the test's Python in `cwd` (where models/, checkpoints/ go)."""
     full_env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,4 +1,5 @@
-"""A real single-node Slurm cluster on loopback, for tests (needs root and Debian's munge/slurmctld/slurmd/slurm-client).
+"""A real single-node Slurm cluster on loopback, for tests (needs root and Debian's munge, slurmctld, slurmd and
+slurm-client).
 
     with SlurmCluster() as cluster:          # or cluster.start() ... cluster.stop()
         env = cluster.env()                  # os.environ + SLURM_CONF: pass it to sbatch/squeue/scontrol
@@ -26,6 +27,7 @@ of this process and are stopped by their PIDs. The pitfalls of running Slurm 22.
   (MinJobAge) and from output files;
 - `slurmd -N <node>` with 127.0.0.1 addresses.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,19 +42,29 @@ import time
 from pathlib import Path
 
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "scancel", "sinfo")
-FINISHED_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
-                   "BOOT_FAIL", "DEADLINE"}
+FINISHED_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "BOOT_FAIL",
+    "DEADLINE",
+}
 
 
 def unavailable_reason() -> str | None:
     """Why a real cluster cannot be started here, or None when it can."""
     if os.name != "posix" or os.geteuid() != 0:
         return "a real Slurm cluster needs root (the daemons run as root on loopback)"
-    missing = [name for name in BINARIES if shutil.which(name) is None
-               and not Path("/usr/sbin", name).exists()]
+    missing = [name for name in BINARIES if shutil.which(name) is None and not Path("/usr/sbin", name).exists()]
     if missing:
-        return ("Slurm is not installed (missing " + ", ".join(missing) + "); install with "
-                "`apt-get install -y --no-install-recommends munge slurmctld slurmd slurm-client`")
+        return (
+            "Slurm is not installed (missing " + ", ".join(missing) + "); install with "
+            "`apt-get install -y --no-install-recommends munge slurmctld slurmd slurm-client`"
+        )
     return None
 
 
@@ -79,9 +91,17 @@ class SlurmClusterError(RuntimeError):
 class SlurmCluster:
     """One slurmctld + one slurmd (node `node_name`, partition `partition`) + munged under a temp dir."""
 
-    def __init__(self, base: str | os.PathLike | None = None, *, cpus: int = 36, gpus: int = 2,
-                 memory_mb: int = 64000, partition: str = "gpu_a100", node_name: str = "fastscnn-node",
-                 kill_wait: int = 5):
+    def __init__(
+        self,
+        base: str | os.PathLike | None = None,
+        *,
+        cpus: int = 36,
+        gpus: int = 2,
+        memory_mb: int = 64000,
+        partition: str = "gpu_a100",
+        node_name: str = "fastscnn-node",
+        kill_wait: int = 5,
+    ):
         self._own_base = base is None
         # a short path: the munge socket path must fit in sun_path (108 bytes)
         self.base = Path(tempfile.mkdtemp(prefix="slurm-", dir="/tmp") if base is None else base)
@@ -135,12 +155,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={self.munge_socket}
-StateSaveLocation={base / 'state'}
-SlurmdSpoolDir={base / 'spool'}/%n
-SlurmctldPidFile={base / 'state' / 'slurmctld.pid'}
-SlurmdPidFile={base / 'spool' / 'slurmd.pid'}
-SlurmctldLogFile={self.log_dir / 'slurmctld.log'}
-SlurmdLogFile={self.log_dir / 'slurmd.log'}
+StateSaveLocation={base / "state"}
+SlurmdSpoolDir={base / "spool"}/%n
+SlurmctldPidFile={base / "state" / "slurmctld.pid"}
+SlurmdPidFile={base / "spool" / "slurmd.pid"}
+SlurmctldLogFile={self.log_dir / "slurmctld.log"}
+SlurmdLogFile={self.log_dir / "slurmd.log"}
 SlurmctldDebug=info
 SlurmdDebug=info
 ProctrackType=proctrack/linuxproc
@@ -165,7 +185,8 @@ SlurmdTimeout=300
 SlurmctldTimeout=60
 MessageTimeout=20
 JobRequeue=1
-NodeName={self.node_name} NodeAddr=127.0.0.1 NodeHostname={host} CPUs={self.cpus} RealMemory={self.memory_mb}{gres} State=UNKNOWN
+NodeName={self.node_name} NodeAddr=127.0.0.1 NodeHostname={host} CPUs={self.cpus} \
+RealMemory={self.memory_mb}{gres} State=UNKNOWN
 PartitionName={self.partition} Nodes={self.node_name} Default=YES MaxTime=INFINITE State=UP
 """
         self.conf.write_text(conf)
@@ -191,24 +212,35 @@ PartitionName={self.partition} Nodes={self.node_name} Default=YES MaxTime=INFINI
         log = open(self.log_dir / f"{name}.stdout", "ab")
         self._logs.append(log)
         env = self.env()
-        self._procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                             env=env, start_new_session=True)
+        self._procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+        )
 
     def _check_alive(self) -> None:
         for name, proc in self._procs.items():
             if proc.poll() is not None:
                 raise SlurmClusterError(f"{name} exited with code {proc.returncode}\n" + self.logs_tail())
 
-    def start(self, timeout: float = 90.0) -> "SlurmCluster":
+    def start(self, timeout: float = 90.0) -> SlurmCluster:
         reason = unavailable_reason()
         if reason:
             raise SlurmClusterError(reason)
         self._write_files()
         munge = self.base / "munge"
         try:
-            self._spawn("munged", [_which("munged"), "-F", "--force", f"--socket={self.munge_socket}",
-                                   f"--key-file={munge / 'munge.key'}", f"--pid-file={munge / 'munged.pid'}",
-                                   f"--seed-file={munge / 'munged.seed'}", f"--log-file={self.log_dir / 'munged.log'}"])
+            self._spawn(
+                "munged",
+                [
+                    _which("munged"),
+                    "-F",
+                    "--force",
+                    f"--socket={self.munge_socket}",
+                    f"--key-file={munge / 'munge.key'}",
+                    f"--pid-file={munge / 'munged.pid'}",
+                    f"--seed-file={munge / 'munged.seed'}",
+                    f"--log-file={self.log_dir / 'munged.log'}",
+                ],
+            )
             self._wait(lambda: self.munge_socket.exists(), 20, "the munge socket")
             self._spawn("slurmctld", [_which("slurmctld"), "-D", "-i", "-f", str(self.conf)])
             self._wait(lambda: self._client_ok(["scontrol", "ping"], "UP"), 40, "slurmctld")
@@ -233,12 +265,18 @@ PartitionName={self.partition} Nodes={self.node_name} Default=YES MaxTime=INFINI
         return result.returncode == 0 and needle in result.stdout
 
     def _node_idle(self) -> bool:
-        result = subprocess.run(["sinfo", "-h", "-N", "-n", self.node_name, "-o", "%T"], env=self.env(),
-                                capture_output=True, text=True, timeout=30)
+        result = subprocess.run(
+            ["sinfo", "-h", "-N", "-n", self.node_name, "-o", "%T"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         state = result.stdout.strip().lower()
         if state.startswith(("drain", "down")) and "*" not in state:
-            reason = subprocess.run(["scontrol", "show", "node", self.node_name], env=self.env(),
-                                    capture_output=True, text=True, timeout=30).stdout
+            reason = subprocess.run(
+                ["scontrol", "show", "node", self.node_name], env=self.env(), capture_output=True, text=True, timeout=30
+            ).stdout
             raise SlurmClusterError(f"node {self.node_name} is {state}:\n{reason}\n" + self.logs_tail())
         return state == "idle"
 
@@ -260,8 +298,9 @@ PartitionName={self.partition} Nodes={self.node_name} Default=YES MaxTime=INFINI
         subprocess.run(["scancel", "--user=root"], env=self.env(), capture_output=True, timeout=30)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            result = subprocess.run(["squeue", "-h", "-o", "%i"], env=self.env(), capture_output=True, text=True,
-                                    timeout=30)
+            result = subprocess.run(
+                ["squeue", "-h", "-o", "%i"], env=self.env(), capture_output=True, text=True, timeout=30
+            )
             if result.returncode != 0 or not result.stdout.strip():
                 return
             time.sleep(0.5)
@@ -288,7 +327,7 @@ PartitionName={self.partition} Nodes={self.node_name} Default=YES MaxTime=INFINI
         if self._own_base and os.environ.get("KEEP_SLURM_TEST_DIR") != "1":
             shutil.rmtree(self.base, ignore_errors=True)
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -7,6 +7,7 @@ script's `if __name__ == "__main__"` block does. Everything else (arguments, sta
     python tests/small_profile.py train.py --data-dir ... --epochs 3        (what a subprocess test runs)
     run_in_process(train, [...], monkeypatch)                                (the same, inside pytest)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import pytest
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="module", autouse=True)

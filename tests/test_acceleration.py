@@ -1,5 +1,6 @@
 """training/acceleration.py: --amp's dtype choice (native bf16 only), the teacher's form, and the make_loss hook
 that lets the stage reach the teacher (issue 14)."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,12 +17,19 @@ from training.models import FrozenTeacher
 def test_amp_uses_bf16_only_where_the_gpu_has_it_natively(monkeypatch):
     cuda = torch.device("cuda", 0)
     assert amp_dtype(torch.device("cpu")) is None
-    for capability, native, expected in [((8, 0), True, torch.bfloat16), ((9, 0), True, torch.bfloat16),
-                                         ((7, 5), False, torch.float16), ((7, 0), False, torch.float16)]:
+    for capability, native, expected in [
+        ((8, 0), True, torch.bfloat16),
+        ((9, 0), True, torch.bfloat16),
+        ((7, 5), False, torch.float16),
+        ((7, 0), False, torch.float16),
+    ]:
         monkeypatch.setattr(acceleration.torch.cuda, "get_device_capability", lambda device, c=capability: c)
         # a T4 (7.5) "supports" bf16 by emulation: is_bf16_supported() alone says True there
-        monkeypatch.setattr(acceleration.torch.cuda, "is_bf16_supported",
-                            lambda including_emulation=True, n=native: True if including_emulation else n)
+        monkeypatch.setattr(
+            acceleration.torch.cuda,
+            "is_bf16_supported",
+            lambda including_emulation=True, n=native: True if including_emulation else n,
+        )
         assert amp_dtype(cuda) == expected, capability
 
 
@@ -42,7 +50,8 @@ def test_teacher_is_channels_last_and_pre_cast():
 
 def test_distillation_loss_exposes_its_teacher(tmp_path):
     torch.save(Model().state_dict(), tmp_path / "teacher.pth")
-    args = argparse.Namespace(teacher_arch="fast_scnn", trained_teacher_model_path=str(tmp_path / "teacher.pth"),
-                              temperature=4.0, alpha=0.5)
+    args = argparse.Namespace(
+        teacher_arch="fast_scnn", trained_teacher_model_path=str(tmp_path / "teacher.pth"), temperature=4.0, alpha=0.5
+    )
     loss = train_distillation.make_loss(args, torch.device("cpu"))
     assert isinstance(loss.teacher, FrozenTeacher)

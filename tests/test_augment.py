@@ -1,6 +1,7 @@
 """mmseg's augmentation (training/augment.py): photometric distortion against a per-pixel colorsys reference, the
 cat_max_ratio crop, void padding, and the guarantees of the pipeline (seeded, cached == uncached, workers-independent).
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -59,9 +60,17 @@ def _reference(image: np.ndarray, beta, contrast_first, contrast, saturation, hu
     return x
 
 
-PARAMS = [(20.5, 1, 1.3, 1.0, 0.0), (-31.0, 0, 0.6, 1.0, 0.0), (0.0, 1, 1.0, 1.4, 0.0), (0.0, 0, 1.0, 0.55, 0.0),
-          (0.0, 1, 1.0, 1.0, 11.0), (0.0, 0, 1.0, 1.0, -18.0), (-12.0, 0, 1.45, 0.7, 5.0), (25.0, 1, 0.8, 1.5, -7.0),
-          (0.0, 1, 1.0, 1.0, 0.0)]
+PARAMS = [
+    (20.5, 1, 1.3, 1.0, 0.0),
+    (-31.0, 0, 0.6, 1.0, 0.0),
+    (0.0, 1, 1.0, 1.4, 0.0),
+    (0.0, 0, 1.0, 0.55, 0.0),
+    (0.0, 1, 1.0, 1.0, 11.0),
+    (0.0, 0, 1.0, 1.0, -18.0),
+    (-12.0, 0, 1.45, 0.7, 5.0),
+    (25.0, 1, 0.8, 1.5, -7.0),
+    (0.0, 1, 1.0, 1.0, 0.0),
+]
 
 
 def test_photometric_distortion_matches_a_colorsys_reference():
@@ -97,6 +106,7 @@ PROFILE = Profile("test", 0, (64, 32), (48, 24))
 def _sample(mask: np.ndarray, seed: int, profile: Profile = PROFILE):
     image = torch.from_numpy(np.stack([mask.astype(np.uint8) * 20 + 10] * 3))
     from torchvision import tv_tensors
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return MmsegTrainTransform(profile)(tv_tensors.Image(image), tv_tensors.Mask(torch.from_numpy(mask)))
@@ -109,6 +119,7 @@ def _count_crops(monkeypatch) -> list:
     def counted(*args):
         calls.append(args)
         return original(*args)
+
     monkeypatch.setattr(augment, "_random_crop_box", counted)
     return calls
 
@@ -153,8 +164,10 @@ def test_smaller_rescaled_image_is_padded_with_void_and_the_mean_colour_that_the
     distorted = apply_in_worker(pipeline, image, params)
     assert not torch.equal(distorted[:, :16, :32], image[:, :16, :32])
     assert torch.equal(distorted[:, 16:], image[:, 16:]) and torch.equal(distorted[:, :, 32:], image[:, :, 32:])
-    assert torch.equal(distorted[:, :16, :32], apply_in_worker(
-        pipeline, image, torch.cat([params[:5], torch.tensor([24.0, 48.0])]))[:, :16, :32])
+    assert torch.equal(
+        distorted[:, :16, :32],
+        apply_in_worker(pipeline, image, torch.cat([params[:5], torch.tensor([24.0, 48.0])]))[:, :16, :32],
+    )
     normalised = pipeline.apply(image[None], params[None])[0]
     assert normalised[:, 16:].abs().max() < 0.01  # ~0 after normalisation, as mmseg's zero padding
 
@@ -174,6 +187,7 @@ def test_rescale_ratio_spans_half_to_twice(monkeypatch):
     def spy(inpt, size, **kwargs):
         sizes.append(tuple(size))
         return functional.resize(inpt, size, **kwargs)
+
     monkeypatch.setattr(augment, "TF", SimpleNamespace(resize=spy, pad=functional.pad))
     mask = np.zeros((32, 64), dtype=np.uint8)
     mask[:, ::3] = 1
@@ -189,10 +203,18 @@ DOWN = Profile("down", 0, (160, 80), (128, 64))
 
 def test_mmseg_samples_are_seeded_cached_equal_uncached_and_independent_of_workers(tiny_cityscapes, tmp_path):
     transform, photometric = train_pipeline(DOWN, "mmseg")
-    cached = CityscapesSegmentation(tiny_cityscapes, "train", transform, profile=DOWN, cache="always",
-                                    cache_dir=tmp_path / "cache", photometric=photometric)
-    plain = CityscapesSegmentation(tiny_cityscapes, "train", transform, profile=DOWN, cache=False,
-                                   photometric=photometric)
+    cached = CityscapesSegmentation(
+        tiny_cityscapes,
+        "train",
+        transform,
+        profile=DOWN,
+        cache="always",
+        cache_dir=tmp_path / "cache",
+        photometric=photometric,
+    )
+    plain = CityscapesSegmentation(
+        tiny_cityscapes, "train", transform, profile=DOWN, cache=False, photometric=photometric
+    )
     assert cached.cache is not None
     for i in range(len(plain)):
         for seed in (0, 99, 2**61 + 5):
@@ -205,9 +227,11 @@ def test_mmseg_samples_are_seeded_cached_equal_uncached_and_independent_of_worke
     def batches(workers):
         sampler = EpochSampler(len(cached), seed=5, shuffle=True)
         sampler.set_epoch(1)
-        loader = DataLoader(cached, batch_size=2, sampler=sampler, num_workers=workers,
-                            generator=torch.Generator().manual_seed(0))
+        loader = DataLoader(
+            cached, batch_size=2, sampler=sampler, num_workers=workers, generator=torch.Generator().manual_seed(0)
+        )
         return list(loader)
+
     serial, parallel = batches(0), batches(2)
     assert all(torch.equal(x, y) for a, b in zip(serial, parallel) for x, y in zip(a, b))
 
@@ -216,9 +240,28 @@ def test_benchmark_times_mmseg_against_the_original_augmentation(tiny_cityscapes
     import re
 
     from conftest import run_script
-    result = run_script("benchmarks/input_pipeline.py", "--data-dir", str(tiny_cityscapes), "--profile", "1",
-                        "--num-workers", "1", "--batches", "2", "--batch-size", "2", "--cache", "always",
-                        "--cache-dir", str(tmp_path / "cache"), "--augment", "mmseg", "--compare-augment", cwd=tmp_path)
+
+    result = run_script(
+        "benchmarks/input_pipeline.py",
+        "--data-dir",
+        str(tiny_cityscapes),
+        "--profile",
+        "1",
+        "--num-workers",
+        "1",
+        "--batches",
+        "2",
+        "--batch-size",
+        "2",
+        "--cache",
+        "always",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--augment",
+        "mmseg",
+        "--compare-augment",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert "augment mmseg" in lines[0] and re.fullmatch(r"samples/s: \d+\.\d", lines[-1]), lines

@@ -1,5 +1,6 @@
 """training/data.py: the label table, joint transforms (alignment, nearest-neighbour masks) and the one-line errors
 for bad data (the colour jitter, applied on the training device: tests/test_device_augment.py)."""
+
 from __future__ import annotations
 
 import shutil
@@ -14,8 +15,16 @@ from torchvision.datasets import Cityscapes
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from training.data import (IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, denormalize, label_lookup_table,
-                           read_train_ids, train_transform, val_transform)
+from training.data import (
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    CityscapesSegmentation,
+    denormalize,
+    label_lookup_table,
+    read_train_ids,
+    train_transform,
+    val_transform,
+)
 from training.device_augment import original_photometric
 from training.errors import UserError
 from training.profiles import Profile
@@ -83,14 +92,21 @@ def test_training_transform_keeps_image_and_mask_aligned(tmp_path, cache):
     """A grey two-level image drawn from its mask: after flip, crop and jitter the mask is still recoverable from the
     image (jitter keeps grey grey and the order of levels), and it is a flipped/unflipped crop of the source."""
     height, width, patch = 32, 64, (40, 24)  # patch W x H
-    label_ids = blocks(1, height, width, [7, 8])          # road (train id 0), sidewalk (train id 1)
+    label_ids = blocks(1, height, width, [7, 8])  # road (train id 0), sidewalk (train id 1)
     grey = np.where(label_ids == 8, 200, 40).astype(np.uint8)
     write_sample(tmp_path, "train", "000000", np.stack([grey] * 3, axis=-1), label_ids)
     source = torch.from_numpy(label_lookup_table()[label_ids]).long()
     profile = identity_profile(width, height, patch)
     photometric = original_photometric()
-    dataset = CityscapesSegmentation(tmp_path, "train", train_transform(profile), profile=profile, cache=cache,
-                                     cache_dir=tmp_path / "cache", photometric=photometric)
+    dataset = CityscapesSegmentation(
+        tmp_path,
+        "train",
+        train_transform(profile),
+        profile=profile,
+        cache=cache,
+        cache_dir=tmp_path / "cache",
+        photometric=photometric,
+    )
     flips, offsets = set(), set()
     for seed in range(24):
         image, mask, params = dataset[(0, seed)]
@@ -100,9 +116,13 @@ def test_training_transform_keeps_image_and_mask_aligned(tmp_path, cache):
         pixels = denormalize(photometric.apply(image[None], params[None]))[0].float().mean(0)
         threshold = (pixels.max() + pixels.min()) / 2
         assert torch.equal((pixels > threshold).long(), mask), seed
-        found = [(flip, top, left) for flip in (False, True) for top in range(height - patch[1] + 1)
-                 for left in range(width - patch[0] + 1)
-                 if torch.equal((source.flip(-1) if flip else source)[top:top + patch[1], left:left + patch[0]], mask)]
+        found = [
+            (flip, top, left)
+            for flip in (False, True)
+            for top in range(height - patch[1] + 1)
+            for left in range(width - patch[0] + 1)
+            if torch.equal((source.flip(-1) if flip else source)[top : top + patch[1], left : left + patch[0]], mask)
+        ]
         assert found, seed
         flips.add(found[0][0])
         offsets.add(found[0][1:])
@@ -123,8 +143,9 @@ def test_validation_resize_of_masks_is_nearest_neighbour(tmp_path, cache):
     image = np.random.default_rng(3).integers(0, 256, (60, 100, 3), dtype=np.uint8)
     write_sample(tmp_path, "val", "000000", image, label_ids)
     profile = identity_profile(37, 23, (37, 23))  # odd factors: a linear resize would blend neighbours
-    dataset = CityscapesSegmentation(tmp_path, "val", val_transform(profile), profile=profile, cache=cache,
-                                     cache_dir=tmp_path / "cache")
+    dataset = CityscapesSegmentation(
+        tmp_path, "val", val_transform(profile), profile=profile, cache=cache, cache_dir=tmp_path / "cache"
+    )
     image_out, mask = dataset[0]
     assert image_out.shape == (3, 23, 37) and mask.shape == (23, 37)
     assert set(mask.unique().tolist()) <= {0, 1, 13, IGNORE_INDEX}
@@ -147,6 +168,7 @@ def first(root: Path, kind: str, split: str = "train") -> Path:
 
 def profile_low() -> Profile:
     from training.profiles import resolve_profile
+
     return resolve_profile("low")
 
 
@@ -187,8 +209,9 @@ def test_corrupt_png(tiny_cityscapes, tmp_path, cache):
     image.write_bytes(image.read_bytes()[:200])  # a truncated file
     profile = profile_low()
     with pytest.raises(UserError, match="cannot read PNG") as error:
-        dataset = CityscapesSegmentation(root, "train", val_transform(profile), profile=profile, cache=cache,
-                                         cache_dir=tmp_path / "cache")
+        dataset = CityscapesSegmentation(
+            root, "train", val_transform(profile), profile=profile, cache=cache, cache_dir=tmp_path / "cache"
+        )
         index = [Path(p) for p in dataset.images].index(image)
         dataset[index]
     assert str(image) in str(error.value) and "\n" not in str(error.value)
@@ -203,8 +226,9 @@ def test_label_ids_outside_cityscapes(tiny_cityscapes, tmp_path, cache):
     Image.fromarray(ids).save(label)
     profile = profile_low()
     with pytest.raises(UserError, match=r"label ids \[40\] are not Cityscapes ids \(expected 0-33 or 255\)") as error:
-        dataset = CityscapesSegmentation(root, "train", val_transform(profile), profile=profile, cache=cache,
-                                         cache_dir=tmp_path / "cache")
+        dataset = CityscapesSegmentation(
+            root, "train", val_transform(profile), profile=profile, cache=cache, cache_dir=tmp_path / "cache"
+        )
         index = [Path(p) for p in dataset.labels].index(label)
         dataset[index]
     assert str(label) in str(error.value)

@@ -1,5 +1,6 @@
 """The synthetic demo set: Cityscapes layout, read by torchvision's Cityscapes loader, valid label ids, enough
 classes, deterministic, generated once."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,7 @@ import pytest
 import torchvision
 from PIL import Image
 
-from training.demo_data import (MANIFEST_NAME, TRAIN_CITIES, VAL_CITIES, ensure_demo_dataset, main,
-                                make_demo_dataset)
+from training.demo_data import MANIFEST_NAME, TRAIN_CITIES, VAL_CITIES, ensure_demo_dataset, main, make_demo_dataset
 from training.errors import UserError
 
 SMALL = {"num_train": 4, "num_val": 2, "size": (256, 128), "seed": 0}
@@ -67,7 +67,8 @@ def test_layout_and_names_are_those_of_cityscapes(demo):
             assert match and match.group(1) == image.parent.name, image.name
         label_names = sorted(p.name for city in found for p in (label_dir / city).iterdir())
         assert label_names == sorted(
-            f"{p.parent.name}_{p.name.split('_')[1]}_{p.name.split('_')[2]}_gtFine_labelIds.png" for p in images)
+            f"{p.parent.name}_{p.name.split('_')[1]}_{p.name.split('_')[2]}_gtFine_labelIds.png" for p in images
+        )
         for image, label in pairs(demo, split):
             with Image.open(image) as im, Image.open(label) as lab:
                 assert (im.format, im.mode, im.size) == ("PNG", "RGB", SMALL["size"])

@@ -1,5 +1,6 @@
 """training/device_augment.py: the batched colour jitter against torchvision's ColorJitter sample by sample, the
 parameters drawn in the workers, the normalisation, and the loader's uint8 format."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,9 +34,12 @@ def test_batched_colour_jitter_matches_torchvision_per_sample():
     torchvision's uint8 ColorJitter under the same seed but for a few in 10^5 (float rounding in the hue op: one
     level, two after a later contrast/saturation op), on blocky images and on random noise (all hues, saturations)."""
     rng = np.random.default_rng(0)
-    smooth = [torch.from_numpy(np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8),
-                                       np.ones((8, 8, 1), dtype=np.uint8))).permute(2, 0, 1).contiguous()
-              for _ in range(20)]
+    smooth = [
+        torch.from_numpy(np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((8, 8, 1), dtype=np.uint8)))
+        .permute(2, 0, 1)
+        .contiguous()
+        for _ in range(20)
+    ]
     noise = [torch.from_numpy(rng.integers(0, 256, (3, 96, 128), dtype=np.uint8)) for _ in range(20)]
     images = torch.stack([image for pair in zip(smooth, noise) for image in pair])  # 40 x 3 x 96 x 128
     op = ColorJitterOp(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
@@ -71,8 +75,9 @@ def test_draw_repeats_torchvision_make_params():
     torch.manual_seed(5)
     params = op.draw()
     assert params[:4].tolist() == expected["fn_idx"].tolist()
-    assert params[4:].tolist() == pytest.approx([expected[k] for k in ("brightness_factor", "contrast_factor",
-                                                                       "saturation_factor", "hue_factor")], rel=1e-6)
+    assert params[4:].tolist() == pytest.approx(
+        [expected[k] for k in ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")], rel=1e-6
+    )
     # an op that is off is skipped: brightness only leaves contrast, saturation and hue alone
     only = PhotometricPipeline([ColorJitterOp(brightness=0.5)])
     torch.manual_seed(1)
@@ -91,6 +96,7 @@ def test_normalisation_and_memory_format():
 
 class AddOffset(PhotometricOp):
     """A made-up op: the way another photometric op plugs in (parameters drawn per sample, applied per sample)."""
+
     num_params = 1
 
     def draw(self):
@@ -112,8 +118,9 @@ def test_a_second_op_plugs_in_after_the_jitter():
 
 def test_training_samples_are_uint8_with_their_parameters(tiny_cityscapes):
     profile = Profile("test", 0, (256, 128), (192, 96))
-    dataset = CityscapesSegmentation(tiny_cityscapes, "train", train_transform(profile),
-                                     photometric=original_photometric())
+    dataset = CityscapesSegmentation(
+        tiny_cityscapes, "train", train_transform(profile), photometric=original_photometric()
+    )
     sampler = EpochSampler(len(dataset), 3, True)
     loader = make_loader(dataset, sampler, 2, 0, torch.device("cpu"), drop_last=True)
     images, masks, params = next(iter(loader))

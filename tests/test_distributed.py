@@ -4,6 +4,7 @@ The stages run the real scripts under `python -m torch.distributed.run --nproc_p
 table of tests/small_profile.py. The demo set here has 3 validation images, so that 2 processes get 2 and 1 of them:
 exact validation must count each image once (no sampler padding) and give the same confusion matrix as one process.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,10 +16,10 @@ import sys
 
 import pytest
 import torch
-
-import fast_scnn
 from conftest import REPO
 from small_profile import SMALL_PROFILES, one_thread  # noqa: F401 (an autouse fixture)
+
+import fast_scnn
 from training import distributed
 from training.data import IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, val_transform
 from training.metrics import ConfusionMatrix
@@ -38,8 +39,13 @@ def test_detect_from_torchrun_variables():
 
 
 def test_detect_from_slurm_step_variables():
-    slurm = {"SLURM_PROCID": "6", "SLURM_LOCALID": "2", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0",
-             "SLURM_JOB_NODELIST": "gpu[007-008]"}
+    slurm = {
+        "SLURM_PROCID": "6",
+        "SLURM_LOCALID": "2",
+        "SLURM_NTASKS": "8",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_NODELIST": "gpu[007-008]",
+    }
     assert distributed.detect(slurm) == distributed.DistributedEnv(rank=6, local_rank=2, world_size=8)
     # torchrun inside a Slurm job wins: its variables describe the processes it started
     assert distributed.detect({**slurm, "RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}).world_size == 2
@@ -52,8 +58,13 @@ def test_first_host_of_a_slurm_node_list(monkeypatch):
     assert distributed.first_host("gpu[007-009,012],cpu1") == "gpu007"
     assert distributed.first_host("node12") == "node12"
     monkeypatch.setenv("PATH", "")  # no scontrol (inside a container): the parser
-    for nodelist, first in [("n[1-2]-ib", "n1-ib"), ("rack[07-08]-n[3,1]", "rack07-n3"),
-                            ("gpu[007-009,012],cpu1", "gpu007"), ("node12,node3", "node12"), ("a[5],b[1-2]", "a5")]:
+    for nodelist, first in [
+        ("n[1-2]-ib", "n1-ib"),
+        ("rack[07-08]-n[3,1]", "rack07-n3"),
+        ("gpu[007-009,012],cpu1", "gpu007"),
+        ("node12,node3", "node12"),
+        ("a[5],b[1-2]", "a5"),
+    ]:
         assert distributed.first_host(nodelist) == first, nodelist
 
 
@@ -62,14 +73,22 @@ def test_init_binds_one_visible_gpu_and_bounds_the_collectives(monkeypatch):
     calls = {}
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.setdefault("set_device", torch.device(device)))
-    monkeypatch.setattr(distributed.dist, "init_process_group",
-                        lambda backend, **kwargs: calls.setdefault("init", (backend, kwargs)))
+    monkeypatch.setattr(
+        distributed.dist, "init_process_group", lambda backend, **kwargs: calls.setdefault("init", (backend, kwargs))
+    )
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "FASTSCNN_COLLECTIVE_TIMEOUT_S"):
         monkeypatch.setenv(name, "")  # recorded first, so that what init() sets is removed again after the test
         monkeypatch.delenv(name)
     # an srun task of a 2-node job whose batch shell exported MASTER_ADDR
-    for name, value in {"SLURM_PROCID": "7", "SLURM_LOCALID": "3", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0",
-                        "SLURM_JOB_ID": "123456", "SLURM_JOB_NODELIST": "n[1-2]-ib", "MASTER_ADDR": "n1-ib"}.items():
+    for name, value in {
+        "SLURM_PROCID": "7",
+        "SLURM_LOCALID": "3",
+        "SLURM_NTASKS": "8",
+        "SLURM_STEP_ID": "0",
+        "SLURM_JOB_ID": "123456",
+        "SLURM_JOB_NODELIST": "n[1-2]-ib",
+        "MASTER_ADDR": "n1-ib",
+    }.items():
         monkeypatch.setenv(name, value)
     env = distributed.init("cuda")
     assert (env.rank, env.local_rank, env.world_size) == (7, 3, 8)
@@ -97,8 +116,17 @@ def free_port() -> int:
 
 def torchrun(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-               f"--master_port={free_port()}", str(REPO / "tests" / "small_profile.py"), script, *args]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        str(REPO / "tests" / "small_profile.py"),
+        script,
+        *args,
+    ]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -147,15 +175,31 @@ def calibrated_model(data_dir, path) -> None:
 def test_two_process_stage_writes_once_and_validates_exactly(odd_val_cityscapes, tmp_path):
     (tmp_path / "models").mkdir()
     calibrated_model(odd_val_cityscapes, tmp_path / "models" / "init.pth")
-    result = torchrun("train.py", "--data-dir", str(odd_val_cityscapes), "--epochs", "1", "--batch-size", "2",
-                      "--num-workers", "0", "--experiment-id", "ddp", "--previous-model-path", "models/init.pth",
-                      cwd=tmp_path)
+    result = torchrun(
+        "train.py",
+        "--data-dir",
+        str(odd_val_cityscapes),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--experiment-id",
+        "ddp",
+        "--previous-model-path",
+        "models/init.pth",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "device cpu x 2" in result.stdout and result.stdout.count("epoch 1/1 |") == 1  # rank 0 prints
 
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["ddp.pth", "init.pth"]
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "ddp").iterdir()) == [
-        "history.csv", "preview-epoch-001.png", "state.pth"]
+        "history.csv",
+        "preview-epoch-001.png",
+        "state.pth",
+    ]
     rows = durations(tmp_path)
     assert len(rows) == 1 and rows[0]["processes"] == "2" and rows[0]["experiment_id"] == "ddp"
 
@@ -172,15 +216,29 @@ def test_two_process_stage_writes_once_and_validates_exactly(odd_val_cityscapes,
 @pytest.mark.slow
 def test_resume_with_another_number_of_processes_is_refused(odd_val_cityscapes, tmp_path):
     """2 -> 1 processes: the schedule and the shard position are counted in steps of the saved run's size."""
-    common = ["--data-dir", str(odd_val_cityscapes), "--batch-size", "2", "--num-workers", "0", "--experiment-id",
-              "ddp-resume"]
+    common = [
+        "--data-dir",
+        str(odd_val_cityscapes),
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--experiment-id",
+        "ddp-resume",
+    ]
     result = torchrun("train.py", *common, "--epochs", "1", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     state = torch.load(tmp_path / "checkpoints" / "ddp-resume" / "state.pth", weights_only=True)
     assert (state["world_size"], state["steps_per_epoch"]) == (2, 1)
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(REPO / "tests" / "small_profile.py"), "train.py", *common,
-                             "--epochs", "2"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tests" / "small_profile.py"), "train.py", *common, "--epochs", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "saved by 2 process(es) with 1 steps per epoch, but this run has 1 process(es) with 2" in result.stderr
@@ -192,9 +250,22 @@ def test_two_process_distillation_stage(odd_val_cityscapes, tmp_path):
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
     torch.save(fast_scnn.Model().state_dict(), tmp_path / "models" / "teacher.pth")
-    result = torchrun("train_distillation.py", "--data-dir", str(odd_val_cityscapes), "--epochs", "1",
-                      "--batch-size", "2", "--num-workers", "0", "--experiment-id", "ddp-student",
-                      "--trained-teacher-model-path", "models/teacher.pth", cwd=tmp_path)
+    result = torchrun(
+        "train_distillation.py",
+        "--data-dir",
+        str(odd_val_cityscapes),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--experiment-id",
+        "ddp-student",
+        "--trained-teacher-model-path",
+        "models/teacher.pth",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "device cpu x 2" in result.stdout and "train_kd_loss" in result.stdout
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["ddp-student.pth", "teacher.pth"]

@@ -1,4 +1,5 @@
 """evaluate_efficiency.py and training/efficiency.py: counts, BatchNorm folding, the deploy form, CSV rows, errors."""
+
 from __future__ import annotations
 
 import copy
@@ -9,19 +10,34 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO, run_script
 from torch import nn
 
 import fast_scnn
-from conftest import REPO, run_script
 from training import efficiency as eff
 from training.errors import UserError
 from training.profiles import PROFILES, resolve_profile
 
 HW = (64, 128)
 FAST = ("--latency-runs", "2", "--min-seconds", "0", "--warmup", "0", "--agreement-images", "1", "--num-workers", "0")
-NUMERIC = ("params", "macs", "flops", "flops_flop_counter", "latency_ms_plain", "latency_ms_plain_p10",
-           "latency_ms_plain_p90", "latency_ms_deploy", "latency_ms_deploy_p10", "latency_ms_deploy_p90", "runs",
-           "fps_plain", "fps_deploy", "speedup", "agreement", "threads")
+NUMERIC = (
+    "params",
+    "macs",
+    "flops",
+    "flops_flop_counter",
+    "latency_ms_plain",
+    "latency_ms_plain_p10",
+    "latency_ms_plain_p90",
+    "latency_ms_deploy",
+    "latency_ms_deploy_p10",
+    "latency_ms_deploy_p90",
+    "runs",
+    "fps_plain",
+    "fps_deploy",
+    "speedup",
+    "agreement",
+    "threads",
+)
 ACCURACY = ("miou", "mean_dice", "pixel_accuracy", "miou_per_gflop", "dice_per_gflop")
 
 
@@ -128,7 +144,8 @@ def test_compiled_deploy_form_freezes_weights_and_agrees_with_plain():
         # frozen weights are what lets inductor prepack every conv for oneDNN (and fuse its ReLU / residual add);
         # without freezing the compiled graph calls the plain aten convolution
         assert counters["inductor"]["mkldnn_conv_weight_pack_matcher_count"] == sum(
-            isinstance(m, nn.Conv2d) for m in model.modules())
+            isinstance(m, nn.Conv2d) for m in model.modules()
+        )
 
 
 def test_mixed_form_runs_only_the_context_branch_in_bf16():
@@ -140,16 +157,24 @@ def test_mixed_form_runs_only_the_context_branch_in_bf16():
     def record(name):
         def hook(module, inputs, out):
             seen[name] = out.dtype
+
         return hook
 
-    for name in ("learning_to_downsample.conv.0", "global_feature_extractor.module.bottlenecks.0.0.expand.0",
-                 "feature_fusion.low_project.0", "classifier.conv"):
+    for name in (
+        "learning_to_downsample.conv.0",
+        "global_feature_extractor.module.bottlenecks.0.0.expand.0",
+        "feature_fusion.low_project.0",
+        "classifier.conv",
+    ):
         deploy.net.get_submodule(name).register_forward_hook(record(name))
     x = torch.randn(1, 3, *HW)
     out = deploy(deploy.prepare(x))
-    assert seen == {"learning_to_downsample.conv.0": torch.float32,
-                    "global_feature_extractor.module.bottlenecks.0.0.expand.0": torch.bfloat16,
-                    "feature_fusion.low_project.0": torch.float32, "classifier.conv": torch.float32}
+    assert seen == {
+        "learning_to_downsample.conv.0": torch.float32,
+        "global_feature_extractor.module.bottlenecks.0.0.expand.0": torch.bfloat16,
+        "feature_fusion.low_project.0": torch.float32,
+        "classifier.conv": torch.float32,
+    }
     assert out.dtype == torch.float32 and out.shape == (1, 19, *HW)
     with torch.no_grad():
         reference = model(x)
@@ -164,11 +189,14 @@ def test_a_model_without_context_branch_has_no_mixed_form():
         eff.DeployForm(plain, torch.device("cpu"), torch.bfloat16, scope="context")
 
 
-@pytest.mark.parametrize("agreements, chosen, rejected", [
-    ({"bf16": 0.9995, "mixed-bf16": 1.0, "fp32": 1.0}, "bf16", ""),
-    ({"bf16": 0.99, "mixed-bf16": 0.9995, "fp32": 1.0}, "mixed-bf16", "bf16"),
-    ({"bf16": 0.99, "mixed-bf16": 0.998, "fp32": 1.0}, "fp32", "bf16"),
-])
+@pytest.mark.parametrize(
+    "agreements, chosen, rejected",
+    [
+        ({"bf16": 0.9995, "mixed-bf16": 1.0, "fp32": 1.0}, "bf16", ""),
+        ({"bf16": 0.99, "mixed-bf16": 0.9995, "fp32": 1.0}, "mixed-bf16", "bf16"),
+        ({"bf16": 0.99, "mixed-bf16": 0.998, "fp32": 1.0}, "fp32", "bf16"),
+    ],
+)
 def test_deploy_precision_steps_down_until_predictions_agree(monkeypatch, agreements, chosen, rejected):
     tried = []
 
@@ -177,9 +205,18 @@ def test_deploy_precision_steps_down_until_predictions_agree(monkeypatch, agreem
         return agreements[deploy.precision]
 
     monkeypatch.setattr(eff, "agreement", fake_agreement)
-    result = eff.evaluate_model(fast_scnn.Model(), [HW], torch.device("cpu"), torch.bfloat16, agreement_images=1,
-                                runs=1, min_seconds=0, warmup=0, log=lambda line: None)
-    assert tried == ["bf16", "mixed-bf16", "fp32"][:tried.index(chosen) + 1]
+    result = eff.evaluate_model(
+        fast_scnn.Model(),
+        [HW],
+        torch.device("cpu"),
+        torch.bfloat16,
+        agreement_images=1,
+        runs=1,
+        min_seconds=0,
+        warmup=0,
+        log=lambda line: None,
+    )
+    assert tried == ["bf16", "mixed-bf16", "fp32"][: tried.index(chosen) + 1]
     assert result.precision == chosen and result.agreement == agreements[chosen]
     assert result.rejected_precision == rejected and (result.sizes[0].rejected is not None) == bool(rejected)
     (row,) = eff.csv_rows(result, "m", "fast_scnn", resolve_profile("low"), torch.device("cpu"), 2, "glibc", "d", "c")
@@ -196,8 +233,17 @@ def test_deploy_dtype_choices():
 def test_reduced_precision_falls_back_to_fp32_when_predictions_change(monkeypatch):
     monkeypatch.setattr(eff, "AGREEMENT_THRESHOLD", 1.01)  # nothing passes: the fallback must happen
     logged = []
-    result = eff.evaluate_model(fast_scnn.Model(), [HW], torch.device("cpu"), torch.bfloat16, agreement_images=1,
-                                runs=1, min_seconds=0, warmup=0, log=logged.append)
+    result = eff.evaluate_model(
+        fast_scnn.Model(),
+        [HW],
+        torch.device("cpu"),
+        torch.bfloat16,
+        agreement_images=1,
+        runs=1,
+        min_seconds=0,
+        warmup=0,
+        log=logged.append,
+    )
     assert result.dtype == torch.float32 and "falls back to fp32" in "\n".join(logged)
     assert "falls back to mixed-bf16" in "\n".join(logged)  # the mixed rung was tried in between
     assert result.accuracy is None and [size.hw for size in result.sizes] == [HW]
@@ -208,18 +254,32 @@ def test_reduced_precision_falls_back_to_fp32_when_predictions_change(monkeypatc
 
 
 def test_one_row_per_measured_size():
-    result = eff.evaluate_model(fast_scnn.Model(), [HW, (32, 64)], torch.device("cpu"), torch.float32,
-                                agreement_images=1, runs=1, min_seconds=0, warmup=0, log=lambda _: None)
+    result = eff.evaluate_model(
+        fast_scnn.Model(),
+        [HW, (32, 64)],
+        torch.device("cpu"),
+        torch.float32,
+        agreement_images=1,
+        runs=1,
+        min_seconds=0,
+        warmup=0,
+        log=lambda _: None,
+    )
     profile = resolve_profile("low")
     rows = eff.csv_rows(result, "m", "fast_scnn", profile, torch.device("cpu"), 2, "glibc", "2026-01-01", "cmd")
     assert [row["resolution"] for row in rows] == ["64x128", "32x64"]
-    assert 3 * rows[1]["macs"] < rows[0]["macs"] <= 4 * rows[1]["macs"] and rows[0]["dtype"] == "fp32" and rows[0]["miou"] == ""
+    assert (
+        3 * rows[1]["macs"] < rows[0]["macs"] <= 4 * rows[1]["macs"]
+        and rows[0]["dtype"] == "fp32"
+        and rows[0]["miou"] == ""
+    )
 
 
 def test_latency_statistics():
     calls = []
-    result = eff.measure_latency({"a": (calls.append, 1), "b": (calls.append, 2)}, torch.device("cpu"),
-                                 runs=5, min_seconds=0, warmup=2)
+    result = eff.measure_latency(
+        {"a": (calls.append, 1), "b": (calls.append, 2)}, torch.device("cpu"), runs=5, min_seconds=0, warmup=2
+    )
     assert calls[:4] == [1, 1, 2, 2] and calls[4:6] == [1, 2]  # warm-up, then interleaved
     for latency in result.values():
         assert latency.runs == 5
@@ -245,8 +305,9 @@ def test_allocator_is_described():
 
 def test_resolutions_csv_is_generated_from_the_profiles(tmp_path):
     shipped = REPO / "measurements" / "resolutions.csv"
-    assert shipped.read_text(encoding="utf-8") == eff.resolutions_csv_text(), \
+    assert shipped.read_text(encoding="utf-8") == eff.resolutions_csv_text(), (
         "measurements/resolutions.csv is stale: run python evaluate_efficiency.py --write-resolutions"
+    )
     with open(shipped, newline="") as file:
         rows = list(csv.DictReader(file))
     assert [row["name"] for row in rows] == list(PROFILES)
@@ -258,6 +319,7 @@ def test_resolutions_csv_is_generated_from_the_profiles(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------ the command line
+
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
@@ -276,9 +338,23 @@ def read_rows(path):
 @pytest.mark.slow
 def test_run_on_tiny_data_writes_one_well_formed_row(tiny_cityscapes, checkpoints, tmp_path):
     out = tmp_path / "efficiency.csv"
-    result = run_script("evaluate_efficiency.py", "--current-model-path", str(checkpoints / "a.pth"), "--data-dir",
-                        str(tiny_cityscapes), "--profile", "low", "--device", "cpu", "--batch-size", "2",
-                        "--output-csv", str(out), *FAST, cwd=tmp_path)
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--current-model-path",
+        str(checkpoints / "a.pth"),
+        "--data-dir",
+        str(tiny_cityscapes),
+        "--profile",
+        "low",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--output-csv",
+        str(out),
+        *FAST,
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "mIoU" in result.stdout and "agreement" in result.stdout and "threads" in result.stdout
     (row,) = read_rows(out)
@@ -299,8 +375,19 @@ def test_run_on_tiny_data_writes_one_well_formed_row(tiny_cityscapes, checkpoint
 def all_without_data(checkpoints, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("all")
     out = cwd / "efficiency.csv"
-    result = run_script("evaluate_efficiency.py", "--all", str(checkpoints), "--data-dir", "none", "--profile", "1",
-                        "--output-csv", str(out), *FAST, cwd=cwd)
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--all",
+        str(checkpoints),
+        "--data-dir",
+        "none",
+        "--profile",
+        "1",
+        "--output-csv",
+        str(out),
+        *FAST,
+        cwd=cwd,
+    )
     return result, read_rows(out) if out.exists() else []
 
 
@@ -329,20 +416,26 @@ def bad_files(folder):
     torch.save(fast_scnn.Model(n_classes=5).state_dict(), folder / "five.pth")
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--current-model-path", "{tmp}/missing.pth"], "no such file"),
-    (["--current-model-path", "{tmp}/text.pth"], "not a readable PyTorch checkpoint"),
-    (["--current-model-path", "{tmp}/list.pth"], "not a state_dict"),
-    (["--current-model-path", "{tmp}/other.pth"], "not a fast_scnn state_dict"),
-    (["--current-model-path", "{tmp}/five.pth"], "trained for 5 classes"),
-    (["--current-model-path", "{ok}", "--profile", "ultra"], "unknown profile"),
-    (["--current-model-path", "{ok}", "--resolution", "1024by2048"], "expected HxW with positive integers"),
-    (["--current-model-path", "{ok}", "--resolution", "0x2048"], "expected HxW with positive integers"),
-    (["--all", "{tmp}/nowhere"], "no such directory"),
-    (["--current-model-path", "{ok}", "--all", "{tmp}"], "exactly one of"),
-    pytest.param(["--current-model-path", "{ok}", "--device", "cuda"], "CUDA is not available",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--current-model-path", "{tmp}/missing.pth"], "no such file"),
+        (["--current-model-path", "{tmp}/text.pth"], "not a readable PyTorch checkpoint"),
+        (["--current-model-path", "{tmp}/list.pth"], "not a state_dict"),
+        (["--current-model-path", "{tmp}/other.pth"], "not a fast_scnn state_dict"),
+        (["--current-model-path", "{tmp}/five.pth"], "trained for 5 classes"),
+        (["--current-model-path", "{ok}", "--profile", "ultra"], "unknown profile"),
+        (["--current-model-path", "{ok}", "--resolution", "1024by2048"], "expected HxW with positive integers"),
+        (["--current-model-path", "{ok}", "--resolution", "0x2048"], "expected HxW with positive integers"),
+        (["--all", "{tmp}/nowhere"], "no such directory"),
+        (["--current-model-path", "{ok}", "--all", "{tmp}"], "exactly one of"),
+        pytest.param(
+            ["--current-model-path", "{ok}", "--device", "cuda"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here"),
+        ),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, checkpoints):
     bad_files(tmp_path)
     args = [a.format(tmp=tmp_path, ok=checkpoints / "a.pth") for a in args]
@@ -355,8 +448,10 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, checkpoints):
 
 def test_sheet_shows_one_aligned_line_per_row_with_giga_macs():
     row = {key: "" for key, _ in eff.SHEET_COLUMNS}
-    rows = [{**row, "model": "a", "macs": "7147000000", "flops": "14294000000", "dtype": "mixed-bf16"},
-            {**row, "model": "longer-name", "macs": "566000000", "flops": "1132000000", "dtype": "fp32"}]
+    rows = [
+        {**row, "model": "a", "macs": "7147000000", "flops": "14294000000", "dtype": "mixed-bf16"},
+        {**row, "model": "longer-name", "macs": "566000000", "flops": "1132000000", "dtype": "fp32"},
+    ]
     lines = eff.format_sheet(rows).splitlines()
     assert len(lines) == 3 and lines[0].split()[:4] == ["model", "HxW", "params", "GMACs"]
     assert len({len(line) for line in lines}) == 1  # columns padded to one width

@@ -4,6 +4,7 @@ The slow tests train a small model on demo images larger than the profile and ch
 best mIoU, evaluate_efficiency.py's `miou` and the official Cityscapes evaluator (cityscapesscripts) run on the
 exported PNGs are one number, per class too.
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,11 +17,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from conftest import run_script
 from PIL import Image
+from small_profile import one_thread  # noqa: F401 (an autouse fixture)
 from torch import nn
 
-from conftest import run_script
-from small_profile import one_thread  # noqa: F401 (an autouse fixture)
 from training import evaluation
 from training.data import CityscapesSegmentation, read_train_ids, val_transform
 from training.demo_data import TEST_CITIES, make_demo_dataset
@@ -32,6 +33,7 @@ TRAIN_LABEL_IDS = {c.id for c in CLASSES if 0 <= c.train_id < 255}
 
 
 # ------------------------------------------------------------------------------------------------------ scoring
+
 
 def test_upsampled_scores_are_bilinear_by_hand():
     # one row, two source pixels -> four: align_corners=False samples the source at x = (i + 0.5) / 2 - 0.5,
@@ -55,7 +57,7 @@ def test_scorer_counts_at_the_labels_own_size_and_keeps_differing_sizes():
     expected = ConfusionMatrix(19)
     ce_sum, valid = 0.0, 0
     for i, label in enumerate(labels):  # an independent computation: F.interpolate on the batch item
-        up = F.interpolate(logits[i:i + 1], size=label.shape, mode="bilinear", align_corners=False)
+        up = F.interpolate(logits[i : i + 1], size=label.shape, mode="bilinear", align_corners=False)
         expected.update(up.argmax(1)[0], label)
         ce_sum += F.cross_entropy(up, label[None].long(), ignore_index=255, reduction="sum").item()
         valid += int((label != 255).sum())
@@ -69,9 +71,9 @@ def test_scorer_counts_at_the_labels_own_size_and_keeps_differing_sizes():
 def test_a_perfect_profile_size_prediction_is_not_perfect_at_full_resolution():
     """The reason for the protocol: thin structures are lost by scoring at a smaller size."""
     label = torch.zeros(64, 128, dtype=torch.uint8)
-    label[:, 61:63] = 5           # a 2-pixel pole
+    label[:, 61:63] = 5  # a 2-pixel pole
     label[40:, :] = 0
-    small = evaluation.nearest(label, (16, 32))   # the old score: labels nearest-resized to the profile size
+    small = evaluation.nearest(label, (16, 32))  # the old score: labels nearest-resized to the profile size
     logits = F.one_hot(small.long(), 19).permute(2, 0, 1).float() * 10
     at_profile, at_full = evaluation.Scorer(19), evaluation.Scorer(19)
     at_profile.add(logits, small)
@@ -107,8 +109,14 @@ def test_multiscale_views_are_the_mmseg_ratios_and_ratio_one_is_the_validation_t
     profile = resolve_profile("low")
     image = tv_tensors.Image(torch.randint(0, 256, (3, 512, 1024), dtype=torch.uint8))
     views = evaluation.MultiScaleViews(profile)(image)
-    assert [tuple(v.shape[-2:]) for v in views] == [(144, 288), (216, 432), (288, 576), (360, 720), (432, 864),
-                                                     (504, 1008)]
+    assert [tuple(v.shape[-2:]) for v in views] == [
+        (144, 288),
+        (216, 432),
+        (288, 576),
+        (360, 720),
+        (432, 864),
+        (504, 1008),
+    ]
     assert torch.equal(views[2], val_transform(profile)(image))
     batch = evaluation.collate([(views, torch.zeros(4, 4)), (views, torch.zeros(5, 5))])
     assert len(batch[0]) == 6 and batch[0][0].shape == (2, 3, 144, 288) and len(batch[1]) == 2
@@ -126,8 +134,9 @@ def test_export_writes_label_id_pngs_and_overlays(tmp_path):
     source = tmp_path / "frankfurt_000000_000019_leftImg8bit.png"
     Image.fromarray(np.full((6, 8, 3), 200, np.uint8)).save(source)
     prediction = torch.arange(48).reshape(6, 8) % 19
-    export = evaluation.PredictionExport(tmp_path / "out", [Path("frankfurt") / source.name], [str(source)],
-                                         tmp_path / "out_overlay")
+    export = evaluation.PredictionExport(
+        tmp_path / "out", [Path("frankfurt") / source.name], [str(source)], tmp_path / "out_overlay"
+    )
     export.write(0, prediction)
     with Image.open(tmp_path / "out" / "frankfurt" / source.name) as png:
         assert (png.format, png.mode, png.size) == ("PNG", "L", (8, 6))
@@ -141,11 +150,13 @@ def test_export_writes_label_id_pngs_and_overlays(tmp_path):
 
 # --------------------------------------------------------------------------------------- full-resolution labels
 
+
 def test_full_resolution_labels_cached_or_not_are_the_original_train_ids(tmp_path):
     root = make_demo_dataset(tmp_path / "demo", num_train=1, num_val=3, size=(256, 128), seed=3)
     profile = resolve_profile("low", {"low": ((128, 64), (96, 48))})
-    cached = CityscapesSegmentation(root, "val", val_transform(profile), profile=profile, full_labels=True,
-                                    cache_dir=tmp_path / "cache")
+    cached = CityscapesSegmentation(
+        root, "val", val_transform(profile), profile=profile, full_labels=True, cache_dir=tmp_path / "cache"
+    )
     plain = CityscapesSegmentation(root, "val", val_transform(profile), full_labels=True, cache=False)
     assert cached.label_cache is not None and plain.label_cache is None
     assert (tmp_path / "cache" / "labels-full" / "val" / "labels.npy").is_file()
@@ -159,8 +170,9 @@ def test_full_resolution_labels_cached_or_not_are_the_original_train_ids(tmp_pat
     changed = np.asarray(Image.open(path)).copy()
     changed[:8] = 26  # car
     Image.fromarray(changed).save(path)
-    again = CityscapesSegmentation(root, "val", val_transform(profile), profile=profile, full_labels=True,
-                                   cache_dir=tmp_path / "cache")
+    again = CityscapesSegmentation(
+        root, "val", val_transform(profile), profile=profile, full_labels=True, cache_dir=tmp_path / "cache"
+    )
     assert torch.equal(again[0][1], read_train_ids(str(path)))
 
 
@@ -192,8 +204,20 @@ def test_demo_test_split_has_images_only_and_leaves_train_and_val_unchanged(tmp_
 
 # --------------------------------------------------------------------------- end to end, with the official evaluator
 
-FAST = ("--latency-runs", "1", "--min-seconds", "0", "--warmup", "0", "--agreement-images", "1", "--num-workers", "0",
-        "--device", "cpu")
+FAST = (
+    "--latency-runs",
+    "1",
+    "--min-seconds",
+    "0",
+    "--warmup",
+    "0",
+    "--agreement-images",
+    "1",
+    "--num-workers",
+    "0",
+    "--device",
+    "cpu",
+)
 
 
 def calibrated_model(data: Path, path: Path) -> None:
@@ -214,14 +238,33 @@ def calibrated_model(data: Path, path: Path) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A model trained briefly on 1024x512 demo images (larger than profile 1's 576x288), with its stage."""
-    data = make_demo_dataset(tmp_path_factory.mktemp("demo1024"), num_train=4, num_val=4, size=(1024, 512), seed=0,
-                             num_test=2)
+    data = make_demo_dataset(
+        tmp_path_factory.mktemp("demo1024"), num_train=4, num_val=4, size=(1024, 512), seed=0, num_test=2
+    )
     work = tmp_path_factory.mktemp("work")
     (work / "models").mkdir()
     calibrated_model(data, work / "models" / "init.pth")
-    result = run_script("train.py", "--data-dir", str(data), "--profile", "low", "--epochs", "2", "--batch-size", "2",
-                        "--num-workers", "0", "--lr", "1e-4", "--experiment-id", "e", "--no-cache",
-                        "--previous-model-path", "models/init.pth", cwd=work)
+    result = run_script(
+        "train.py",
+        "--data-dir",
+        str(data),
+        "--profile",
+        "low",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--lr",
+        "1e-4",
+        "--experiment-id",
+        "e",
+        "--no-cache",
+        "--previous-model-path",
+        "models/init.pth",
+        cwd=work,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return {"data": data, "work": work, "stdout": result.stdout, "model": work / "models" / "e.pth"}
 
@@ -254,12 +297,24 @@ def test_stage_efficiency_tool_and_official_evaluator_give_one_number(trained, t
     assert "val at full res" in trained["stdout"]
 
     out = tmp_path / "export"
-    result = run_script("evaluate_efficiency.py", "--current-model-path", str(trained["model"]), "--profile", "low",
-                        "--data-dir", str(data), "--export-predictions", str(out), *FAST, cwd=work)
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--current-model-path",
+        str(trained["model"]),
+        "--profile",
+        "low",
+        "--data-dir",
+        str(data),
+        "--export-predictions",
+        str(out),
+        *FAST,
+        cwd=work,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     exported = sorted(out.rglob("*.png"))
     assert [p.relative_to(out) for p in exported] == sorted(
-        p.relative_to(data / "leftImg8bit" / "val") for p in (data / "leftImg8bit" / "val").rglob("*.png"))
+        p.relative_to(data / "leftImg8bit" / "val") for p in (data / "leftImg8bit" / "val").rglob("*.png")
+    )
     for path in exported:
         with Image.open(path) as png:
             assert (png.mode, png.size) == ("L", (1024, 512))
@@ -273,8 +328,19 @@ def test_stage_efficiency_tool_and_official_evaluator_give_one_number(trained, t
     assert abs(scores["averageScoreClasses"] - stage["miou"]) < 1e-12
 
     csv_path = tmp_path / "efficiency.csv"
-    result = run_script("evaluate_efficiency.py", "--current-model-path", str(trained["model"]), "--profile", "low",
-                        "--data-dir", str(data), "--output-csv", str(csv_path), *FAST, cwd=work)
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--current-model-path",
+        str(trained["model"]),
+        "--profile",
+        "low",
+        "--data-dir",
+        str(data),
+        "--output-csv",
+        str(csv_path),
+        *FAST,
+        cwd=work,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     with open(csv_path, newline="") as file:
         (row,) = list(csv.DictReader(file))
@@ -289,14 +355,30 @@ def test_stage_efficiency_tool_and_official_evaluator_give_one_number(trained, t
 def test_test_split_and_photos_are_exported_without_scoring(trained, tmp_path):
     data, work = trained["data"], trained["work"]
     out = tmp_path / "test"
-    result = run_script("evaluate_efficiency.py", "--current-model-path", str(trained["model"]), "--profile", "low",
-                        "--data-dir", str(data), "--export-predictions", str(out), "--split", "test", "--overlay",
-                        "--tta", "flip", *FAST, cwd=work)
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--current-model-path",
+        str(trained["model"]),
+        "--profile",
+        "low",
+        "--data-dir",
+        str(data),
+        "--export-predictions",
+        str(out),
+        "--split",
+        "test",
+        "--overlay",
+        "--tta",
+        "flip",
+        *FAST,
+        cwd=work,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "mIoU" not in result.stdout and "not scored" in result.stdout
     sources = sorted((data / "leftImg8bit" / "test").rglob("*.png"))
     assert [p.relative_to(out) for p in sorted(out.rglob("*.png"))] == [
-        p.relative_to(data / "leftImg8bit" / "test") for p in sources]
+        p.relative_to(data / "leftImg8bit" / "test") for p in sources
+    ]
     overlays = sorted((tmp_path / "test_overlay").rglob("*_overlay.jpg"))
     assert len(overlays) == len(sources) == 2
 
@@ -304,9 +386,21 @@ def test_test_split_and_photos_are_exported_without_scoring(trained, tmp_path):
     (photos / "sub").mkdir(parents=True)
     Image.open(sources[0]).resize((300, 200)).save(photos / "a.jpg")
     Image.open(sources[1]).crop((0, 0, 400, 500)).save(photos / "sub" / "b.png")
-    result = run_script("evaluate_efficiency.py", "--current-model-path", str(trained["model"]), "--profile", "low",
-                        "--images", str(photos), "--export-predictions", str(tmp_path / "p"), "--overlay",
-                        str(tmp_path / "po"), *FAST, cwd=work)
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--current-model-path",
+        str(trained["model"]),
+        "--profile",
+        "low",
+        "--images",
+        str(photos),
+        "--export-predictions",
+        str(tmp_path / "p"),
+        "--overlay",
+        str(tmp_path / "po"),
+        *FAST,
+        cwd=work,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     for name, size in (("a.png", (300, 200)), ("sub/b.png", (400, 500))):
         with Image.open(tmp_path / "p" / name) as png:
@@ -318,9 +412,23 @@ def test_test_split_and_photos_are_exported_without_scoring(trained, tmp_path):
 @pytest.mark.slow
 def test_tta_gives_a_row_per_mode_with_the_same_latency(trained, tmp_path):
     csv_path = tmp_path / "efficiency.csv"
-    result = run_script("evaluate_efficiency.py", "--current-model-path", str(trained["model"]), "--profile", "low",
-                        "--data-dir", str(trained["data"]), "--tta", "none", "flip", "multiscale", "--output-csv",
-                        str(csv_path), *FAST, cwd=trained["work"])
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--current-model-path",
+        str(trained["model"]),
+        "--profile",
+        "low",
+        "--data-dir",
+        str(trained["data"]),
+        "--tta",
+        "none",
+        "flip",
+        "multiscale",
+        "--output-csv",
+        str(csv_path),
+        *FAST,
+        cwd=trained["work"],
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     with open(csv_path, newline="") as file:
         rows = list(csv.DictReader(file))
@@ -328,23 +436,27 @@ def test_tta_gives_a_row_per_mode_with_the_same_latency(trained, tmp_path):
     assert len({row["latency_ms_plain"] for row in rows}) == 1 and all(0 < float(r["miou"]) <= 1 for r in rows)
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--images", "{tmp}"], "--images: expected --export-predictions"),
-    (["--overlay"], "--overlay: expected --export-predictions"),
-    (["--split", "test"], "expected --export-predictions"),
-    (["--export-predictions", "{tmp}/o", "--tta", "none", "flip"], "expected one --tta mode"),
-    (["--export-predictions", "{tmp}/o", "--val-resolution", "profile"], "expected --val-resolution full"),
-    (["--export-predictions", "{tmp}/o", "--images", "{tmp}/nowhere"], "--images {tmp}/nowhere: no such directory"),
-    (["--export-predictions", "{tmp}/o", "--split", "test"], "missing leftImg8bit/test/"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--images", "{tmp}"], "--images: expected --export-predictions"),
+        (["--overlay"], "--overlay: expected --export-predictions"),
+        (["--split", "test"], "expected --export-predictions"),
+        (["--export-predictions", "{tmp}/o", "--tta", "none", "flip"], "expected one --tta mode"),
+        (["--export-predictions", "{tmp}/o", "--val-resolution", "profile"], "expected --val-resolution full"),
+        (["--export-predictions", "{tmp}/o", "--images", "{tmp}/nowhere"], "--images {tmp}/nowhere: no such directory"),
+        (["--export-predictions", "{tmp}/o", "--split", "test"], "missing leftImg8bit/test/"),
+    ],
+)
 def test_bad_export_flags_are_one_line_and_exit_2(args, message, tmp_path):
     model = tmp_path / "m.pth"
     import fast_scnn
 
     torch.save(fast_scnn.Model().state_dict(), model)
     args = [a.format(tmp=tmp_path) for a in args]
-    result = run_script("evaluate_efficiency.py", "--current-model-path", str(model), "--data-dir", str(tmp_path),
-                        *args, cwd=tmp_path)
+    result = run_script(
+        "evaluate_efficiency.py", "--current-model-path", str(model), "--data-dir", str(tmp_path), *args, cwd=tmp_path
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert message.format(tmp=tmp_path) in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()

@@ -1,4 +1,5 @@
 """Dice and distillation losses against explicit per-pixel loops."""
+
 from __future__ import annotations
 
 import math
@@ -73,7 +74,7 @@ def _kd_reference(student, teacher, temperature) -> float:
         q_t = _softmax([v / temperature for v in t])
         total += sum(qt * math.log(qt / qs) for qt, qs in zip(q_t, q_s))
         count += 1
-    return temperature ** 2 * total / count
+    return temperature**2 * total / count
 
 
 def test_dice_matches_loop_reference():
@@ -187,7 +188,7 @@ def _cwd_reference(student, teacher, temperature) -> float:
             p = _softmax([v / temperature for v in t[n, c].ravel().tolist()])
             q = _softmax([v / temperature for v in s[n, c].ravel().tolist()])
             per_channel.append(sum(pi * (math.log(pi) - math.log(qi)) for pi, qi in zip(p, q)))
-    return temperature ** 2 * sum(per_channel) / len(per_channel)
+    return temperature**2 * sum(per_channel) / len(per_channel)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 4.0])

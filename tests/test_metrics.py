@@ -1,4 +1,5 @@
 """ConfusionMatrix against hand computations and an independent loop-based reference."""
+
 from __future__ import annotations
 
 import math

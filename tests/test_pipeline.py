@@ -1,4 +1,5 @@
 """The per-profile cache (training/cache.py) and the input pipeline benchmark."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -16,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_script
 from PIL import Image
 
-from conftest import REPO, run_script
 from training import cache as cache_module
 from training.cache import MANIFEST, prepare_cache, profile_key
 from training.data import CityscapesSegmentation, train_transform, val_transform
@@ -35,6 +36,7 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
 
 # Smaller than the tiny set's 256x128 images: "auto" caches it, and the resize really does something.
 DOWN = Profile("down", 0, (160, 80), (128, 64))
@@ -61,8 +63,9 @@ def build_log(root, split, profile, cache_dir=None, mode="auto", workers=1) -> l
     """Prepare the cache of `split` and return what it logged."""
     lines = []
     ds = CityscapesSegmentation(root, split, val_transform(profile))
-    prepare_cache(root, split, ds.images, ds.labels, profile, mode=mode, cache_dir=cache_dir, workers=workers,
-                  log=lines.append)
+    prepare_cache(
+        root, split, ds.images, ds.labels, profile, mode=mode, cache_dir=cache_dir, workers=workers, log=lines.append
+    )
     return lines
 
 
@@ -94,8 +97,9 @@ def test_cache_lives_next_to_the_data_or_in_data_cache(tiny_cityscapes, tmp_path
     # A data dir that cannot be written: the cache goes to data/cache/<name>-<hash>/ under the working directory.
     other = copy_tiny(tiny_cityscapes, tmp_path / "other")
     real_writable = cache_module._writable
-    monkeypatch.setattr(cache_module, "_writable",
-                        lambda d: False if other.resolve() in d.parents else real_writable(d))
+    monkeypatch.setattr(
+        cache_module, "_writable", lambda d: False if other.resolve() in d.parents else real_writable(d)
+    )
     dataset = CityscapesSegmentation(other, "val", val_transform(DOWN), profile=DOWN)
     fallback = dataset.cache.directory
     assert fallback.is_relative_to((tmp_path / "data" / "cache").resolve()) and fallback.parent.name == "down-160x80"
@@ -104,16 +108,18 @@ def test_cache_lives_next_to_the_data_or_in_data_cache(tiny_cityscapes, tmp_path
 def test_auto_mode_caches_at_the_source_size_too(tiny_cityscapes, tmp_path):
     """At the sources' own size (profile 5 for Cityscapes) the cache still saves the PNG decoding."""
     same_size = Profile("same", 0, (256, 128), (192, 96))
-    dataset = CityscapesSegmentation(tiny_cityscapes, "val", val_transform(same_size), profile=same_size,
-                                     cache_dir=tmp_path / "cache")
+    dataset = CityscapesSegmentation(
+        tiny_cityscapes, "val", val_transform(same_size), profile=same_size, cache_dir=tmp_path / "cache"
+    )
     assert dataset.cache is not None
     plain = CityscapesSegmentation(tiny_cityscapes, "val", val_transform(same_size), profile=same_size, cache=False)
     assert all(same(dataset[i], plain[i]) for i in range(len(plain)))
 
 
 def test_no_cache_flag_never_builds(tiny_cityscapes, tmp_path):
-    dataset = CityscapesSegmentation(tiny_cityscapes, "val", val_transform(DOWN), profile=DOWN, cache=False,
-                                     cache_dir=tmp_path / "cache")
+    dataset = CityscapesSegmentation(
+        tiny_cityscapes, "val", val_transform(DOWN), profile=DOWN, cache=False, cache_dir=tmp_path / "cache"
+    )
     assert dataset.cache is None and not (tmp_path / "cache").exists()
 
 
@@ -122,11 +128,11 @@ def test_second_use_reuses_the_cache_without_reading_pngs(tiny_cityscapes, tmp_p
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("a PNG was decoded")
+
     monkeypatch.setattr(cache_module, "read_png", no_decoding)
     monkeypatch.setattr("training.data.read_png", no_decoding)
     assert build_log(tiny_cityscapes, "train", DOWN, tmp_path) == []
-    dataset = CityscapesSegmentation(tiny_cityscapes, "train", train_transform(DOWN), profile=DOWN,
-                                     cache_dir=tmp_path)
+    dataset = CityscapesSegmentation(tiny_cityscapes, "train", train_transform(DOWN), profile=DOWN, cache_dir=tmp_path)
     for i in range(len(dataset)):
         dataset[(i, i)]
 
@@ -181,8 +187,9 @@ def test_cache_of_another_torch_version_or_profile_size_is_rebuilt(tiny_cityscap
     assert any("writing" in line for line in build_log(tiny_cityscapes, "val", DOWN, tmp_path))
 
 
-@pytest.mark.parametrize("damage", ["no manifest", "incomplete", "garbage manifest", "truncated array",
-                                    "missing array", "killed"])
+@pytest.mark.parametrize(
+    "damage", ["no manifest", "incomplete", "garbage manifest", "truncated array", "missing array", "killed"]
+)
 def test_partial_cache_is_detected_and_rebuilt(tiny_cityscapes, tmp_path, damage):
     build_log(tiny_cityscapes, "val", DOWN, tmp_path)
     directory = cache_of(tiny_cityscapes, tmp_path, "val")
@@ -253,6 +260,7 @@ def test_a_builder_names_its_temporaries_by_host_and_pid(tiny_cityscapes, tmp_pa
     def spy(images_path, labels_path, *args):
         seen.extend(p.name for p in Path(images_path).parent.glob("*.tmp*"))
         return real(images_path, labels_path, *args)
+
     monkeypatch.setattr(cache_module, "_fill", spy)
     build_log(tiny_cityscapes, "train", DOWN, tmp_path)
     tag = f"{socket.gethostname()}.{os.getpid()}"
@@ -268,6 +276,7 @@ def test_killed_build_is_detected_and_rebuilt(tiny_cityscapes, tmp_path, monkeyp
             raise KeyboardInterrupt  # what Ctrl-C or a kill between two images leaves behind
         done.append(task[0])
         return real(task)
+
     monkeypatch.setattr(cache_module, "_cache_one", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         build_log(tiny_cityscapes, "train", DOWN, tmp_path)
@@ -288,6 +297,7 @@ def test_killed_update_of_a_stale_cache_is_redone(tiny_cityscapes, tmp_path, mon
 
     def interrupted(task):
         raise KeyboardInterrupt
+
     monkeypatch.setattr(cache_module, "_cache_one", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_log(root, "train", DOWN, tmp_path / "cache")
@@ -302,8 +312,9 @@ def test_killed_update_of_a_stale_cache_is_redone(tiny_cityscapes, tmp_path, mon
 def _build_in_child(root, cache_dir, barrier, messages):
     barrier.wait()
     dataset = CityscapesSegmentation(root, "train", val_transform(DOWN))
-    result = prepare_cache(root, "train", dataset.images, dataset.labels, DOWN, cache_dir=cache_dir, workers=1,
-                           log=messages.put)
+    result = prepare_cache(
+        root, "train", dataset.images, dataset.labels, DOWN, cache_dir=cache_dir, workers=1, log=messages.put
+    )
     messages.put(f"cached {result is not None}")
 
 
@@ -311,8 +322,9 @@ def test_concurrent_processes_build_once(tiny_cityscapes, tmp_path):
     """Two processes starting together (two ranks, or two jobs): one builds, the other waits and reuses it."""
     context = multiprocessing.get_context("fork")
     barrier, messages = context.Barrier(2), context.Queue()
-    procs = [context.Process(target=_build_in_child, args=(tiny_cityscapes, tmp_path, barrier, messages))
-             for _ in range(2)]
+    procs = [
+        context.Process(target=_build_in_child, args=(tiny_cityscapes, tmp_path, barrier, messages)) for _ in range(2)
+    ]
     for p in procs:
         p.start()
     text = []
@@ -332,9 +344,26 @@ def test_unwritable_cache_location_is_a_user_error(tiny_cityscapes, tmp_path, mo
 
 # ------------------------------------------------------------------------------------------- benchmark
 def test_benchmark_runs_on_tiny_demo_data(tiny_cityscapes, tmp_path):
-    result = run_script("benchmarks/input_pipeline.py", "--data-dir", str(tiny_cityscapes), "--profile", "1",
-                        "--num-workers", "1", "--batches", "2", "--batch-size", "2", "--cache", "always",
-                        "--cache-dir", str(tmp_path / "cache"), "--baseline", "original", cwd=tmp_path)
+    result = run_script(
+        "benchmarks/input_pipeline.py",
+        "--data-dir",
+        str(tiny_cityscapes),
+        "--profile",
+        "1",
+        "--num-workers",
+        "1",
+        "--batches",
+        "2",
+        "--batch-size",
+        "2",
+        "--cache",
+        "always",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--baseline",
+        "original",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert re.fullmatch(r"samples/s: \d+\.\d", lines[-1]), lines

@@ -3,6 +3,7 @@
 Schedule values are checked against numbers computed by hand; the stage tests train with the small profile table of
 tests/small_profile.py (seconds per stage) through the scripts' real command line.
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,15 @@ from training.step_monitor import skip_nonfinite_update, supports_device_skip
 def _lrs(optimizer_name: str, schedule: str, lr: float, total: int, min_lr=0.0, warmup=0, steps=None):
     """The lr of each optimizer step as the stage sees it (read before the step, scheduler stepped after)."""
     model = torch.nn.Linear(2, 1)
-    args = SimpleNamespace(optimizer=optimizer_name, lr=lr, momentum=0.9, weight_decay=0.0, lr_schedule=schedule,
-                           min_lr=min_lr, warmup_steps=warmup)
+    args = SimpleNamespace(
+        optimizer=optimizer_name,
+        lr=lr,
+        momentum=0.9,
+        weight_decay=0.0,
+        lr_schedule=schedule,
+        min_lr=min_lr,
+        warmup_steps=warmup,
+    )
     optimizer = build_optimizer(model.parameters(), args)
     scheduler = build_scheduler(optimizer, args, total)
     values = []
@@ -42,8 +50,18 @@ def _lrs(optimizer_name: str, schedule: str, lr: float, total: int, min_lr=0.0, 
 def test_poly_with_min_lr_and_warmup_matches_hand_computation():
     # lr 0.1, min 0.01, T = 10, warm-up 4 steps from a tenth: lr(t) = (0.09 (1 - t/10)^0.9 + 0.01) * w(t),
     # w(t) = 0.1 + 0.9 t / 4 for t < 4, else 1. Computed by hand (t, value):
-    hand = [0.0100000, 0.0298538, 0.0459936, 0.0583479, 0.0668301, 0.0582298, 0.0494545, 0.0404545, 0.0311431,
-            0.0213303]
+    hand = [
+        0.0100000,
+        0.0298538,
+        0.0459936,
+        0.0583479,
+        0.0668301,
+        0.0582298,
+        0.0494545,
+        0.0404545,
+        0.0311431,
+        0.0213303,
+    ]
     _, _, values = _lrs("sgd", "poly", 0.1, 10, min_lr=0.01, warmup=4)
     assert values == pytest.approx(hand, abs=1e-6)
     assert poly_lr(10, 10, 0.1, 0.01) == pytest.approx(0.01) and poly_lr(12, 10, 0.1, 0.01) == pytest.approx(0.01)
@@ -68,8 +86,9 @@ def test_poly_scheduler_resumes_exactly_from_its_state():
     state = scheduler.state_dict()
     _, _, full = _lrs("sgd", "poly", 0.12, 20, min_lr=1e-4, warmup=3, steps=12)
     model = torch.nn.Linear(2, 1)
-    args = SimpleNamespace(optimizer="sgd", lr=0.12, momentum=0.9, weight_decay=0.0, lr_schedule="poly", min_lr=1e-4,
-                           warmup_steps=3)
+    args = SimpleNamespace(
+        optimizer="sgd", lr=0.12, momentum=0.9, weight_decay=0.0, lr_schedule="poly", min_lr=1e-4, warmup_steps=3
+    )
     resumed_optimizer = build_optimizer(model.parameters(), args)
     resumed = build_scheduler(resumed_optimizer, args, 20)
     resumed.load_state_dict(state)
@@ -107,8 +126,11 @@ def test_a_skipped_first_step_leaves_the_optimizer_as_new(name):
             parameter.grad = torch.tensor([1.0, -2.0, 0.5, 3.0])
             assert bool(skip_nonfinite_update(opt, None, torch.tensor(True)))
     plain = torch.nn.Parameter(torch.arange(4.0))  # the same two steps, unfused
-    unfused = (torch.optim.SGD([plain], lr=0.1, momentum=0.9, weight_decay=1e-4) if name == "sgd" else
-               torch.optim.AdamW([plain], lr=0.1, weight_decay=1e-4))
+    unfused = (
+        torch.optim.SGD([plain], lr=0.1, momentum=0.9, weight_decay=1e-4)
+        if name == "sgd"
+        else torch.optim.AdamW([plain], lr=0.1, weight_decay=1e-4)
+    )
     for _ in range(2):
         plain.grad = torch.tensor([1.0, -2.0, 0.5, 3.0])
         unfused.step()
@@ -122,16 +144,29 @@ def _parse(*argv: str):
 def test_original_recipe_is_todays_defaults():
     args = _parse()
     resolve_recipe(args, world_size=1)
-    assert (args.optimizer, args.lr, args.weight_decay, args.lr_schedule, args.aux_weight, args.augment) == \
-        ("adamw", 1e-3, 0.0, "constant", 0.0, "original")
+    assert (args.optimizer, args.lr, args.weight_decay, args.lr_schedule, args.aux_weight, args.augment) == (
+        "adamw",
+        1e-3,
+        0.0,
+        "constant",
+        0.0,
+        "original",
+    )
 
 
 def test_mmseg_recipe_scales_lr_with_the_total_batch_and_explicit_flags_win():
     args = _parse("--recipe", "mmseg", "--batch-size", "4")
     line = resolve_recipe(args, world_size=2)  # total batch 8: 0.12 * 8 / 32
     assert args.lr == pytest.approx(0.03) and "0.12 x total batch 8 / 32" in line
-    assert (args.optimizer, args.momentum, args.weight_decay, args.lr_schedule, args.min_lr, args.aux_weight,
-            args.augment) == ("sgd", 0.9, 4e-5, "poly", 1e-4, 0.4, "mmseg")
+    assert (
+        args.optimizer,
+        args.momentum,
+        args.weight_decay,
+        args.lr_schedule,
+        args.min_lr,
+        args.aux_weight,
+        args.augment,
+    ) == ("sgd", 0.9, 4e-5, "poly", 1e-4, 0.4, "mmseg")
     args = _parse("--recipe", "mmseg", "--lr", "0.01", "--aux-weight", "0", "--augment", "original")
     line = resolve_recipe(args, world_size=1)
     assert (args.lr, args.aux_weight, args.augment, args.optimizer) == (0.01, 0.0, "original", "sgd")
@@ -161,13 +196,25 @@ def test_auxiliary_loss_is_weight_times_each_heads_cross_entropy():
 
 
 def _stage(data_dir, experiment, *extra):
-    return ["--data-dir", str(data_dir), "--epochs", "2", "--batch-size", "2", "--num-workers", "0",
-            "--experiment-id", experiment, *extra]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--experiment-id",
+        experiment,
+        *extra,
+    ]
 
 
 @pytest.mark.slow
-def test_aux_heads_train_are_dropped_from_the_model_and_carried_to_the_next_stage(tiny_cityscapes, tmp_path,
-                                                                                   monkeypatch, capsys):
+def test_aux_heads_train_are_dropped_from_the_model_and_carried_to_the_next_stage(
+    tiny_cityscapes, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     assert run_in_process(train, _stage(tiny_cityscapes, "aux-s1", "--aux-weight", "0.4"), monkeypatch) == 0
     out = capsys.readouterr().out
@@ -184,8 +231,23 @@ def test_aux_heads_train_are_dropped_from_the_model_and_carried_to_the_next_stag
     line = init_aux_heads(model, "models/aux-s1.pth")
     assert line.startswith("aux heads: from checkpoints/aux-s1/state.pth")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in heads.items())
-    assert run_in_process(train, _stage(tiny_cityscapes, "aux-s2", "--aux-weight", "0.4", "--profile", "medium",
-                                        "--previous-model-path", "models/aux-s1.pth"), monkeypatch) == 0
+    assert (
+        run_in_process(
+            train,
+            _stage(
+                tiny_cityscapes,
+                "aux-s2",
+                "--aux-weight",
+                "0.4",
+                "--profile",
+                "medium",
+                "--previous-model-path",
+                "models/aux-s1.pth",
+            ),
+            monkeypatch,
+        )
+        == 0
+    )
     assert "aux heads: from checkpoints/aux-s1/state.pth" in capsys.readouterr().out
 
     # a previous stage without heads leaves them fresh; the plain stage logs no aux loss
@@ -202,8 +264,12 @@ def test_resume_checks_the_resolved_recipe_values(tiny_cityscapes, tmp_path, mon
     out = capsys.readouterr().out
     assert "recipe mmseg: optimizer sgd, lr 0.0075 (= 0.12 x total batch 2 / 32)" in out
     state = torch.load(tmp_path / "checkpoints" / "mmseg-s1" / "state.pth", weights_only=True)
-    assert (state["args"]["lr"], state["args"]["optimizer"], state["args"]["aux_weight"], state["args"]["augment"]) == \
-        (0.0075, "sgd", 0.4, "mmseg")
+    assert (state["args"]["lr"], state["args"]["optimizer"], state["args"]["aux_weight"], state["args"]["augment"]) == (
+        0.0075,
+        "sgd",
+        0.4,
+        "mmseg",
+    )
     # another recipe is refused, naming the resolved values that differ (the lr, given equal, is not among them)
     code = run_in_process(train, _stage(tiny_cityscapes, "mmseg-s1", "--epochs", "1", "--lr", "0.0075"), monkeypatch)
     err = capsys.readouterr().err
@@ -232,8 +298,16 @@ def test_mmseg_recipe_skips_a_nonfinite_first_step(tiny_cityscapes, tmp_path, mo
 def test_distillation_with_cwd_logs_the_cwd_term(tiny_cityscapes, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert run_in_process(train, _stage(tiny_cityscapes, "teacher", "--epochs", "1"), monkeypatch) == 0
-    argv = _stage(tiny_cityscapes, "student", "--epochs", "1", "--trained-teacher-model-path", "models/teacher.pth",
-                  "--kd-loss", "cwd")
+    argv = _stage(
+        tiny_cityscapes,
+        "student",
+        "--epochs",
+        "1",
+        "--trained-teacher-model-path",
+        "models/teacher.pth",
+        "--kd-loss",
+        "cwd",
+    )
     assert run_in_process(train_distillation, argv, monkeypatch) == 0
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch 1/1")][-1]
     assert "train_cwd_loss" in line and "train_kd_loss" not in line

@@ -5,6 +5,7 @@ The stages here train with the small profile table of tests/small_profile.py (th
 a 3-epoch stage takes seconds; everything else is the scripts' real code. A module-wide uninterrupted 3-epoch stage
 ('baseline') is the reference of the resume tests and the starting point of the fault tests.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,14 +21,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_script
 from PIL import Image
+from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
 
 import fast_scnn
 import train
 import train_dice
 import train_distillation
-from conftest import REPO, run_script
-from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
 from training.models import build_model
 from training.tracking import Tracker
 
@@ -36,8 +37,19 @@ ID = "fastscnn-training-experiment-01"
 
 
 def stage_args(data_dir, epochs: int = 3, *extra: str) -> list[str]:
-    return ["--data-dir", str(data_dir), "--epochs", str(epochs), "--batch-size", "2", "--num-workers", "0",
-            "--experiment-id", ID, *extra]
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        str(epochs),
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--experiment-id",
+        ID,
+        *extra,
+    ]
 
 
 def sha256(path: Path) -> str:
@@ -45,8 +57,11 @@ def sha256(path: Path) -> str:
 
 
 def hashes(work: Path) -> dict[str, str]:
-    return {str(p.relative_to(work)): sha256(p) for p in sorted(work.rglob("*"))
-            if p.is_file() and p.parts[len(work.parts)] in ("models", "checkpoints", "measurements")}
+    return {
+        str(p.relative_to(work)): sha256(p)
+        for p in sorted(work.rglob("*"))
+        if p.is_file() and p.parts[len(work.parts)] in ("models", "checkpoints", "measurements")
+    }
 
 
 def max_abs_difference(a: Path, b: Path) -> float:
@@ -74,19 +89,30 @@ def baseline(tiny_cityscapes, tmp_path_factory):
     """An uninterrupted 3-epoch stage, run with W&B forced online without an API key (it must fail and not matter)."""
     work = tmp_path_factory.mktemp("baseline")
     home = tmp_path_factory.mktemp("home")  # no ~/.netrc: no W&B key
-    result = run_script(RUNNER, "train.py", *stage_args(tiny_cityscapes), cwd=work,
-                        env={"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(home), "WANDB_DIR": str(home)})
+    result = run_script(
+        RUNNER,
+        "train.py",
+        *stage_args(tiny_cityscapes),
+        cwd=work,
+        env={"WANDB_MODE": "online", "WANDB_API_KEY": "", "HOME": str(home), "WANDB_DIR": str(home)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     return work, result
 
 
 # ------------------------------------------------------------------------------------------------ kill and resume
 @pytest.mark.slow
-def test_sigkill_during_a_checkpoint_write_keeps_the_previous_files_and_resume_is_exact(baseline, tiny_cityscapes, tmp_path,
-                                                                                       monkeypatch, capsys):
+def test_sigkill_during_a_checkpoint_write_keeps_the_previous_files_and_resume_is_exact(
+    baseline, tiny_cityscapes, tmp_path, monkeypatch, capsys
+):
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "FASTSCNN_TEST_SLOW_WRITE": "1.5"}
-    process = subprocess.Popen([sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes)],
-                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state, models = tmp_path / "checkpoints" / ID / "state.pth", tmp_path / "models"
     temporaries = []
     try:
@@ -124,8 +150,14 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_files_and_resume_i
 def test_sigterm_mid_epoch_saves_exits_75_and_resumes_exactly(baseline, tiny_cityscapes, tmp_path, monkeypatch, capsys):
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        process = subprocess.Popen([sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes)],
-                                   cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
         lines = []
         for line in process.stdout:  # after epoch 1 is saved, epoch 2 starts: signal it there
             lines.append(line)
@@ -146,12 +178,16 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resumes_exactly(baseline, tiny_cit
     assert difference <= 1e-6
     final = torch.load(tmp_path / "checkpoints" / ID / "state.pth", weights_only=True)
     reference = torch.load(baseline[0] / "checkpoints" / ID / "state.pth", weights_only=True)
-    assert (final["epoch"], final["best_epoch"], final["best_miou"]) == \
-        (reference["epoch"], reference["best_epoch"], reference["best_miou"])
+    assert (final["epoch"], final["best_epoch"], final["best_miou"]) == (
+        reference["epoch"],
+        reference["best_epoch"],
+        reference["best_miou"],
+    )
 
 
-def test_resume_with_other_arguments_is_refused_and_allowed_with_restart(baseline, tiny_cityscapes, tmp_path,
-                                                                        monkeypatch, capsys):
+def test_resume_with_other_arguments_is_refused_and_allowed_with_restart(
+    baseline, tiny_cityscapes, tmp_path, monkeypatch, capsys
+):
     work = copy_outputs(baseline[0], tmp_path)
     monkeypatch.chdir(work)
     before = hashes(work)
@@ -168,8 +204,9 @@ def test_resume_with_other_arguments_is_refused_and_allowed_with_restart(baselin
     assert state["epoch"] == 1 and state["args"]["lr"] == 0.002
 
 
-def test_fresh_start_over_an_existing_model_is_refused_and_allowed_with_restart(tiny_cityscapes, tmp_path,
-                                                                              monkeypatch, capsys):
+def test_fresh_start_over_an_existing_model_is_refused_and_allowed_with_restart(
+    tiny_cityscapes, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     torch.save(fast_scnn.Model().state_dict(), tmp_path / "models" / f"{ID}.pth")  # another run's model, no state
@@ -193,8 +230,13 @@ def test_a_stage_killed_after_writing_its_first_model_resumes(tiny_cityscapes, t
     """The state is written before the first step: a job killed after its first best model (a node failure, say)
     and requeued resumes rather than being refused as an overwrite."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "FASTSCNN_TEST_SLOW_WRITE": "1.5"}
-    process = subprocess.Popen([sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes, 2)],
-                               cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes, 2)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     state, model = tmp_path / "checkpoints" / ID / "state.pth", tmp_path / "models" / f"{ID}.pth"
     try:
         deadline = time.monotonic() + 240
@@ -212,8 +254,7 @@ def test_a_stage_killed_after_writing_its_first_model_resumes(tiny_cityscapes, t
     assert "resume: checkpoints/" in out and "at epoch 1, step 0" in out and "done: " in out
 
 
-def test_resume_with_another_number_of_processes_is_refused(baseline, tiny_cityscapes, tmp_path, monkeypatch,
-                                                            capsys):
+def test_resume_with_another_number_of_processes_is_refused(baseline, tiny_cityscapes, tmp_path, monkeypatch, capsys):
     work = copy_outputs(baseline[0], tmp_path)
     path = work / "checkpoints" / ID / "state.pth"
     state = torch.load(path, weights_only=True)
@@ -225,14 +266,17 @@ def test_resume_with_another_number_of_processes_is_refused(baseline, tiny_citys
     code = run_in_process(train, stage_args(tiny_cityscapes, 4), monkeypatch)  # constant lr: --epochs may grow
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert ("saved by 2 process(es) with 1 steps per epoch, but this run has 1 process(es) with 2 steps per epoch"
-            in err and "--restart" in err)
+    assert (
+        "saved by 2 process(es) with 1 steps per epoch, but this run has 1 process(es) with 2 steps per epoch" in err
+        and "--restart" in err
+    )
     assert hashes(work) == before
 
 
 # ------------------------------------------------------------------------------------------------ numerical faults
-def test_nan_loss_stops_with_exit_3_naming_epoch_and_step_and_keeps_the_state(tiny_cityscapes, tmp_path,
-                                                                              monkeypatch, capsys):
+def test_nan_loss_stops_with_exit_3_naming_epoch_and_step_and_keeps_the_state(
+    tiny_cityscapes, tmp_path, monkeypatch, capsys
+):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("FASTSCNN_TEST_NAN_AT_STEP", "3")  # epoch 2, step 1 (2 steps per epoch)
     code = run_in_process(train, stage_args(tiny_cityscapes, 2), monkeypatch)
@@ -313,7 +357,10 @@ def test_output_folder_that_is_a_file_stops_before_training(baseline, tiny_citys
     code = run_in_process(train, stage_args(tiny_cityscapes, 3, "--restart"), monkeypatch)
     captured = capsys.readouterr()
     assert code == 2 and "epoch 1/3" not in captured.out
-    assert captured.err == f"error: cannot write in checkpoints/{ID}/: it is a file, expected a folder (nothing was written)\n"
+    assert (
+        captured.err
+        == f"error: cannot write in checkpoints/{ID}/: it is a file, expected a folder (nothing was written)\n"
+    )
     assert hashes(work) == before
 
 
@@ -326,8 +373,15 @@ def test_full_disk_stops_with_a_clear_message_and_damages_nothing(baseline, tiny
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
 
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO)}
-    result = subprocess.run([sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes, 4)],
-                            cwd=work, env=env, capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(REPO / RUNNER), "train.py", *stage_args(tiny_cityscapes, 4)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("error: cannot write ") and "File too large" in result.stderr
     assert "(the previous file, if any, is unchanged)" in result.stderr and "Traceback" not in result.stderr
@@ -339,6 +393,7 @@ def test_full_disk_stops_with_a_clear_message_and_damages_nothing(baseline, tiny
 # ------------------------------------------------------------------------------------------------ bad input
 def make_bad_inputs(root: Path, tiny: Path) -> dict[str, Path]:
     """Broken copies of the tiny data set and broken checkpoints, by name."""
+
     def copy(name):
         shutil.copytree(tiny, root / name)
         return root / name
@@ -384,31 +439,66 @@ BAD_INPUTS = {
     "missing data dir": (train, "--data-dir {missing}", "--data-dir {missing}: no such directory"),
     "data dir without the layout": (train, "--data-dir {no-layout}", "missing leftImg8bit/train/"),
     "empty split": (train, "--data-dir {empty-split}", "split 'train' is empty"),
-    "image without its label": (train, "--data-dir {missing-label}", "has no label file (expected {missing-label-file})"),
+    "image without its label": (
+        train,
+        "--data-dir {missing-label}",
+        "has no label file (expected {missing-label-file})",
+    ),
     "corrupt PNG": (train, "--data-dir {corrupt-png}", "cannot read PNG {corrupt-png-file}"),
     "label ids outside 0-33/255": (train, "--data-dir {foreign-ids}", "label file {foreign-ids-file}: label ids [40]"),
-    "previous model missing": (train, "--previous-model-path {missing-pth}", "--previous-model-path {missing-pth}: no such file"),
-    "previous model not a checkpoint": (train, "--previous-model-path {text}",
-                                        "not a readable PyTorch checkpoint (not a file written by torch.save)"),
-    "previous model a whole pickled model": (train, "--previous-model-path {whole-model}",
-                                             "it holds Python objects besides tensors"),
+    "previous model missing": (
+        train,
+        "--previous-model-path {missing-pth}",
+        "--previous-model-path {missing-pth}: no such file",
+    ),
+    "previous model not a checkpoint": (
+        train,
+        "--previous-model-path {text}",
+        "not a readable PyTorch checkpoint (not a file written by torch.save)",
+    ),
+    "previous model a whole pickled model": (
+        train,
+        "--previous-model-path {whole-model}",
+        "it holds Python objects besides tensors",
+    ),
     "previous model not a state dict": (train, "--previous-model-path {dict}", "not a state_dict"),
-    "previous model of another architecture": (train, "--previous-model-path {lraspp}",
-                                               "holds a lraspp_mobilenet_v3_large model, but the architecture is fast_scnn"),
-    "previous model with another class count": (train, "--previous-model-path {five-classes}",
-                                                "trained for 5 classes, expected 19"),
-    "teacher missing": (train_distillation, "--trained-teacher-model-path {missing-pth}",
-                        "--trained-teacher-model-path {missing-pth}: no such file"),
+    "previous model of another architecture": (
+        train,
+        "--previous-model-path {lraspp}",
+        "holds a lraspp_mobilenet_v3_large model, but the architecture is fast_scnn",
+    ),
+    "previous model with another class count": (
+        train,
+        "--previous-model-path {five-classes}",
+        "trained for 5 classes, expected 19",
+    ),
+    "teacher missing": (
+        train_distillation,
+        "--trained-teacher-model-path {missing-pth}",
+        "--trained-teacher-model-path {missing-pth}: no such file",
+    ),
     "teacher not a state dict": (train_distillation, "--trained-teacher-model-path {dict}", "not a state_dict"),
-    "teacher of another architecture": (train_distillation, "--trained-teacher-model-path {lraspp}",
-                                        "holds a lraspp_mobilenet_v3_large model, but the architecture is fast_scnn"),
-    "teacher with another class count": (train_distillation, "--trained-teacher-model-path {five-classes}",
-                                         "trained for 5 classes, expected 19"),
+    "teacher of another architecture": (
+        train_distillation,
+        "--trained-teacher-model-path {lraspp}",
+        "holds a lraspp_mobilenet_v3_large model, but the architecture is fast_scnn",
+    ),
+    "teacher with another class count": (
+        train_distillation,
+        "--trained-teacher-model-path {five-classes}",
+        "trained for 5 classes, expected 19",
+    ),
     "unknown profile": (train, "--profile ultra", "--profile: unknown profile 'ultra'"),
-    "temperature <= 1": (train_distillation, "--trained-teacher-model-path {teacher} --temperature 1",
-                         "--temperature 1.0: expected a number > 1"),
-    "alpha outside [0, 1]": (train_distillation, "--trained-teacher-model-path {teacher} --alpha 1.5",
-                             "--alpha 1.5: expected a number in [0, 1]"),
+    "temperature <= 1": (
+        train_distillation,
+        "--trained-teacher-model-path {teacher} --temperature 1",
+        "--temperature 1.0: expected a number > 1",
+    ),
+    "alpha outside [0, 1]": (
+        train_distillation,
+        "--trained-teacher-model-path {teacher} --alpha 1.5",
+        "--alpha 1.5: expected a number in [0, 1]",
+    ),
     "negative Dice weight": (train_dice, "--dice-loss-weight -0.5", "--dice-loss-weight -0.5: expected a number >= 0"),
     "batch size < 1": (train, "--batch-size 0", "--batch-size 0: expected an integer >= 1"),
     "epochs < 1": (train, "--epochs 0", "--epochs 0: expected an integer >= 1"),
@@ -419,8 +509,18 @@ BAD_INPUTS = {
 def bad_input_argv(case: str, paths: dict[str, Path]) -> tuple[list[str], str]:
     _module, arguments, expected = BAD_INPUTS[case]
     values = {k: str(v) for k, v in paths.items()}
-    argv = ["--data-dir", values["tiny"], "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
-            "--experiment-id", "bad"]
+    argv = [
+        "--data-dir",
+        values["tiny"],
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--experiment-id",
+        "bad",
+    ]
     argv += [part.format_map(values) if "{" in part else part for part in arguments.split()]  # later flags win
     return argv, expected.format_map(values)
 
@@ -443,8 +543,9 @@ def test_bad_input_exit_2_one_line_nothing_written(case, bad_inputs, tmp_path, m
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, workers", [("missing data dir", "0"), ("corrupt PNG", "1"),
-                                           ("teacher of another architecture", "0")])
+@pytest.mark.parametrize(
+    "case, workers", [("missing data dir", "0"), ("corrupt PNG", "1"), ("teacher of another architecture", "0")]
+)
 def test_bad_input_as_a_process_has_no_traceback(case, workers, bad_inputs, tmp_path):
     argv, expected = bad_input_argv(case, bad_inputs)
     argv[argv.index("--num-workers") + 1] = workers  # a data error raised in a loader worker as well

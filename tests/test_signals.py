@@ -6,6 +6,7 @@ hanging it): with the stage's handler installed, a build whose workers are still
 error in one image while the others are still being read), and a SIGTERM sent to the whole process group during a
 build, as Slurm sends it. Then a stage that builds its cache in its set-up, ten times in a row.
 """
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,9 @@ stop = StopRequest()  # as run_stage does before the stage builds its cache
 original = cache._cache_one
 """
 
-BUSY_AT_THE_END = PREAMBLE + """
+BUSY_AT_THE_END = (
+    PREAMBLE
+    + """
 def slow_or_failing(task):
     if task[0] == 0:
         time.sleep(0.5)
@@ -51,8 +54,11 @@ except RuntimeError as error:
     sys.exit(7)
 print("no error", flush=True)
 """
+)
 
-TERM_TO_THE_GROUP = PREAMBLE + """
+TERM_TO_THE_GROUP = (
+    PREAMBLE
+    + """
 def slow(task):
     time.sleep(1)
     return original(task)
@@ -64,12 +70,14 @@ cached = cache.prepare_cache(root, "train", images, labels, profile, mode="alway
                              workers=2)
 print("built", cached.count, "stop", stop.signum, flush=True)
 """
+)
 
 
 def run_bounded(command: list[str], cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
     """Run `command` in its own process group; past `timeout` kill the whole group (helpers too) and fail."""
-    process = subprocess.Popen(command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
     try:
         out, err = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -129,16 +137,30 @@ def twice_profile_size(tmp_path_factory):
     from training.demo_data import make_demo_dataset
 
     width, height = SMALL_PROFILES["low"][0]
-    return make_demo_dataset(tmp_path_factory.mktemp("twice"), num_train=4, num_val=2, size=(2 * width, 2 * height),
-                             seed=3)
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("twice"), num_train=4, num_val=2, size=(2 * width, 2 * height), seed=3
+    )
 
 
 @pytest.mark.slow
 def test_a_stage_that_builds_its_cache_in_set_up_never_hangs(twice_profile_size, tmp_path):
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, str(REPO / "tests" / "small_profile.py"), "train.py", "--data-dir",
-               str(twice_profile_size), "--epochs", "1", "--batch-size", "2", "--num-workers", "0",
-               "--experiment-id", "cache-in-set-up", "--restart"]
+    command = [
+        sys.executable,
+        str(REPO / "tests" / "small_profile.py"),
+        "train.py",
+        "--data-dir",
+        str(twice_profile_size),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--experiment-id",
+        "cache-in-set-up",
+        "--restart",
+    ]
     for attempt in range(10):
         shutil.rmtree(twice_profile_size / ".cache", ignore_errors=True)
         result = run_bounded(command, tmp_path, env, timeout=120)

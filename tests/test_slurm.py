@@ -11,6 +11,7 @@ Three groups:
 Every test works in its own copy of the repository's code files (so models/, slurms/, checkpoints/ stay out of the
 checkout) with the test's Python (PYTHON=sys.executable, which the main*.sh scripts use).
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def eid(run: int, stage: int) -> str:
 def _code_files() -> list[str]:
     """The repository's code files (tracked or not ignored), without tests/: what a job needs to run a stage."""
     try:
-        out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                             text=True, check=True).stdout.split("\n")
+        out = subprocess.run(
+            ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.split("\n")
     except (OSError, subprocess.CalledProcessError):
         out = [str(p.relative_to(REPO)) for p in REPO.glob("*") if p.is_file()]
         out += [str(p.relative_to(REPO)) for p in (REPO / "training").rglob("*") if p.is_file()]
@@ -65,18 +67,38 @@ def copy_repo(dest: Path) -> Path:
 
 def stage_env(extra: dict | None = None) -> dict:
     """Environment for the jobscripts: the test's Python for the stages, W&B off, no stage variables inherited."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("EXPERIMENT_ID", "PROFILE", "WEIGHT_DECAY", "DATA_DIR", "PREVIOUS_MODEL_PATH", "CONTAINER",
-                        "PREVIOUS_STUDENT_MODEL_PATH", "TRAINED_TEACHER_MODEL_PATH", "MAIN_SCRIPT", "FASTSCNN_ROOT")
-           and not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k
+        not in (
+            "EXPERIMENT_ID",
+            "PROFILE",
+            "WEIGHT_DECAY",
+            "DATA_DIR",
+            "PREVIOUS_MODEL_PATH",
+            "CONTAINER",
+            "PREVIOUS_STUDENT_MODEL_PATH",
+            "TRAINED_TEACHER_MODEL_PATH",
+            "MAIN_SCRIPT",
+            "FASTSCNN_ROOT",
+        )
+        and not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))
+    }
     env.update({"PYTHON": sys.executable, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
     env.update(extra or {})
     return env
 
 
 def jobscript(repo: Path, script: str, *args: str, env: dict | None = None, timeout: float = 120):
-    return subprocess.run(["bash", str(repo / script), *args], cwd=repo, env=env if env is not None else stage_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        ["bash", str(repo / script), *args],
+        cwd=repo,
+        env=env if env is not None else stage_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def save_fresh_model(path: Path) -> Path:
@@ -101,12 +123,32 @@ def load_state(repo: Path, experiment_id: str) -> dict:
 def demo_data(tmp_path_factory) -> Path:
     """2 train + 1 val images of 256x128 in the Cityscapes layout (read-only for the tests)."""
     root = tmp_path_factory.mktemp("slurm_demo") / "cityscapes"
-    subprocess.run([sys.executable, "-m", "training.demo_data", "--root", str(root), "--train", "2", "--val", "1",
-                    "--size", "256x128", "--seed", "0"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.demo_data",
+            "--root",
+            str(root),
+            "--train",
+            "2",
+            "--val",
+            "1",
+            "--size",
+            "256x128",
+            "--seed",
+            "0",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return root
 
 
-# a stand-in for sbatch/scancel/scontrol/srun/apptainer that records its arguments (one JSON line per call) and prints job ids from 101
+# a stand-in for sbatch/scancel/scontrol/srun/apptainer that records its arguments (one JSON line per call) and
+# prints job ids from 101
 FAKE_TOOL = """#!{python}
 import json, os, sys
 log = os.environ["FAKE_SLURM_LOG"]
@@ -127,7 +169,7 @@ if os.path.basename(sys.argv[0]) == "srun":
 
 @pytest.fixture
 def fake_slurm(tmp_path):
-    """PATH with recording fake Slurm tools and apptainer; returns (env, calls()) where calls() lists the recorded argv."""
+    """PATH with recording fake Slurm tools and apptainer; returns (env, calls()), calls() listing the recorded argv."""
     bin_dir = tmp_path / "fakebin"
     bin_dir.mkdir()
     for name in ("sbatch", "scancel", "scontrol", "srun", "apptainer"):
@@ -139,6 +181,7 @@ def fake_slurm(tmp_path):
 
     def calls():
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
     return env, calls
 
 
@@ -149,7 +192,7 @@ def repo_copy(tmp_path) -> Path:
 
 def export_vars(argv: list[str]) -> dict:
     """The variables an sbatch command line passes with --export=ALL,K=V,..."""
-    export = next(a for a in argv if a.startswith("--export="))[len("--export="):].split(",")
+    export = next(a for a in argv if a.startswith("--export="))[len("--export=") :].split(",")
     assert export[0] == "ALL"
     return dict(item.split("=", 1) for item in export[1:])
 
@@ -168,8 +211,16 @@ def test_jobscripts_keep_the_original_header(repo_copy):
     for script in (TEACHER, STUDENT):
         lines = (repo_copy / script).read_text().splitlines()
         header = [line for line in lines if line.startswith("#SBATCH")]
-        for option in ("--nodes=1", "--ntasks=1", "--cpus-per-task=18", "--gpus=1", "--partition=gpu_a100",
-                       "--time=24:00:00", "--output=slurms/%x-%j.out", "--requeue"):
+        for option in (
+            "--nodes=1",
+            "--ntasks=1",
+            "--cpus-per-task=18",
+            "--gpus=1",
+            "--partition=gpu_a100",
+            "--time=24:00:00",
+            "--output=slurms/%x-%j.out",
+            "--requeue",
+        ):
             assert f"#SBATCH {option}" in header, (script, option)
         assert any(re.fullmatch(r"#SBATCH --signal=B:USR1@\d+", line) for line in header)
         assert "training/slurm_chain.sh" in (repo_copy / script).read_text()
@@ -191,10 +242,16 @@ REFUSALS = [
     (STUDENT, ["--run", "4"], rf"teacher checkpoint models/{PREFIX}10\.pth not found"),
     (STUDENT, ["--run", "8", "--teacher", "nothere.pth"], r"teacher checkpoint .*/nothere\.pth not found"),
     (STUDENT, ["--run", "3", "--local", "--gpus", "2"], r"--local runs one process per stage"),
-    (STUDENT, ["--run", "3", "--teacher", "/ckpt/my teacher.pth"],
-     r"teacher path '/ckpt/my teacher\.pth' contains a comma or white space"),
-    (STUDENT, ["--run", "3", "--teacher", "/ckpt/a,b.pth", "--dry-run"],
-     r"teacher path '/ckpt/a,b\.pth' contains a comma"),
+    (
+        STUDENT,
+        ["--run", "3", "--teacher", "/ckpt/my teacher.pth"],
+        r"teacher path '/ckpt/my teacher\.pth' contains a comma or white space",
+    ),
+    (
+        STUDENT,
+        ["--run", "3", "--teacher", "/ckpt/a,b.pth", "--dry-run"],
+        r"teacher path '/ckpt/a,b\.pth' contains a comma",
+    ),
 ]
 
 
@@ -218,8 +275,10 @@ def test_a_repository_path_with_a_space_or_comma_is_refused(tmp_path, fake_slurm
     repo = copy_repo(tmp_path / folder)
     result = jobscript(repo, TEACHER, "--run", "1", *mode, "--", *TINY, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
-    assert result.stderr == (f"error: the repository path '{repo}' contains a comma or white space, which the job's "
-                             f"variables cannot carry (expected a path without them: move or link the repository)\n")
+    assert result.stderr == (
+        f"error: the repository path '{repo}' contains a comma or white space, which the job's "
+        f"variables cannot carry (expected a path without them: move or link the repository)\n"
+    )
     assert calls() == [] and not (repo / "slurms").exists() and not (repo / "models").exists()
 
 
@@ -237,12 +296,25 @@ def _dry_run_commands(stdout: str) -> list[str]:
     return [line for line in stdout.splitlines() if re.match(r"job\d=\$\(sbatch ", line)]
 
 
-@pytest.mark.parametrize("run,script,weight_decay", [(1, "main.sh", "0"), (2, "main.sh", "1e-4"),
-                                                     (5, "main_dice.sh", "0"), (6, "main_dice.sh", "1e-4")])
+@pytest.mark.parametrize(
+    "run,script,weight_decay",
+    [(1, "main.sh", "0"), (2, "main.sh", "1e-4"), (5, "main_dice.sh", "0"), (6, "main_dice.sh", "1e-4")],
+)
 def test_dry_run_teacher_runs(repo_copy, fake_slurm, run, script, weight_decay):
     env, calls = fake_slurm
-    result = jobscript(repo_copy, TEACHER, "--run", str(run), "--dry-run", "--", "--epochs", "1", "--data-dir",
-                       "/data/city scapes", env=env)
+    result = jobscript(
+        repo_copy,
+        TEACHER,
+        "--run",
+        str(run),
+        "--dry-run",
+        "--",
+        "--epochs",
+        "1",
+        "--data-dir",
+        "/data/city scapes",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     commands = _dry_run_commands(result.stdout)
     assert len(commands) == 5
@@ -254,8 +326,10 @@ def test_dry_run_teacher_runs(repo_copy, fake_slurm, run, script, weight_decay):
         else:  # a failed stage cancels the rest of the chain also where the cluster does not (stock Slurm)
             assert f'--dependency=afterok:"$job{stage - 1}" --kill-on-invalid-dep=yes' in line
         previous = "none" if stage == 1 else f"models/{eid(run, stage - 1)}.pth"
-        assert (f"MAIN_SCRIPT={script},EXPERIMENT_ID={eid(run, stage)},PROFILE={stage},WEIGHT_DECAY={weight_decay},"
-                f"PREVIOUS_MODEL_PATH={previous}") in line
+        assert (
+            f"MAIN_SCRIPT={script},EXPERIMENT_ID={eid(run, stage)},PROFILE={stage},WEIGHT_DECAY={weight_decay},"
+            f"PREVIOUS_MODEL_PATH={previous}"
+        ) in line
         assert f"--job-name={eid(run, stage)}" in line
         assert line.endswith(f"{TEACHER} --stage -- --epochs 1 --data-dir '/data/city scapes')")
 
@@ -263,16 +337,23 @@ def test_dry_run_teacher_runs(repo_copy, fake_slurm, run, script, weight_decay):
     subprocess.run(["bash", "-c", "\n".join(commands)], cwd=repo_copy, env=env, check=True)
     printed = calls()
     env2 = dict(env, FAKE_SLURM_LOG=str(Path(env["FAKE_SLURM_LOG"]).with_suffix(".real")))
-    result = jobscript(repo_copy, TEACHER, "--run", str(run), "--", "--epochs", "1", "--data-dir", "/data/city scapes",
-                       env=env2)
+    result = jobscript(
+        repo_copy, TEACHER, "--run", str(run), "--", "--epochs", "1", "--data-dir", "/data/city scapes", env=env2
+    )
     assert result.returncode == 0, result.stderr
     submitted = [json.loads(line) for line in Path(env2["FAKE_SLURM_LOG"]).read_text().splitlines()]
     assert printed == submitted
 
 
-@pytest.mark.parametrize("run,script,weight_decay,teacher_run", [
-    (3, "main_distillation.sh", "0", 1), (4, "main_distillation.sh", "1e-4", 2),
-    (7, "main_distillation_dice.sh", "0", 5), (8, "main_distillation_dice.sh", "1e-4", 6)])
+@pytest.mark.parametrize(
+    "run,script,weight_decay,teacher_run",
+    [
+        (3, "main_distillation.sh", "0", 1),
+        (4, "main_distillation.sh", "1e-4", 2),
+        (7, "main_distillation_dice.sh", "0", 5),
+        (8, "main_distillation_dice.sh", "1e-4", 6),
+    ],
+)
 def test_dry_run_student_runs(repo_copy, fake_slurm, run, script, weight_decay, teacher_run):
     env, calls = fake_slurm
     result = jobscript(repo_copy, STUDENT, "--run", str(run), "--dry-run", "--", "--epochs", "1", env=env)
@@ -282,21 +363,39 @@ def test_dry_run_student_runs(repo_copy, fake_slurm, run, script, weight_decay, 
     teacher = f"models/{eid(teacher_run, 5)}.pth"
     for stage, line in enumerate(commands, start=1):
         previous = "none" if stage == 1 else f"models/{eid(run, stage - 1)}.pth"
-        assert (f"MAIN_SCRIPT={script},EXPERIMENT_ID={eid(run, stage)},PROFILE={stage},WEIGHT_DECAY={weight_decay},"
-                f"PREVIOUS_STUDENT_MODEL_PATH={previous},TRAINED_TEACHER_MODEL_PATH={teacher}") in line
+        assert (
+            f"MAIN_SCRIPT={script},EXPERIMENT_ID={eid(run, stage)},PROFILE={stage},WEIGHT_DECAY={weight_decay},"
+            f"PREVIOUS_STUDENT_MODEL_PATH={previous},TRAINED_TEACHER_MODEL_PATH={teacher}"
+        ) in line
         assert ("--dependency" in line) == (stage > 1)
         assert f"{STUDENT} --stage -- --epochs 1)" in line
 
 
 def test_dry_run_from_stage_teacher_override_and_multi_gpu(repo_copy, fake_slurm):
     env, calls = fake_slurm
-    result = jobscript(repo_copy, STUDENT, "--run", "3", "--from-stage", "4", "--teacher", "/ckpt/t.pth",
-                       "--gpus", "4", "--nodes", "2", "--dry-run", env=env)
+    result = jobscript(
+        repo_copy,
+        STUDENT,
+        "--run",
+        "3",
+        "--from-stage",
+        "4",
+        "--teacher",
+        "/ckpt/t.pth",
+        "--gpus",
+        "4",
+        "--nodes",
+        "2",
+        "--dry-run",
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     commands = _dry_run_commands(result.stdout)
     assert len(commands) == 2 and calls() == []
-    assert commands[0].startswith("job4=$(sbatch --parsable --nodes=2 --ntasks=8 --ntasks-per-node=4 --gpus=8 "
-                                  "--gpus-per-node=4 --job-name=" + eid(3, 4))
+    assert commands[0].startswith(
+        "job4=$(sbatch --parsable --nodes=2 --ntasks=8 --ntasks-per-node=4 --gpus=8 "
+        "--gpus-per-node=4 --job-name=" + eid(3, 4)
+    )
     assert f"PREVIOUS_STUDENT_MODEL_PATH=models/{eid(3, 3)}.pth,TRAINED_TEACHER_MODEL_PATH=/ckpt/t.pth" in commands[0]
     assert '--dependency=afterok:"$job4"' in commands[1] and "PROFILE=5" in commands[1]
 
@@ -307,8 +406,10 @@ def test_local_dry_run_prints_the_stage_commands(repo_copy, fake_slurm):
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("env ")]
     assert len(lines) == 5 and calls() == []
-    assert f"MAIN_SCRIPT=main_dice.sh EXPERIMENT_ID={eid(6, 3)} PROFILE=3 WEIGHT_DECAY=1e-4 " \
-           f"PREVIOUS_MODEL_PATH=models/{eid(6, 2)}.pth bash " in lines[2]
+    assert (
+        f"MAIN_SCRIPT=main_dice.sh EXPERIMENT_ID={eid(6, 3)} PROFILE=3 WEIGHT_DECAY=1e-4 "
+        f"PREVIOUS_MODEL_PATH=models/{eid(6, 2)}.pth bash " in lines[2]
+    )
     assert not (repo_copy / "models").exists()
 
 
@@ -332,8 +433,12 @@ def test_submission_prints_jobs_and_outputs(repo_copy, fake_slurm):
         assert variables["MAIN_SCRIPT"] == "main_distillation_dice.sh"
         assert variables["TRAINED_TEACHER_MODEL_PATH"] == f"models/{eid(5, 5)}.pth"
         assert variables["FASTSCNN_ROOT"] == str(repo_copy)
-        assert re.search(rf"^stage {stage}: job {job} +{eid(7, stage)} .*{re.escape(str(repo_copy))}/slurms/"
-                         rf"{eid(7, stage)}-{job}\.out$", result.stdout, re.M), result.stdout
+        assert re.search(
+            rf"^stage {stage}: job {job} +{eid(7, stage)} .*{re.escape(str(repo_copy))}/slurms/"
+            rf"{eid(7, stage)}-{job}\.out$",
+            result.stdout,
+            re.M,
+        ), result.stdout
 
 
 def test_failed_sbatch_cancels_the_jobs_already_submitted(repo_copy, fake_slurm):
@@ -357,20 +462,55 @@ echo "fake stage: finished"
 
 def _stage_env(env: dict, **extra) -> dict:
     env = {k: v for k, v in env.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}  # the batch shell sets them
-    return dict(env, EXPERIMENT_ID=eid(5, 2), PROFILE="2", WEIGHT_DECAY="0",
-                PREVIOUS_MODEL_PATH=f"models/{eid(5, 1)}.pth", **extra)
+    return dict(
+        env,
+        EXPERIMENT_ID=eid(5, 2),
+        PROFILE="2",
+        WEIGHT_DECAY="0",
+        PREVIOUS_MODEL_PATH=f"models/{eid(5, 1)}.pth",
+        **extra,
+    )
 
 
 def test_stage_mode_in_container_with_srun(repo_copy, fake_slurm):
     env, calls = fake_slurm
     (repo_copy / "my.sif").write_bytes(b"")
     (repo_copy / ".env").write_text("WANDB_API_KEY=x\n")
-    result = jobscript(repo_copy, TEACHER, "--stage", "--", "--epochs", "1",
-                       env=_stage_env(env, MAIN_SCRIPT="main_dice.sh", CONTAINER="my.sif", SLURM_JOB_ID="42",
-                                      SLURM_NTASKS="1", SLURM_CPUS_PER_TASK="18"))
+    result = jobscript(
+        repo_copy,
+        TEACHER,
+        "--stage",
+        "--",
+        "--epochs",
+        "1",
+        env=_stage_env(
+            env,
+            MAIN_SCRIPT="main_dice.sh",
+            CONTAINER="my.sif",
+            SLURM_JOB_ID="42",
+            SLURM_NTASKS="1",
+            SLURM_CPUS_PER_TASK="18",
+        ),
+    )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert calls() == [["srun", "--kill-on-bad-exit=1", "apptainer", "exec", "--nv", "--env", "PYTHON=python3",
-                        "--env-file", ".env", "my.sif", "bash", "main_dice.sh", "--epochs", "1"]]
+    assert calls() == [
+        [
+            "srun",
+            "--kill-on-bad-exit=1",
+            "apptainer",
+            "exec",
+            "--nv",
+            "--env",
+            "PYTHON=python3",
+            "--env-file",
+            ".env",
+            "my.sif",
+            "bash",
+            "main_dice.sh",
+            "--epochs",
+            "1",
+        ]
+    ]
     (repo_copy / ".env").unlink()
     result = jobscript(repo_copy, TEACHER, "--stage", env=_stage_env(env, CONTAINER="my.sif"))  # no Slurm: no srun
     assert result.returncode == 0
@@ -380,16 +520,27 @@ def test_stage_mode_in_container_with_srun(repo_copy, fake_slurm):
 def test_stage_mode_without_container_uses_srun_only_for_several_tasks(repo_copy, fake_slurm):
     env, calls = fake_slurm
     (repo_copy / "main.sh").write_text(FAKE_MAIN)
-    result = jobscript(repo_copy, TEACHER, "--stage", env=_stage_env(env, SLURM_JOB_ID="42", SLURM_NTASKS="1",
-                                                                     FAKE_STAGE_TENTHS="1"))
+    result = jobscript(
+        repo_copy, TEACHER, "--stage", env=_stage_env(env, SLURM_JOB_ID="42", SLURM_NTASKS="1", FAKE_STAGE_TENTHS="1")
+    )
     assert result.returncode == 0, result.stderr
     assert f"fake stage: main.sh  EXPERIMENT_ID={eid(5, 2)} ready" in result.stdout and calls() == []
-    result = jobscript(repo_copy, TEACHER, "--stage", "--", "--x", env=_stage_env(
-        env, SLURM_JOB_ID="12345", SLURM_NTASKS="4", SLURM_JOB_NODELIST="n[1-2]-ib", FAKE_HOSTNAMES="n1-ib,n2-ib"))
+    result = jobscript(
+        repo_copy,
+        TEACHER,
+        "--stage",
+        "--",
+        "--x",
+        env=_stage_env(
+            env, SLURM_JOB_ID="12345", SLURM_NTASKS="4", SLURM_JOB_NODELIST="n[1-2]-ib", FAKE_HOSTNAMES="n1-ib,n2-ib"
+        ),
+    )
     assert result.returncode == 0, result.stderr
     # a dying task ends the step; the rendezvous comes from the batch shell's scontrol, not from a parser in Python
-    assert calls() == [["scontrol", "show", "hostnames", "n[1-2]-ib"],
-                       ["srun", "--kill-on-bad-exit=1", "bash", "main.sh", "--x"]]
+    assert calls() == [
+        ["scontrol", "show", "hostnames", "n[1-2]-ib"],
+        ["srun", "--kill-on-bad-exit=1", "bash", "main.sh", "--x"],
+    ]
     assert f"fake srun: MASTER_ADDR=n1-ib MASTER_PORT={29500 + 12345 % 10000}" in result.stdout
 
 
@@ -397,14 +548,22 @@ def test_stage_mode_refuses_a_script_of_the_other_kind(repo_copy, fake_slurm):
     env, calls = fake_slurm
     result = jobscript(repo_copy, STUDENT, "--stage", env=_stage_env(env, MAIN_SCRIPT="main.sh"))
     assert result.returncode == 2
-    assert result.stderr.strip() == ("error: MAIN_SCRIPT=main.sh is not a student stage script (expected one of: "
-                                      "main_distillation.sh main_distillation_dice.sh)")
+    assert result.stderr.strip() == (
+        "error: MAIN_SCRIPT=main.sh is not a student stage script (expected one of: "
+        "main_distillation.sh main_distillation_dice.sh)"
+    )
 
 
 def _signal_stage(repo: Path, env: dict, signum: int) -> tuple[int, str]:
     (repo / "main.sh").write_text(FAKE_MAIN)
-    proc = subprocess.Popen(["bash", str(repo / TEACHER), "--stage"], cwd=repo, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        ["bash", str(repo / TEACHER), "--stage"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = []
     for line in proc.stdout:
         lines.append(line)
@@ -449,8 +608,10 @@ def test_stage_mode_outside_slurm_forwards_sigterm(repo_copy, fake_slurm):
 # ---------------------------------------------------------------------------------------------------- real Slurm
 def _submitted(stdout: str) -> list[tuple[int, str, str, str]]:
     """(stage, job id, experiment id, output path) from a submission's output."""
-    return [(int(m[1]), m[2], m[3], m[4]) for m in
-            re.finditer(r"^stage (\d): job (\d+) +(\S+) +profile \d +(\S+)$", stdout, re.M)]
+    return [
+        (int(m[1]), m[2], m[3], m[4])
+        for m in re.finditer(r"^stage (\d): job (\d+) +(\S+) +profile \d +(\S+)$", stdout, re.M)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -478,8 +639,27 @@ def read_output(path: str) -> str:
 def full_size_data(tmp_path_factory) -> Path:
     """2 train + 1 val images at Cityscapes' own 2048x1024: stages 1-4 build their caches inside the jobs."""
     root = tmp_path_factory.mktemp("slurm_full_size") / "cityscapes"
-    subprocess.run([sys.executable, "-m", "training.demo_data", "--root", str(root), "--train", "2", "--val", "1",
-                    "--size", "2048x1024", "--seed", "0"], cwd=REPO, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.demo_data",
+            "--root",
+            str(root),
+            "--train",
+            "2",
+            "--val",
+            "1",
+            "--size",
+            "2048x1024",
+            "--seed",
+            "0",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     return root
 
 
@@ -523,7 +703,7 @@ def test_slurm_distillation_stage_runs_with_the_runs_teacher(cluster, run1_chain
     repo = copy_repo(tmp_path / "repo")
     save_fresh_model(repo / "models" / f"{eid(1, 5)}.pth")  # run 3's teacher
     jobs = submit(cluster, repo, STUDENT, "--run", "3", "--to-stage", "1", "--", *TINY, "--data-dir", str(demo_data))
-    (stage, job, experiment, output), = jobs
+    ((stage, job, experiment, output),) = jobs
     assert (stage, experiment) == (1, eid(3, 1))
     assert output == f"{repo}/slurms/{eid(3, 1)}-{job}.out"
     state = cluster.wait_for_jobs([job], timeout=240)[job]
@@ -540,9 +720,24 @@ def test_slurm_distillation_stage_runs_with_the_runs_teacher(cluster, run1_chain
 @pytest.mark.slow
 def test_slurm_preempted_stage_requeues_and_resumes(cluster, run1_chain, demo_data, tmp_path):
     repo = copy_repo(tmp_path / "repo")
-    (stage, job, experiment, output), = submit(cluster, repo, TEACHER, "--run", "6", "--to-stage", "1", "--",
-                                               "--epochs", "3", "--batch-size", "2", "--num-workers", "0",
-                                               "--data-dir", str(demo_data))
+    ((stage, job, experiment, output),) = submit(
+        cluster,
+        repo,
+        TEACHER,
+        "--run",
+        "6",
+        "--to-stage",
+        "1",
+        "--",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--data-dir",
+        str(demo_data),
+    )
     # wait until epoch 1 is done (the stage's signal handler is installed), then send Slurm's warning signal
     deadline = time.monotonic() + 240
     while "epoch 1/3" not in read_output(output):
@@ -582,12 +777,15 @@ def test_slurm_preempted_stage_requeues_and_resumes(cluster, run1_chain, demo_da
 def test_local_chain_runs_stages_in_order_and_stops_at_a_failure(repo_copy, demo_data, tmp_path):
     # a Python that fails (exit 3) for stage 2 of run 5 and runs everything else: stage 1 trains for real
     wrapper = tmp_path / "python-failing-stage-2"
-    wrapper.write_text(f'#!/bin/bash\nif [[ " $* " == *" --experiment-id {eid(5, 2)} "* ]]; then\n'
-                       f'    echo "injected failure" >&2; exit 3\nfi\nexec {sys.executable} "$@"\n')
+    wrapper.write_text(
+        f'#!/bin/bash\nif [[ " $* " == *" --experiment-id {eid(5, 2)} "* ]]; then\n'
+        f'    echo "injected failure" >&2; exit 3\nfi\nexec {sys.executable} "$@"\n'
+    )
     wrapper.chmod(0o755)
     env = stage_env({"PYTHON": str(wrapper)})
-    result = jobscript(repo_copy, TEACHER, "--run", "5", "--local", "--", *TINY, "--data-dir", str(demo_data),
-                       env=env, timeout=300)
+    result = jobscript(
+        repo_copy, TEACHER, "--run", "5", "--local", "--", *TINY, "--data-dir", str(demo_data), env=env, timeout=300
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 3, out  # the failing stage's own exit code
     assert "train_dice.py" in out and "init: random" in out
@@ -601,8 +799,22 @@ def test_local_chain_runs_stages_in_order_and_stops_at_a_failure(repo_copy, demo
 @pytest.mark.slow
 def test_local_from_stage_uses_the_previous_checkpoint(repo_copy, demo_data):
     save_fresh_model(repo_copy / "models" / f"{eid(2, 4)}.pth")
-    result = jobscript(repo_copy, TEACHER, "--run", "2", "--local", "--from-stage", "5", "--to-stage", "5", "--",
-                       *TINY, "--data-dir", "/nonexistent/cityscapes", timeout=300)
+    result = jobscript(
+        repo_copy,
+        TEACHER,
+        "--run",
+        "2",
+        "--local",
+        "--from-stage",
+        "5",
+        "--to-stage",
+        "5",
+        "--",
+        *TINY,
+        "--data-dir",
+        "/nonexistent/cityscapes",
+        timeout=300,
+    )
     out = result.stdout + result.stderr
     assert result.returncode == 2, out  # the stage refuses the missing data dir (its exit 2), nothing trained
     assert "/nonexistent/cityscapes" in out
@@ -610,7 +822,6 @@ def test_local_from_stage_uses_the_previous_checkpoint(repo_copy, demo_data):
     assert f"PREVIOUS_MODEL_PATH=models/{eid(2, 4)}.pth" in out
     assert f"{eid(2, 5)} failed with exit code 2" in out
     assert not (repo_copy / "models" / f"{eid(2, 5)}.pth").exists()
-
 
 
 # ---------------------------------------------------------------------------------------------------- run 1 on Slurm
@@ -630,8 +841,9 @@ def test_slurm_run1_chain_five_stages(cluster, run1_chain):
     infos = [cluster.job_info(job) for job in ids]
     for k in range(1, 5):
         assert infos[k]["StartTime"] >= infos[k - 1]["EndTime"]
-    assert sorted(p.name for p in (repo / "slurms").glob("*.out")) == \
-        sorted(f"{eid(1, s)}-{job}.out" for s, job, _, _ in jobs)
+    assert sorted(p.name for p in (repo / "slurms").glob("*.out")) == sorted(
+        f"{eid(1, s)}-{job}.out" for s, job, _, _ in jobs
+    )
     assert sorted(p.name for p in (repo / "models").glob("*.pth")) == [f"{eid(1, s)}.pth" for s in range(1, 6)]
     for stage, log in enumerate(logs, start=1):
         assert f"EXPERIMENT_ID={eid(1, stage)} PROFILE={stage} WEIGHT_DECAY=0" in log

@@ -7,6 +7,7 @@ The four scripts run once each, as a user runs them (real profiles, subprocesses
   student-dice-s2   train_distillation_dice.py    profile 2, teacher teacher-s1, from student-s1
 and the teacher's command again (already complete).
 """
+
 from __future__ import annotations
 
 import csv
@@ -16,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_script
 from PIL import Image
+from small_profile import one_thread  # noqa: F401 (an autouse fixture)
 
 import fast_scnn
-from conftest import run_script
-from small_profile import one_thread  # noqa: F401 (an autouse fixture)
 from training.errors import UserError
 from training.losses import distillation_loss
 from training.models import build_model, load_teacher, load_weights
@@ -32,9 +33,16 @@ RUNS = {  # id: (script, profile, extra arguments)
     "teacher-s1": ("train.py", "low", ()),
     "dice-s2": ("train_dice.py", "low", ("--previous-model-path", "models/teacher-s1.pth")),
     "student-s1": ("train_distillation.py", "low", ("--trained-teacher-model-path", "models/teacher-s1.pth")),
-    "student-dice-s2": ("train_distillation_dice.py", "medium",
-                        ("--trained-teacher-model-path", "models/teacher-s1.pth",
-                         "--previous-student-model-path", "models/student-s1.pth")),
+    "student-dice-s2": (
+        "train_distillation_dice.py",
+        "medium",
+        (
+            "--trained-teacher-model-path",
+            "models/teacher-s1.pth",
+            "--previous-student-model-path",
+            "models/student-s1.pth",
+        ),
+    ),
 }
 LOSS_NAMES = {
     "teacher-s1": ["train_loss"],
@@ -56,8 +64,18 @@ def stages(tiny_cityscapes, tmp_path_factory):
     for experiment, (script, profile, extra) in RUNS.items():
         if experiment == "student-s1":
             teacher_hash = sha256(work / "models" / "teacher-s1.pth")
-        done[experiment] = run_script(script, "--data-dir", str(tiny_cityscapes), *COMMON, "--profile", profile,
-                                      "--experiment-id", experiment, *extra, cwd=work)
+        done[experiment] = run_script(
+            script,
+            "--data-dir",
+            str(tiny_cityscapes),
+            *COMMON,
+            "--profile",
+            profile,
+            "--experiment-id",
+            experiment,
+            *extra,
+            cwd=work,
+        )
         assert done[experiment].returncode == 0, f"{experiment}:\n{done[experiment].stdout}\n{done[experiment].stderr}"
     return {"work": work, "runs": done, "teacher_hash": teacher_hash}
 
@@ -84,9 +102,25 @@ def test_stage_writes_loadable_model_state_row_and_preview(stages, experiment):
     model.load_state_dict(torch.load(work / "models" / f"{experiment}.pth", weights_only=True))
 
     state = torch.load(work / "checkpoints" / experiment / "state.pth", weights_only=True)
-    assert {"version", "script", "args", "epochs", "epoch", "step", "model", "optimizer", "scheduler", "scaler",
-            "best_miou", "best_epoch", "elapsed", "epoch_sums", "init_from", "wandb_id",
-            "best_confusion_matrix"} <= set(state)
+    assert {
+        "version",
+        "script",
+        "args",
+        "epochs",
+        "epoch",
+        "step",
+        "model",
+        "optimizer",
+        "scheduler",
+        "scaler",
+        "best_miou",
+        "best_epoch",
+        "elapsed",
+        "epoch_sums",
+        "init_from",
+        "wandb_id",
+        "best_confusion_matrix",
+    } <= set(state)
     assert (state["script"], state["epoch"], state["step"], state["best_epoch"]) == (script, 1, 0, 1)
     assert state["args"]["profile"] == profile and state["args"]["lr"] == 1e-3
     assert state["best_confusion_matrix"].shape == (19, 19)
@@ -95,10 +129,29 @@ def test_stage_writes_loadable_model_state_row_and_preview(stages, experiment):
         rows = [row for row in csv.DictReader(file) if row["experiment_id"] == experiment]
     assert len(rows) == 1
     row = rows[0]
-    assert {"experiment_id", "script", "profile", "image_size", "patch_size", "epochs", "wall_time_s", "s_per_epoch",
-            "device", "processes", "best_miou", "best_epoch", "date"} <= set(row)
-    assert (row["script"], row["profile"], row["epochs"], row["device"], row["processes"], row["best_epoch"]) == \
-        (script, profile, "1", "cpu", "1", "1")
+    assert {
+        "experiment_id",
+        "script",
+        "profile",
+        "image_size",
+        "patch_size",
+        "epochs",
+        "wall_time_s",
+        "s_per_epoch",
+        "device",
+        "processes",
+        "best_miou",
+        "best_epoch",
+        "date",
+    } <= set(row)
+    assert (row["script"], row["profile"], row["epochs"], row["device"], row["processes"], row["best_epoch"]) == (
+        script,
+        profile,
+        "1",
+        "cpu",
+        "1",
+        "1",
+    )
     assert row["image_size"] == f"{IMAGE_WIDTH[profile]}x{IMAGE_HEIGHT[profile]}"
     assert 0 <= float(row["best_miou"]) <= 1 and float(row["wall_time_s"]) > 0
     assert abs(float(row["best_miou"]) - state["best_miou"]) < 1e-4
@@ -145,7 +198,9 @@ def test_a_completed_stage_is_not_trained_again(stages, tiny_cityscapes, monkeyp
 
     work = stages["work"]
     monkeypatch.chdir(work)  # the teacher's command again, in this process
-    run_cli(train.main, ["--data-dir", str(tiny_cityscapes), *COMMON, "--profile", "low", "--experiment-id", "teacher-s1"])
+    run_cli(
+        train.main, ["--data-dir", str(tiny_cityscapes), *COMMON, "--profile", "low", "--experiment-id", "teacher-s1"]
+    )
     out = capsys.readouterr().out
     assert "teacher-s1: already complete" in out and "epoch 1/1" not in out
     with open(work / "measurements" / "durations.csv", newline="") as file:

@@ -5,6 +5,7 @@ On the CPU these calls cost nothing, but each one would drain the GPU's queue: c
 GPU run asynchronous. Calls made by the data loader (sampler and dataset, host tensors on the way in) are not
 step syncs and are left out.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,6 +49,7 @@ def count_syncs(monkeypatch, data_dir, *extra: str) -> tuple[list[int], int]:
             if counting[0] and not _in_loader(sys._getframe(1)):
                 per_epoch[-1] += 1
             return original(self, *args, **kwargs)
+
         return method
 
     for name in SYNC_METHODS:
@@ -61,9 +63,13 @@ def count_syncs(monkeypatch, data_dir, *extra: str) -> tuple[list[int], int]:
             return train_epoch(self, *args, **kwargs)
         finally:
             counting[0] = False
+
     monkeypatch.setattr(stage_module.Stage, "train_epoch", counted_epoch)
-    code = run_in_process(train, ["--data-dir", str(data_dir), "--epochs", "2", "--batch-size", "2",
-                                  "--num-workers", "0", *extra], monkeypatch)
+    code = run_in_process(
+        train,
+        ["--data-dir", str(data_dir), "--epochs", "2", "--batch-size", "2", "--num-workers", "0", *extra],
+        monkeypatch,
+    )
     return per_epoch, code
 
 

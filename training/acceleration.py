@@ -1,4 +1,5 @@
 """How a stage runs fast on its device: the mixed-precision dtype, torch.compile and the distillation teacher's form."""
+
 from __future__ import annotations
 
 import torch
@@ -25,8 +26,9 @@ def compile_model(model: nn.Module) -> nn.Module:
     return torch.compile(model)
 
 
-def prepare_teacher(teacher: nn.Module, device: torch.device, memory_format: torch.memory_format,
-                    dtype: torch.dtype | None) -> nn.Module:
+def prepare_teacher(
+    teacher: nn.Module, device: torch.device, memory_format: torch.memory_format, dtype: torch.dtype | None
+) -> nn.Module:
     """The frozen teacher in the student's memory format and, under --amp, pre-cast to the autocast dtype: its
     weights are then not cast again at every step (autocast caches casts only for weights that require grad)."""
     teacher.to(device, memory_format=memory_format)

@@ -22,6 +22,7 @@ The rescale starts from the profile's image, not from the full-size PNG, so that
 identical: a ratio above 1 upsamples the profile image (at profile 1 on Cityscapes, ratio 2 gives a 1152x576 image
 interpolated from the 576x288 one, softer than a resize of the 2048x1024 PNG would be). The cache is unchanged.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,8 +64,9 @@ class PhotoMetricDistortion(PhotometricOp):
 
     num_params = 5
 
-    def __init__(self, brightness_delta: float = 32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5),
-                 hue_delta: int = 18):
+    def __init__(
+        self, brightness_delta: float = 32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta: int = 18
+    ):
         self.brightness_delta, self.contrast_range = brightness_delta, contrast_range
         self.saturation_range, self.hue_delta = saturation_range, hue_delta
 
@@ -86,9 +88,13 @@ class PhotoMetricDistortion(PhotometricOp):
         host = params.numpy()
         beta, first, contrast, saturation, hue = (host[:, i] for i in range(5))
         values = _to_device(params.contiguous(), x.device).view(-1, 5, 1, 1, 1)
-        steps = [(beta != 0.0, _brightness, 0), (first.astype(bool) & (contrast != 1.0), _contrast, 2),
-                 (saturation != 1.0, _scale_saturation, 3), (hue != 0.0, _hue_steps, 4),
-                 (~first.astype(bool) & (contrast != 1.0), _contrast, 2)]
+        steps = [
+            (beta != 0.0, _brightness, 0),
+            (first.astype(bool) & (contrast != 1.0), _contrast, 2),
+            (saturation != 1.0, _scale_saturation, 3),
+            (hue != 0.0, _hue_steps, 4),
+            (~first.astype(bool) & (contrast != 1.0), _contrast, 2),
+        ]
         for chosen, op, column in steps:
             chosen = np.flatnonzero(chosen)
             if len(chosen) == len(x):
@@ -157,11 +163,11 @@ class MmsegTrainTransform:
         patch_h, patch_w = self.profile.patch_hw
         top, left = _random_crop_box(*size, patch_h, patch_w)
         for _ in range(CROP_RETRIES):
-            if _crop_is_varied(mask[top:top + patch_h, left:left + patch_w]):
+            if _crop_is_varied(mask[top : top + patch_h, left : left + patch_w]):
                 break
             top, left = _random_crop_box(*size, patch_h, patch_w)
-        image = image[:, top:top + patch_h, left:left + patch_w]
-        mask = mask[top:top + patch_h, left:left + patch_w]
+        image = image[:, top : top + patch_h, left : left + patch_w]
+        mask = mask[top : top + patch_h, left : left + patch_w]
         if _coin():
             image, mask = image.flip(-1), mask.flip(-1)
 
@@ -169,7 +175,7 @@ class MmsegTrainTransform:
         pad_h, pad_w = patch_h - image.shape[-2], patch_w - image.shape[-1]
         if pad_h > 0 or pad_w > 0:
             padded = torch.tensor(PAD_COLOUR, dtype=torch.uint8).view(3, 1, 1).repeat(1, patch_h, patch_w)
-            padded[:, :image.shape[-2], :image.shape[-1]] = image
+            padded[:, : image.shape[-2], : image.shape[-1]] = image
             image = padded
             mask = TF.pad(mask[None], [0, 0, pad_w, pad_h], fill=IGNORE_INDEX)[0]
         return image.contiguous(), mask.contiguous()

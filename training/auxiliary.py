@@ -7,6 +7,7 @@ strictly. A next stage with heads starts them from the previous stage's best epo
 so they are read from `checkpoints/<prev>/state.pth` (next to the models/ folder of --previous-model-path, else under
 the working folder); a previous stage without heads (or without that state) leaves them freshly initialised.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,8 +37,10 @@ def auxiliary_loss(aux_logits, target: torch.Tensor, weight: float) -> torch.Ten
 def previous_state_path(init_from: str) -> Path | None:
     """checkpoints/<id>/state.pth of the stage that wrote `init_from` = .../models/<id>.pth, if there is one."""
     model = Path(init_from)
-    for candidate in (model.parent.parent / "checkpoints" / model.stem / "state.pth",
-                      Path("checkpoints") / model.stem / "state.pth"):
+    for candidate in (
+        model.parent.parent / "checkpoints" / model.stem / "state.pth",
+        Path("checkpoints") / model.stem / "state.pth",
+    ):
         if candidate.is_file():
             return candidate
     return None

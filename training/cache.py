@@ -26,6 +26,7 @@ A cached sample is exactly the output of `training.images.resize(profile)` on th
 the first op of the training and validation transforms (a no-op on an image already at the size): cached and
 uncached samples are identical, augmentations included.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -55,7 +56,7 @@ CACHE_VERSION = 1
 MANIFEST = "manifest.json"
 FALLBACK_DIR = Path("data/cache")  # relative to the working directory (the repository root for the scripts)
 STALE_AFTER_S = 3600  # a temporary file untouched this long belongs to a builder that is gone
-HEARTBEAT_S = 60      # how often a builder touches its temporary files
+HEARTBEAT_S = 60  # how often a builder touches its temporary files
 _TEMPORARY = re.compile(r"^(?:images|labels|manifest\.json)\.(?:(?P<host>.+)\.)?(?P<pid>\d+)\.tmp(?:\.npy)?$")
 
 
@@ -93,8 +94,10 @@ class CachedSplit:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         if self._arrays is None or self._pid != os.getpid():
-            self._arrays = (np.load(self.directory / "images.npy", mmap_mode="r"),
-                            np.load(self.directory / "labels.npy", mmap_mode="r"))
+            self._arrays = (
+                np.load(self.directory / "images.npy", mmap_mode="r"),
+                np.load(self.directory / "labels.npy", mmap_mode="r"),
+            )
             self._pid = os.getpid()
         return self._arrays
 
@@ -106,9 +109,13 @@ class CachedSplit:
 
 def _expected(root: Path, split: str, images: list[str], labels: list[str], profile: Profile) -> dict:
     return {
-        "version": CACHE_VERSION, "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "profile": profile.name, "image_size": list(profile.image_size), "split": split,
-        "files": [[os.path.relpath(i, root), os.path.relpath(l, root)] for i, l in zip(images, labels)],
+        "version": CACHE_VERSION,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "profile": profile.name,
+        "image_size": list(profile.image_size),
+        "split": split,
+        "files": [[os.path.relpath(image, root), os.path.relpath(label, root)] for image, label in zip(images, labels)],
     }
 
 
@@ -127,8 +134,12 @@ def _arrays_ok(directory: Path, count: int, profile: Profile) -> bool:
         labels = np.load(directory / "labels.npy", mmap_mode="r")
     except (OSError, ValueError):
         return False
-    return (images.dtype == np.uint8 and images.shape == (count, 3, height, width)
-            and labels.dtype == np.uint8 and labels.shape == (count, height, width))
+    return (
+        images.dtype == np.uint8
+        and images.shape == (count, 3, height, width)
+        and labels.dtype == np.uint8
+        and labels.shape == (count, height, width)
+    )
 
 
 def check_cache(directory: Path, expected: dict, stats: list[list[int]], profile: Profile) -> tuple[str, list[int]]:
@@ -198,6 +209,7 @@ def _locked(directory: Path, log):
     with open(directory / ".lock", "a+") as file:
         try:
             import fcntl
+
             try:
                 fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -219,8 +231,9 @@ _worker_state: dict = {}
 
 def _init_worker(images_path: str, labels_path: str, profile: Profile, threads: int = 1) -> None:
     torch.set_num_threads(threads)
-    _worker_state.update(images=np.load(images_path, mmap_mode="r+"), labels=np.load(labels_path, mmap_mode="r+"),
-                         resize=resize(profile))
+    _worker_state.update(
+        images=np.load(images_path, mmap_mode="r+"), labels=np.load(labels_path, mmap_mode="r+"), resize=resize(profile)
+    )
 
 
 def _cache_one(task: tuple[int, str, str]) -> int:
@@ -262,7 +275,7 @@ def _fill(images_path: Path, labels_path: Path, tasks: list, profile: Profile, w
                 done(1)
         else:
             size = max(1, min(16, len(tasks) // (8 * workers)))
-            chunks = [tasks[i:i + size] for i in range(0, len(tasks), size)]
+            chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
             map_in_helpers(_cache_chunk, chunks, workers, done, initializer=_init_worker, initargs=args)
     finally:
         _worker_state.clear()
@@ -275,8 +288,16 @@ def _fill(images_path: Path, labels_path: Path, tasks: list, profile: Profile, w
             os.close(fd)
 
 
-def _build(directory: Path, expected: dict, images: list[str], labels: list[str], profile: Profile,
-           stale: list[int] | None, workers: int, log) -> None:
+def _build(
+    directory: Path,
+    expected: dict,
+    images: list[str],
+    labels: list[str],
+    profile: Profile,
+    stale: list[int] | None,
+    workers: int,
+    log,
+) -> None:
     """Write the whole cache (stale is None) or re-read the changed entries; the manifest comes last."""
     count = len(images)
     stats = _source_stats(images, labels)  # taken before reading: a file changed meanwhile is caught next time
@@ -288,8 +309,10 @@ def _build(directory: Path, expected: dict, images: list[str], labels: list[str]
         tmp = {name: directory / f"{name}.{_temporary_tag()}.tmp.npy" for name in ("images", "labels")}
         np.lib.format.open_memmap(tmp["images"], "w+", np.uint8, (count, 3, height, width))
         np.lib.format.open_memmap(tmp["labels"], "w+", np.uint8, (count, height, width))
-        log(f"cache: writing {count} {what} to {directory} ({workers} processes, "
-            f"{count * 4 * height * width / 2**30:.2f} GiB; once per profile)")
+        log(
+            f"cache: writing {count} {what} to {directory} ({workers} processes, "
+            f"{count * 4 * height * width / 2**30:.2f} GiB; once per profile)"
+        )
         try:
             tasks = [(i, image, label) for i, (image, label) in enumerate(zip(images, labels))]
             _fill(tmp["images"], tmp["labels"], tasks, profile, workers, f"caching {what}")
@@ -325,12 +348,21 @@ def _default_workers(count: int) -> int:
 
 def _is_main_process() -> bool:
     from training.distributed import detect
+
     return detect().is_main
 
 
-def prepare_cache(root: str | Path, split: str, images: list[str], labels: list[str], profile: Profile,
-                  mode: str = "auto", cache_dir: str | Path | None = None, workers: int | None = None,
-                  log=None) -> CachedSplit | None:
+def prepare_cache(
+    root: str | Path,
+    split: str,
+    images: list[str],
+    labels: list[str],
+    profile: Profile,
+    mode: str = "auto",
+    cache_dir: str | Path | None = None,
+    workers: int | None = None,
+    log=None,
+) -> CachedSplit | None:
     """The cache of one split at `profile`, built or brought up to date first; None where it is not used.
 
     mode "auto" (the scripts') caches at every profile: below the sources' size it saves the decoding and the
@@ -354,15 +386,25 @@ def prepare_cache(root: str | Path, split: str, images: list[str], labels: list[
             return CachedSplit(directory, len(images))
     directory = next((d for d in candidates if _writable(d)), None)
     if directory is None:
-        raise UserError(f"cache: cannot create any of {', '.join(map(str, candidates))} "
-                        f"(expected a writable directory; or train with --no-cache)")
+        raise UserError(
+            f"cache: cannot create any of {', '.join(map(str, candidates))} "
+            f"(expected a writable directory; or train with --no-cache)"
+        )
     with _locked(directory, log):
         status, stale = check_cache(directory, expected, stats, profile)  # another process may have built it
         if status != "ok":
             remove_stale_temporaries(directory)  # of builders that were killed; never a live one's (other nodes)
             todo = len(stale) if status == "stale" else len(images)
-            _build(directory, expected, images, labels, profile, stale if status == "stale" else None,
-                   workers if workers is not None else _default_workers(todo), log)
+            _build(
+                directory,
+                expected,
+                images,
+                labels,
+                profile,
+                stale if status == "stale" else None,
+                workers if workers is not None else _default_workers(todo),
+                log,
+            )
     return CachedSplit(directory, len(images))
 
 
@@ -415,8 +457,12 @@ def _label_stats(labels: list[str]) -> list[list[int]]:
 
 def _labels_ok(directory: Path, expected: dict, stats: list[list[int]]) -> bool:
     manifest = _read_manifest(directory)
-    if (manifest is None or manifest.get("complete") is not True or manifest.get("stats") != stats
-            or any(manifest.get(k) != v for k, v in expected.items())):
+    if (
+        manifest is None
+        or manifest.get("complete") is not True
+        or manifest.get("stats") != stats
+        or any(manifest.get(k) != v for k, v in expected.items())
+    ):
         return False
     width, height = expected["size"]
     try:
@@ -426,8 +472,9 @@ def _labels_ok(directory: Path, expected: dict, stats: list[list[int]]) -> bool:
     return labels.dtype == np.uint8 and labels.shape == (len(stats), height, width)
 
 
-def prepare_label_cache(root: str | Path, split: str, labels: list[str], cache_dir: str | Path | None = None,
-                        log=None) -> CachedLabels | None:
+def prepare_label_cache(
+    root: str | Path, split: str, labels: list[str], cache_dir: str | Path | None = None, log=None
+) -> CachedLabels | None:
     """The split's train ids at the labels' own resolution, cached once; None where the labels differ in size
     (then they are decoded per sample). A changed source file (size or mtime) rebuilds the whole cache."""
     if log is None:
@@ -436,21 +483,28 @@ def prepare_label_cache(root: str | Path, split: str, labels: list[str], cache_d
     sizes = {png_size(label) for label in labels}
     if len(sizes) != 1:
         return None
-    (width, height), = sizes
+    ((width, height),) = sizes
     try:
         stats = _label_stats(labels)
     except OSError as error:
         raise UserError(f"cannot read {error.filename}: {error.strerror}") from None
-    expected = {"version": CACHE_VERSION, "kind": "full-resolution train ids", "split": split,
-                "size": [width, height], "files": [os.path.relpath(label, root) for label in labels]}
+    expected = {
+        "version": CACHE_VERSION,
+        "kind": "full-resolution train ids",
+        "split": split,
+        "size": [width, height],
+        "files": [os.path.relpath(label, root) for label in labels],
+    }
     candidates = [base / FULL_LABELS / split for base in cache_locations(root, cache_dir)]
     for directory in candidates:
         if _labels_ok(directory, expected, stats):
             return CachedLabels(directory, len(labels))
     directory = next((d for d in candidates if _writable(d)), None)
     if directory is None:
-        raise UserError(f"cache: cannot create any of {', '.join(map(str, candidates))} "
-                        f"(expected a writable directory; or train with --no-cache)")
+        raise UserError(
+            f"cache: cannot create any of {', '.join(map(str, candidates))} "
+            f"(expected a writable directory; or train with --no-cache)"
+        )
     with _locked(directory, log) as held:
         if not _labels_ok(directory, expected, stats):  # another process may have built it meanwhile
             if held:
@@ -458,8 +512,10 @@ def prepare_label_cache(root: str | Path, split: str, labels: list[str], cache_d
                     leftover.unlink(missing_ok=True)
             start = time.perf_counter()
             (directory / MANIFEST).unlink(missing_ok=True)
-            log(f"cache: writing {len(labels)} {split} labels at {width}x{height} to {directory} "
-                f"({len(labels) * width * height / 2**30:.2f} GiB; once per split, for full-resolution scoring)")
+            log(
+                f"cache: writing {len(labels)} {split} labels at {width}x{height} to {directory} "
+                f"({len(labels) * width * height / 2**30:.2f} GiB; once per split, for full-resolution scoring)"
+            )
             stats = _label_stats(labels)  # taken before reading: a file changed meanwhile is caught next time
             tmp = directory / f"labels.{os.getpid()}.tmp.npy"
             try:

@@ -8,6 +8,7 @@ the next stage of the same experiment removes such leftovers.
 
 Test hook: FASTSCNN_TEST_SLOW_WRITE=<seconds> sleeps between writing the temporary file and the rename.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,12 +17,13 @@ import io
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from training.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -71,7 +73,9 @@ def atomic_write(path: str | Path, write: Callable[[io.BufferedWriter], None]) -
             cause = cause.__context__
         if not isinstance(cause, OSError):
             raise
-        raise UserError(f"cannot write {path}: {cause.strerror or cause} (the previous file, if any, is unchanged)") from None
+        raise UserError(
+            f"cannot write {path}: {cause.strerror or cause} (the previous file, if any, is unchanged)"
+        ) from None
     finally:
         if tmp_name is not None and os.path.exists(tmp_name):
             os.unlink(tmp_name)
@@ -88,8 +92,9 @@ def check_writable(folder: str | Path) -> None:
             file.write(b"probe")
             file.flush()
     except OSError as error:
-        raise UserError(f"cannot write in {folder}/: {error.strerror or error} (expected a writable folder; "
-                        f"nothing was written)") from None
+        raise UserError(
+            f"cannot write in {folder}/: {error.strerror or error} (expected a writable folder; nothing was written)"
+        ) from None
 
 
 def remove_stale_temporaries(path: str | Path) -> None:

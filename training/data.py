@@ -13,6 +13,7 @@ Randomness is a function of (seed, epoch, position in the epoch) only: the sampl
 sample, and each sample's augmentation runs under that seed. The data order and the augmentations are therefore the
 same whatever the number of worker processes, and a resumed stage sees exactly the batches an uninterrupted one would.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,9 +46,26 @@ from training.images import (
 from training.profiles import Profile
 
 __all__ = [  # the names of training.images are re-exported: the data path's one entry point
-    "CLASS_NAMES", "IGNORE_INDEX", "LABEL_TO_TRAIN_ID", "NUM_CLASSES", "PALETTE", "TRAIN_CLASSES", "label_lookup_table",
-    "read_png", "read_train_ids", "resize", "check_layout", "CityscapesSegmentation", "normalize", "train_transform",
-    "val_transform", "denormalize", "EpochSampler", "make_loader", "steps_per_epoch", "num_train_batches_check",
+    "CLASS_NAMES",
+    "IGNORE_INDEX",
+    "LABEL_TO_TRAIN_ID",
+    "NUM_CLASSES",
+    "PALETTE",
+    "TRAIN_CLASSES",
+    "label_lookup_table",
+    "read_png",
+    "read_train_ids",
+    "resize",
+    "check_layout",
+    "CityscapesSegmentation",
+    "normalize",
+    "train_transform",
+    "val_transform",
+    "denormalize",
+    "EpochSampler",
+    "make_loader",
+    "steps_per_epoch",
+    "num_train_batches_check",
 ]
 
 
@@ -55,11 +73,15 @@ def check_layout(root: str | Path, split: str) -> None:
     """Refuse a data dir that is not in the Cityscapes layout before torchvision's own, vaguer, error."""
     root = Path(root)
     if not root.is_dir():
-        raise UserError(f"--data-dir {root}: no such directory (expected a Cityscapes root with leftImg8bit/ and gtFine/)")
+        raise UserError(
+            f"--data-dir {root}: no such directory (expected a Cityscapes root with leftImg8bit/ and gtFine/)"
+        )
     for folder in (root / "leftImg8bit" / split, root / "gtFine" / split):
         if not folder.is_dir():
-            raise UserError(f"--data-dir {root}: missing {folder.relative_to(root)}/ "
-                            f"(expected the Cityscapes layout leftImg8bit/{{train,val}}/<city>/, gtFine/{{train,val}}/<city>/)")
+            raise UserError(
+                f"--data-dir {root}: missing {folder.relative_to(root)}/ "
+                f"(expected the Cityscapes layout leftImg8bit/{{train,val}}/<city>/, gtFine/{{train,val}}/<city>/)"
+            )
 
 
 class CityscapesSegmentation(Dataset):
@@ -82,14 +104,24 @@ class CityscapesSegmentation(Dataset):
     where the image cache is used and all labels have one size).
     """
 
-    def __init__(self, root: str | Path, split: str, transform: v2.Transform, profile: Profile | None = None,
-                 cache: bool | str = True, cache_dir: str | Path | None = None,
-                 photometric: PhotometricPipeline | None = None, photometric_in_worker: bool = False,
-                 full_labels: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str,
+        transform: v2.Transform,
+        profile: Profile | None = None,
+        cache: bool | str = True,
+        cache_dir: str | Path | None = None,
+        photometric: PhotometricPipeline | None = None,
+        photometric_in_worker: bool = False,
+        full_labels: bool = False,
+    ):
         check_layout(root, split)
         files = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
         if not files.images:
-            raise UserError(f"--data-dir {root}: split '{split}' is empty (no *_leftImg8bit.png under leftImg8bit/{split}/)")
+            raise UserError(
+                f"--data-dir {root}: split '{split}' is empty (no *_leftImg8bit.png under leftImg8bit/{split}/)"
+            )
         for image, (target,) in zip(files.images, files.targets):
             if not Path(target).is_file():
                 raise UserError(f"image {image} has no label file (expected {target})")
@@ -101,8 +133,15 @@ class CityscapesSegmentation(Dataset):
         self.full_labels = full_labels
         self.cache = self.label_cache = None
         if profile is not None and cache:
-            self.cache = prepare_cache(self.root, split, self.images, self.labels, profile,
-                                       mode="always" if cache == "always" else "auto", cache_dir=cache_dir)
+            self.cache = prepare_cache(
+                self.root,
+                split,
+                self.images,
+                self.labels,
+                profile,
+                mode="always" if cache == "always" else "auto",
+                cache_dir=cache_dir,
+            )
             if full_labels and self.cache is not None:
                 self.label_cache = prepare_label_cache(self.root, split, self.labels, cache_dir=cache_dir)
 
@@ -166,11 +205,13 @@ def train_transform(profile: Profile) -> v2.Transform:
 
     The resize comes first (on uint8, so all later work is on the small image); it commutes with the flip.
     """
-    return v2.Compose([
-        resize(profile),
-        v2.RandomHorizontalFlip(0.5),
-        v2.RandomCrop(profile.patch_hw),
-    ])
+    return v2.Compose(
+        [
+            resize(profile),
+            v2.RandomHorizontalFlip(0.5),
+            v2.RandomCrop(profile.patch_hw),
+        ]
+    )
 
 
 def val_transform(profile: Profile) -> v2.Transform:
@@ -215,7 +256,7 @@ class EpochSampler(Sampler):
         seeds = torch.randint(0, 2**62, (self.size,), generator=generator).tolist()
         per_process = self.size // self.world_size
         mine = range(self.rank * per_process, (self.rank + 1) * per_process)
-        for position in mine[self.start:]:
+        for position in mine[self.start :]:
             yield order[position], seeds[position]
 
 
@@ -225,13 +266,26 @@ def _ignore_stop_signals(_worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-def make_loader(dataset: Dataset, sampler: EpochSampler, batch_size: int, num_workers: int, device: torch.device,
-                drop_last: bool, collate_fn=None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    sampler: EpochSampler,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    drop_last: bool,
+    collate_fn=None,
+) -> DataLoader:
     on_cuda = device.type == "cuda"
     return DataLoader(
-        dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers, drop_last=drop_last,
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
         collate_fn=collate_fn,
-        pin_memory=on_cuda, persistent_workers=num_workers > 0, worker_init_fn=_ignore_stop_signals,
+        pin_memory=on_cuda,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_ignore_stop_signals,
         prefetch_factor=4 if num_workers > 0 else None,
         # A private generator: creating the iterator must not consume the global RNG (exact resume).
         generator=torch.Generator().manual_seed(0),
@@ -245,5 +299,7 @@ def steps_per_epoch(num_images: int, batch_size: int, world_size: int) -> int:
 def num_train_batches_check(num_images: int, batch_size: int, world_size: int) -> None:
     if steps_per_epoch(num_images, batch_size, world_size) < 1:
         need = batch_size * world_size
-        raise UserError(f"--batch-size {batch_size}: the training split has {num_images} images, fewer than one batch "
-                        f"({need} across {world_size} process(es)); expected --batch-size <= {max(1, num_images // world_size)}")
+        raise UserError(
+            f"--batch-size {batch_size}: the training split has {num_images} images, fewer than one batch "
+            f"({need} across {world_size} process(es)); expected --batch-size <= {max(1, num_images // world_size)}"
+        )

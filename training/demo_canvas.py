@@ -5,12 +5,13 @@ A shape is a bounding box and a mask function; the canvas paints a label map, a 
 together, shape by shape, so that labels and pixels align exactly; `Street` maps ground coordinates (lateral metres,
 depth) to pixels.
 """
+
 from __future__ import annotations
 
 import colorsys
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -37,6 +38,7 @@ def ring(cx: float, cy: float, r_out: float, r_in: float) -> Shape:
     def mask(ys, xs):
         d2 = (xs - cx) ** 2 + (ys - cy) ** 2
         return (d2 <= r_out * r_out) & (d2 >= r_in * r_in)
+
     return (cx - r_out, cy - r_out, cx + r_out, cy + r_out), mask
 
 
@@ -49,6 +51,7 @@ def capsule(ax: float, ay: float, bx: float, by: float, r: float) -> Shape:
         px, py = xs - ax, ys - ay
         h = np.clip((px * dx + py * dy) / n2, 0.0, 1.0)
         return (px - h * dx) ** 2 + (py - h * dy) ** 2 <= r * r
+
     return (min(ax, bx) - r, min(ay, by) - r, max(ax, bx) + r, max(ay, by) + r), mask
 
 
@@ -64,6 +67,7 @@ def polygon(points: list[tuple[float, float]]) -> Shape:
             side = ((x1 - x0) * (ys - y0) - (y1 - y0) * (xs - x0)) * sign >= 0
             inside = side if inside is None else inside & side
         return inside
+
     xs_, ys_ = [p[0] for p in pts], [p[1] for p in pts]
     return (min(xs_), min(ys_), max(xs_), max(ys_)), mask
 
@@ -131,6 +135,7 @@ class Canvas:
 
 # ------------------------------------------------------------------------------------------------------- colours
 
+
 def vary(rng: np.random.Generator, colour, spread: float) -> np.ndarray:
     """One object's colour: the class colour plus a little of its own."""
     return np.clip(np.asarray(colour, np.float64) + rng.normal(0.0, spread, 3), 0, 255)
@@ -156,11 +161,11 @@ class Street:
 
     def __init__(self, rng: np.random.Generator, width: int, height: int):
         self.w, self.h = width, height
-        self.yh = height * rng.uniform(0.36, 0.46)       # horizon row
-        self.vx = width * rng.uniform(0.42, 0.58)        # vanishing point column
-        self.g = height - self.yh                        # rows of ground
-        self.p = self.g / rng.uniform(2.4, 3.2)          # pixels per metre at t = 1
-        self.d0 = 4.0                                    # depth (metres) of the bottom row, for patterns
+        self.yh = height * rng.uniform(0.36, 0.46)  # horizon row
+        self.vx = width * rng.uniform(0.42, 0.58)  # vanishing point column
+        self.g = height - self.yh  # rows of ground
+        self.p = self.g / rng.uniform(2.4, 3.2)  # pixels per metre at t = 1
+        self.d0 = 4.0  # depth (metres) of the bottom row, for patterns
 
     def x(self, lat: float, t: float) -> float:
         return self.vx + lat * self.p * t
@@ -191,8 +196,7 @@ class Street:
         """A vertical plane along the street at `lat`, between two depths, `height_m` metres high."""
         xa, xb = self.x(lat, t_near), self.x(lat, t_far)
         ya, yb = self.y(t_near), self.y(t_far)
-        return polygon([(xa, ya), (xa, ya - height_m * self.m(t_near)), (xb, yb - height_m * self.m(t_far)),
-                         (xb, yb)])
+        return polygon([(xa, ya), (xa, ya - height_m * self.m(t_near)), (xb, yb - height_m * self.m(t_far)), (xb, yb)])
 
     def wall_coords(self, region: Region, lat: float) -> tuple[np.ndarray, np.ndarray]:
         """(height above ground in metres, depth in metres) of the pixels of a region painted by `wall`."""
@@ -239,12 +243,28 @@ BASE_COLOURS = {
 
 # texture amplitude (grey levels) per label id: (pixel noise, fine blotches, coarse blotches)
 _TEXTURE = {
-    SKY: (1.5, 1.0, 6.0), ROAD: (7.0, 3.0, 6.0), SIDEWALK: (5.0, 3.0, 6.0), BUILDING: (4.0, 4.0, 10.0),
-    WALL: (4.0, 3.0, 8.0), FENCE: (3.0, 2.0, 5.0), POLE: (2.0, 1.0, 3.0), TRAFFIC_LIGHT: (2.0, 1.0, 2.0),
-    TRAFFIC_SIGN: (2.0, 1.0, 2.0), VEGETATION: (13.0, 15.0, 10.0), TERRAIN: (10.0, 7.0, 10.0),
-    PERSON: (4.0, 3.0, 4.0), RIDER: (4.0, 3.0, 4.0), CAR: (2.0, 1.0, 3.0), TRUCK: (3.0, 2.0, 4.0),
-    BUS: (3.0, 2.0, 4.0), BICYCLE: (3.0, 1.0, 2.0), EGO_VEHICLE: (2.0, 1.0, 3.0), OUT_OF_ROI: (1.0, 0.0, 0.0),
-    STATIC: (5.0, 3.0, 5.0), GROUND: (8.0, 4.0, 8.0), UNLABELED: (6.0, 4.0, 6.0),
+    SKY: (1.5, 1.0, 6.0),
+    ROAD: (7.0, 3.0, 6.0),
+    SIDEWALK: (5.0, 3.0, 6.0),
+    BUILDING: (4.0, 4.0, 10.0),
+    WALL: (4.0, 3.0, 8.0),
+    FENCE: (3.0, 2.0, 5.0),
+    POLE: (2.0, 1.0, 3.0),
+    TRAFFIC_LIGHT: (2.0, 1.0, 2.0),
+    TRAFFIC_SIGN: (2.0, 1.0, 2.0),
+    VEGETATION: (13.0, 15.0, 10.0),
+    TERRAIN: (10.0, 7.0, 10.0),
+    PERSON: (4.0, 3.0, 4.0),
+    RIDER: (4.0, 3.0, 4.0),
+    CAR: (2.0, 1.0, 3.0),
+    TRUCK: (3.0, 2.0, 4.0),
+    BUS: (3.0, 2.0, 4.0),
+    BICYCLE: (3.0, 1.0, 2.0),
+    EGO_VEHICLE: (2.0, 1.0, 3.0),
+    OUT_OF_ROI: (1.0, 0.0, 0.0),
+    STATIC: (5.0, 3.0, 5.0),
+    GROUND: (8.0, 4.0, 8.0),
+    UNLABELED: (6.0, 4.0, 6.0),
 }
 TEXTURE_TABLE = np.full((256, 3), (5.0, 3.0, 5.0), np.float32)
 for _id, _amp in _TEXTURE.items():
@@ -264,7 +284,6 @@ def palette(rng: np.random.Generator) -> dict[int, np.ndarray]:
     return palette
 
 
-
 class Scene:
     """What every layer shares: the canvas, this image's palette and perspective, the street's cross-section and
     the standing objects queued for depth-sorted drawing."""
@@ -274,9 +293,9 @@ class Scene:
         self.cv = Canvas(width, height)
         self.pal = palette(rng)
         self.st = Street(rng, width, height)
-        self.sun = 1 if rng.random() < 0.5 else -1     # which side's facades are lit
-        self.min_w = width / 60.0                      # poles, signs and lights are never thinner than this
-        self.objects: list[tuple[float, Callable[[], None]]] = []   # (depth t, draw): drawn far to near
+        self.sun = 1 if rng.random() < 0.5 else -1  # which side's facades are lit
+        self.min_w = width / 60.0  # poles, signs and lights are never thinner than this
+        self.objects: list[tuple[float, Callable[[], None]]] = []  # (depth t, draw): drawn far to near
 
     def side(self) -> int:
         return -1 if self.rng.random() < 0.5 else 1
@@ -286,5 +305,5 @@ class Scene:
         self.objects.append((float(order), lambda: fn(self, *args)))
 
     def draw_objects(self) -> None:
-        for _, draw in sorted(self.objects, key=lambda item: item[0]):   # stable: equal depths keep their order
+        for _, draw in sorted(self.objects, key=lambda item: item[0]):  # stable: equal depths keep their order
             draw()

@@ -26,6 +26,7 @@ parameters returns at once.
 
     python -m training.demo_data --root data/demo_cityscapes --train 60 --val 20 --size 1024x512 --seed 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,20 +43,28 @@ from PIL import Image
 from training.demo_scene import draw_scene
 from training.errors import UserError, run_cli
 
-__all__ = ["DEMO_DIR", "MANIFEST_NAME", "TRAIN_CITIES", "VAL_CITIES", "TEST_CITIES", "make_demo_dataset", "ensure_demo_dataset",
-           "main"]
+__all__ = [
+    "DEMO_DIR",
+    "MANIFEST_NAME",
+    "TRAIN_CITIES",
+    "VAL_CITIES",
+    "TEST_CITIES",
+    "make_demo_dataset",
+    "ensure_demo_dataset",
+    "main",
+]
 
-DEMO_DIR = Path("data/demo_cityscapes")   # relative to the repository root
-MANIFEST_NAME = "demo_manifest.json"      # written last: its presence means the set is complete
-MARKER_NAME = ".demo_generator"           # written first: this folder's leftImg8bit/ and gtFine/ are ours to replace
-GENERATOR_VERSION = 1                     # bump when the drawing changes, so that old sets are regenerated
+DEMO_DIR = Path("data/demo_cityscapes")  # relative to the repository root
+MANIFEST_NAME = "demo_manifest.json"  # written last: its presence means the set is complete
+MARKER_NAME = ".demo_generator"  # written first: this folder's leftImg8bit/ and gtFine/ are ours to replace
+GENERATOR_VERSION = 1  # bump when the drawing changes, so that old sets are regenerated
 TRAIN_CITIES = ("aachen", "bochum", "bremen")
 VAL_CITIES = ("frankfurt", "lindau")
 TEST_CITIES = ("berlin", "bonn")
 SPLITS = {"train": (0, TRAIN_CITIES), "val": (1, VAL_CITIES), "test": (2, TEST_CITIES)}  # (seed stream, cities)
 LABELLED = ("train", "val")
-FRAME = 19                                # Cityscapes' annotated frame of each sequence is number 19
-PNG_COMPRESS_LEVEL = 1                    # the images are noisy: more compression buys little
+FRAME = 19  # Cityscapes' annotated frame of each sequence is number 19
+PNG_COMPRESS_LEVEL = 1  # the images are noisy: more compression buys little
 MIN_SIZE = (64, 32)
 
 # ----------------------------------------------------------------------------------------------------------- writing
@@ -73,8 +82,14 @@ def _plan(num_train: int, num_val: int, num_test: int = 0) -> list[tuple[str, in
 
 
 def _params(num_train: int, num_val: int, size: tuple[int, int], seed: int, num_test: int = 0) -> dict:
-    params = {"generator": "training.demo_data", "version": GENERATOR_VERSION, "num_train": num_train,
-              "num_val": num_val, "size": [size[0], size[1]], "seed": seed}
+    params = {
+        "generator": "training.demo_data",
+        "version": GENERATOR_VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "size": [size[0], size[1]],
+        "seed": seed,
+    }
     return {**params, "num_test": num_test} if num_test else params  # sets made without a test split stay valid
 
 
@@ -83,6 +98,7 @@ def _check(num_train, num_val, size, seed, num_test=0) -> tuple[int, int, tuple[
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
             raise UserError(f"{name}: expected a whole number >= 0, got {value!r}")
         return int(value)
+
     num_train, num_val = count("num_train", num_train), count("num_val", num_val)
     if num_train + num_val == 0:
         raise UserError("num_train + num_val: expected at least one image, got 0")
@@ -114,12 +130,14 @@ def _generate(root, num_train, num_val, size, seed, num_test=0) -> tuple[Path, b
     data_dirs = [root / "leftImg8bit", root / "gtFine"]
     ours = manifest is not None or (root / MARKER_NAME).is_file()
     if any(d.exists() for d in data_dirs) and not ours:
-        raise UserError(f"{root}: holds leftImg8bit/ or gtFine/ that the demo generator did not write; "
-                        "expected an empty or new folder for the demo data (nothing was written)")
+        raise UserError(
+            f"{root}: holds leftImg8bit/ or gtFine/ that the demo generator did not write; "
+            "expected an empty or new folder for the demo data (nothing was written)"
+        )
     root.mkdir(parents=True, exist_ok=True)
     (root / MANIFEST_NAME).unlink(missing_ok=True)
     (root / MARKER_NAME).write_text("leftImg8bit/ and gtFine/ here were written by training/demo_data.py\n")
-    for d in data_dirs:                                 # an older or partial set: start afresh
+    for d in data_dirs:  # an older or partial set: start afresh
         if d.exists():
             shutil.rmtree(d)
     for d in data_dirs:
@@ -137,15 +155,24 @@ def _generate(root, num_train, num_val, size, seed, num_test=0) -> tuple[Path, b
             Image.fromarray(label).save(label_dir / f"{stem}_gtFine_labelIds.png", compress_level=PNG_COMPRESS_LEVEL)
     seconds = time.perf_counter() - start
     tmp = root / (MANIFEST_NAME + ".tmp")
-    tmp.write_text(json.dumps({"params": params, "layout": "Cityscapes leftImg8bit/ + gtFine/ *_gtFine_labelIds.png",
-                               "cities": {split: list(SPLITS[split][1]) for split in SPLITS
-                                          if split in LABELLED or num_test}}, indent=2) + "\n")
+    tmp.write_text(
+        json.dumps(
+            {
+                "params": params,
+                "layout": "Cityscapes leftImg8bit/ + gtFine/ *_gtFine_labelIds.png",
+                "cities": {split: list(SPLITS[split][1]) for split in SPLITS if split in LABELLED or num_test},
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     os.replace(tmp, root / MANIFEST_NAME)
     return root, True, seconds
 
 
-def make_demo_dataset(root, num_train: int = 60, num_val: int = 20, size: tuple[int, int] = (1024, 512),
-                      seed: int = 0, num_test: int = 0) -> Path:
+def make_demo_dataset(
+    root, num_train: int = 60, num_val: int = 20, size: tuple[int, int] = (1024, 512), seed: int = 0, num_test: int = 0
+) -> Path:
     """Write `num_train` + `num_val` synthetic scenes of `size` (width, height) under `root` in the Cityscapes layout,
     and `num_test` test images without labels (leftImg8bit/test/ only); train and val do not depend on `num_test`.
 
@@ -179,14 +206,20 @@ def _parse_size(text: str) -> tuple[int, int]:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(prog="python -m training.demo_data",
-                                     description="Write a small synthetic street-scene data set in the Cityscapes "
-                                                 "layout (leftImg8bit/ + gtFine/ label ids).")
+    parser = argparse.ArgumentParser(
+        prog="python -m training.demo_data",
+        description="Write a small synthetic street-scene data set in the Cityscapes "
+        "layout (leftImg8bit/ + gtFine/ label ids).",
+    )
     parser.add_argument("--root", type=Path, default=DEMO_DIR, help=f"output folder (default {DEMO_DIR})")
     parser.add_argument("--train", type=int, default=60, help="number of training images (default 60)")
     parser.add_argument("--val", type=int, default=20, help="number of validation images (default 20)")
-    parser.add_argument("--test", type=int, default=0,
-                        help="number of test images, without labels like Cityscapes' test split (default 0)")
+    parser.add_argument(
+        "--test",
+        type=int,
+        default=0,
+        help="number of test images, without labels like Cityscapes' test split (default 0)",
+    )
     parser.add_argument("--size", default="1024x512", help="image size WIDTHxHEIGHT (default 1024x512)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
@@ -194,8 +227,10 @@ def main(argv: list[str] | None = None) -> Path:
     size = _parse_size(args.size)
     root, generated, seconds = _generate(args.root, args.train, args.val, size, args.seed, args.test)
     if not generated:
-        print(f"{root} already holds this demo set ({args.train} train + {args.val} val images, "
-              f"{size[0]}x{size[1]}, seed {args.seed}): nothing written")
+        print(
+            f"{root} already holds this demo set ({args.train} train + {args.val} val images, "
+            f"{size[0]}x{size[1]}, seed {args.seed}): nothing written"
+        )
         return root
     print(f"wrote the demo set to {root} ({size[0]}x{size[1]}, seed {args.seed}) in {seconds:.1f} s:")
     for split in SPLITS:
@@ -204,8 +239,11 @@ def main(argv: list[str] | None = None) -> Path:
         cities = sorted(p.name for p in (root / "leftImg8bit" / split).iterdir())
         counts = {c: len(list((root / "leftImg8bit" / split / c).glob("*_leftImg8bit.png"))) for c in cities}
         total = sum(counts.values())
-        print(f"  {split}: {total} images + " + (f"{total} label maps" if split in LABELLED else "no labels")
-              + (f" ({', '.join(f'{c} {n}' for c, n in counts.items())})" if counts else ""))
+        print(
+            f"  {split}: {total} images + "
+            + (f"{total} label maps" if split in LABELLED else "no labels")
+            + (f" ({', '.join(f'{c} {n}' for c, n in counts.items())})" if counts else "")
+        )
     return root
 
 

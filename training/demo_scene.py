@@ -5,14 +5,44 @@ the street's cross-section, ground and road, the skyline, facades, low walls in 
 objects (vegetation, street furniture, people, vehicles, void things) sorted by depth, and the void regions at the
 image borders. Every random draw comes from `rng` in this fixed order, so a scene is a pure function of the seed.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
-from training.demo_canvas import (TEXTURE_TABLE, BUILDING, EGO_VEHICLE, FENCE, GROUND, OUT_OF_ROI, ROAD, SIDEWALK, SKY,
-                                  TERRAIN, VEGETATION, WALL, Canvas, Scene, ellipse, frac, mix, rect, smooth_noise, vary)
-from training.demo_objects import (place_bicycle, place_big_vehicle, place_cars, place_lawns, place_people, place_poles,
-                                   place_trees, place_void_objects, tree_row)
+from training.demo_canvas import (
+    BUILDING,
+    EGO_VEHICLE,
+    FENCE,
+    GROUND,
+    OUT_OF_ROI,
+    ROAD,
+    SIDEWALK,
+    SKY,
+    TERRAIN,
+    TEXTURE_TABLE,
+    VEGETATION,
+    WALL,
+    Canvas,
+    Scene,
+    ellipse,
+    frac,
+    mix,
+    rect,
+    smooth_noise,
+    vary,
+)
+from training.demo_objects import (
+    place_bicycle,
+    place_big_vehicle,
+    place_cars,
+    place_lawns,
+    place_people,
+    place_poles,
+    place_trees,
+    place_void_objects,
+    tree_row,
+)
 
 
 # ---------------------------------------------------------------------------------------------- sky and ground
@@ -22,8 +52,11 @@ def sky(sc: Scene) -> None:
     cv.draw(rect(0, 0, W, sc.st.yh + 1), SKY, pal[SKY], shade=(0.82, 1.12))
     for _ in range(rng.integers(0, 4)):
         rx = W * rng.uniform(0.05, 0.15)
-        cv.draw(ellipse(rng.uniform(0, W), rng.uniform(0, sc.st.yh * 0.7), rx, rx * rng.uniform(0.15, 0.35)), SKY,
-                mix(pal[SKY], (236, 238, 244), rng.uniform(0.5, 0.8)))
+        cv.draw(
+            ellipse(rng.uniform(0, W), rng.uniform(0, sc.st.yh * 0.7), rx, rx * rng.uniform(0.15, 0.35)),
+            SKY,
+            mix(pal[SKY], (236, 238, 244), rng.uniform(0.5, 0.8)),
+        )
 
 
 def cross_section(sc: Scene) -> None:
@@ -32,7 +65,7 @@ def cross_section(sc: Scene) -> None:
     sc.rc, sc.hw = rng.uniform(-1.2, 1.2), rng.uniform(3.0, 4.6)
     sc.curb = {s: sc.rc + s * sc.hw for s in (-1, 1)}
     sc.walk = {s: sc.curb[s] + s * rng.uniform(2.0, 4.0) for s in (-1, 1)}
-    grass_side = -1 if rng.random() < 0.5 else 1       # one side always has a strip of terrain
+    grass_side = -1 if rng.random() < 0.5 else 1  # one side always has a strip of terrain
     sc.strip_label, sc.front = {}, {}
     for s in (-1, 1):
         kind = "terrain" if s == grass_side else rng.choice(["terrain", "ground", "none"], p=[0.5, 0.2, 0.3])
@@ -67,7 +100,7 @@ def road(sc: Scene) -> None:
     marks = (np.abs(lat - rc) < 0.08) & (frac(depth / (2 * dash)) < 0.5)
     if rng.random() < 0.6:
         marks |= np.abs(np.abs(lat - rc) - (hw - 0.4)) < 0.07
-    if rng.random() < 0.3:                              # a zebra crossing
+    if rng.random() < 0.3:  # a zebra crossing
         d_cross = rng.uniform(6.0, 20.0)
         marks |= (depth > d_cross) & (depth < d_cross + 4.0) & (frac(lat / 1.0) < 0.5)
     cv.recolour(region, marks, paint)
@@ -85,8 +118,11 @@ def skyline(sc: Scene) -> None:
         if rng.random() < 0.8:
             cv.draw(rect(x, top, x + bw, st.yh + 2), BUILDING, mix(vary(rng, pal[BUILDING], 14), pal[SKY], 0.3))
         else:
-            cv.draw(ellipse(x + bw / 2, st.yh - (st.yh - top) / 2, bw * 0.7, (st.yh - top) / 2 + 2), VEGETATION,
-                    mix(pal[VEGETATION], pal[SKY], 0.2))
+            cv.draw(
+                ellipse(x + bw / 2, st.yh - (st.yh - top) / 2, bw * 0.7, (st.yh - top) / 2 + 2),
+                VEGETATION,
+                mix(pal[VEGETATION], pal[SKY], 0.2),
+            )
         x += bw
 
 
@@ -96,7 +132,7 @@ def facades(sc: Scene) -> None:
     for s in (-1, 1):
         lat_f = sc.front[s]
         t_edge = sc.st.t_inside(lat_f, 0.0)
-        z, z_far = rng.uniform(0.5, 0.9) / t_edge, 30.0   # z = 1 / t
+        z, z_far = rng.uniform(0.5, 0.9) / t_edge, 30.0  # z = 1 / t
         lit = 1.05 if s == sc.sun else 0.8
         while z < z_far:
             z_next = z * rng.uniform(1.15, 1.5)
@@ -119,11 +155,17 @@ def facade(sc: Scene, lat_f: float, t_near: float, t_far: float, lit: float) -> 
         return
     up, depth = st.wall_coords(region, lat_f)
     spacing, floor = rng.uniform(2.5, 4.0), rng.uniform(2.8, 3.6)
-    windows = ((frac(depth / spacing) > 0.25) & (frac(depth / spacing) < 0.7)
-               & (frac(up / floor) > 0.35) & (frac(up / floor) < 0.8) & (up > floor) & (up < height_m - 1.0))
+    windows = (
+        (frac(depth / spacing) > 0.25)
+        & (frac(depth / spacing) < 0.7)
+        & (frac(up / floor) > 0.35)
+        & (frac(up / floor) < 0.8)
+        & (up > floor)
+        & (up < height_m - 1.0)
+    )
     glass = vary(rng, (55, 65, 85), 8)
     cv.recolour(region, windows, glass)
-    if rng.random() < 0.5:                              # shop windows on the ground floor
+    if rng.random() < 0.5:  # shop windows on the ground floor
         cv.recolour(region, (up > 0.4) & (up < 2.6) & (frac(depth / 5.0) < 0.7), glass * 1.2)
 
 
@@ -159,8 +201,9 @@ def border_void(sc: Scene) -> None:
 
         def bonnet(ys, xs):
             return ys > H - e * (1.0 - bend * ((xs - cx) / (W / 2)) ** 2)
+
         region = cv.draw(((0, H - e, W, H), bonnet), EGO_VEHICLE, pal[EGO_VEHICLE], shade=(1.3, 0.8))
-        if region is not None:                          # the sky reflected near its edge
+        if region is not None:  # the sky reflected near its edge
             edge = region.ys < H - e * (1.0 - bend * ((region.xs - cx) / (W / 2)) ** 2) + max(2.0, e * 0.15)
             cv.recolour(region, edge, mix(pal[EGO_VEHICLE], pal[SKY], 0.35))
     if rng.random() < 0.35:
@@ -171,8 +214,23 @@ def border_void(sc: Scene) -> None:
 
 # ------------------------------------------------------------------------------------------------------ scene
 # The layers in painting order; the place_* ones queue standing objects, drawn afterwards by depth.
-LAYERS = (sky, cross_section, ground_and_sidewalks, road, skyline, facades, front_walls, place_trees, place_lawns,
-          place_poles, place_people, place_cars, place_big_vehicle, place_bicycle, place_void_objects)
+LAYERS = (
+    sky,
+    cross_section,
+    ground_and_sidewalks,
+    road,
+    skyline,
+    facades,
+    front_walls,
+    place_trees,
+    place_lawns,
+    place_poles,
+    place_people,
+    place_cars,
+    place_big_vehicle,
+    place_bicycle,
+    place_void_objects,
+)
 
 
 def draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +244,7 @@ def draw_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.nd
 
 
 def render(cv: Canvas, rng: np.random.Generator) -> np.ndarray:
-    """Colours x shading x exposure, plus texture per class (pixel noise, fine and coarse blotches), plus sensor noise."""
+    """Colours x shading x exposure, plus texture per class (pixel noise, fine and coarse blotches) and sensor noise."""
     h, w = cv.h, cv.w
     texture = TEXTURE_TABLE[:, 0][cv.label] * rng.standard_normal((h, w), dtype=np.float32)
     texture += TEXTURE_TABLE[:, 1][cv.label] * smooth_noise(rng, h, w, max(2, w // 256))

@@ -19,6 +19,7 @@ max/min/chroma. Its outputs equal torchvision's but for a few pixels in 10^5 tha
 rounding in the hue op; rarely two after a later contrast or saturation op): tests/test_device_augment.py checks it
 sample by sample.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,15 +50,21 @@ class ColorJitterOp(PhotometricOp):
 
     def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0):
         self.jitter = v2.ColorJitter(brightness=brightness, contrast=contrast, saturation=saturation, hue=hue)
-        self.enabled = [self.jitter.brightness is not None, self.jitter.contrast is not None,
-                        self.jitter.saturation is not None, self.jitter.hue is not None]
+        self.enabled = [
+            self.jitter.brightness is not None,
+            self.jitter.contrast is not None,
+            self.jitter.saturation is not None,
+            self.jitter.hue is not None,
+        ]
 
     def draw(self) -> torch.Tensor:
         params = self.jitter.make_params([])  # torchvision's own draws: randperm, then one uniform per enabled op
         factors = [params[k] for k in ("brightness_factor", "contrast_factor", "saturation_factor", "hue_factor")]
         identity = (1.0, 1.0, 1.0, 0.0)
-        return torch.tensor([*params["fn_idx"].tolist(), *(identity[i] if f is None else float(f)
-                                                           for i, f in enumerate(factors))], dtype=torch.float32)
+        return torch.tensor(
+            [*params["fn_idx"].tolist(), *(identity[i] if f is None else float(f) for i, f in enumerate(factors))],
+            dtype=torch.float32,
+        )
 
     def apply(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         # The order is per sample. The parameters are on the CPU (as the loader delivers them), so the samples doing
@@ -79,7 +86,7 @@ class ColorJitterOp(PhotometricOp):
             if count == len(x):
                 x = _OPS[op](x, factors[:, op].view(-1, 1, 1, 1))
                 continue
-            chosen = index[start:start + count]
+            chosen = index[start : start + count]
             part = _OPS[op](x.index_select(0, chosen), factors.index_select(0, chosen)[:, op].view(-1, 1, 1, 1))
             x.index_copy_(0, chosen, part)  # x is this pipeline's own float copy
         return x
@@ -98,9 +105,11 @@ _CONSTANTS: dict = {}
 def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """mean, std (1,3,1,1) and the hue offsets (3,1,1) on `device`, copied there once."""
     if device not in _CONSTANTS:
-        _CONSTANTS[device] = (torch.tensor(MEAN).view(1, 3, 1, 1).to(device),
-                              torch.tensor(STD).view(1, 3, 1, 1).to(device),
-                              torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1).to(device))
+        _CONSTANTS[device] = (
+            torch.tensor(MEAN).view(1, 3, 1, 1).to(device),
+            torch.tensor(STD).view(1, 3, 1, 1).to(device),
+            torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1).to(device),
+        )
     return _CONSTANTS[device]
 
 
@@ -135,12 +144,12 @@ def _hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
     # 0 at the smallest channel, exactly 1 at the largest
     a = (x - (top - chroma).unsqueeze(-3)).div_(chroma.clamp(min=1.0).unsqueeze(-3))
     ar, ag, ab = a.unbind(dim=-3)
-    is_r = ar.floor()                                     # which channel is the largest (ties: r, then g, then b)
+    is_r = ar.floor()  # which channel is the largest (ties: r, then g, then b)
     is_g = ag.floor().mul_(1.0 - is_r)
     is_b = 1.0 - is_r - is_g
     sixths = (ag - ab).mul_(is_r) + (ab - ar).add_(2.0).mul_(is_g) + (ar - ag).add_(4.0).mul_(is_b)
     k = sixths.add_(6.0 * hue).unsqueeze(-3) + _constants(x.device)[2]  # k = n + hue (in sixths) for R, G, B
-    k.sub_(k.mul(1.0 / 6.0).floor_().mul_(6.0))           # k mod 6
+    k.sub_(k.mul(1.0 / 6.0).floor_().mul_(6.0))  # k mod 6
     weight = torch.minimum(k, 4.0 - k).clamp_(0.0, 1.0)
     # torchvision's float -> uint8 rounding
     return weight.mul_(-chroma.unsqueeze(-3)).add_(top.unsqueeze(-3)).mul_(255.999 / 255.0).floor_()
@@ -167,7 +176,7 @@ class PhotometricPipeline:
         if images.device.type == "cpu" and len(images) > 1:
             # On a CPU one sample's float image stays in the cache through the ~30 passes of the ops; a whole batch
             # streams through memory on every pass, measured 5x slower per sample (README "Input pipeline").
-            return torch.cat([self.augment_batch(images[i:i + 1], params[i:i + 1]) for i in range(len(images))])
+            return torch.cat([self.augment_batch(images[i : i + 1], params[i : i + 1]) for i in range(len(images))])
         return self.augment_batch(images, params)
 
     def augment_batch(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -175,12 +184,17 @@ class PhotometricPipeline:
         x = images.float()
         start = 0
         for op in self.ops:
-            x = op.apply(x, params[:, start:start + op.num_params])
+            x = op.apply(x, params[:, start : start + op.num_params])
             start += op.num_params
         return x
 
-    def apply(self, images: torch.Tensor, params: torch.Tensor | None, memory_format=torch.contiguous_format,
-              augment: bool = True) -> torch.Tensor:
+    def apply(
+        self,
+        images: torch.Tensor,
+        params: torch.Tensor | None,
+        memory_format=torch.contiguous_format,
+        augment: bool = True,
+    ) -> torch.Tensor:
         """The model's input: augmented (unless `augment` is False: done already in the workers), scaled to 0..1,
         normalised with the data set's mean and std, in `memory_format`."""
         x = self.augment(images, params) if augment and self.ops else images.float()

@@ -4,6 +4,7 @@ Collectives time out after COLLECTIVE_TIMEOUT_S (env FASTSCNN_COLLECTIVE_TIMEOUT
 dies the others fail within minutes instead of waiting for it as long as the allocation lasts (the jobs also run
 `srun --kill-on-bad-exit=1`, which ends the whole step when one task fails).
 """
+
 from __future__ import annotations
 
 import datetime

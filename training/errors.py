@@ -1,13 +1,14 @@
 """User-facing errors: one line naming the thing at fault and what was expected, exit code 2."""
+
 from __future__ import annotations
 
 import sys
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
-EXIT_USAGE = 2          # bad input: nothing was written
-EXIT_PREEMPTED = 75     # stopped by SIGTERM/SIGUSR1 after saving its state (sysexits EX_TEMPFAIL): run again to resume
-EXIT_NONFINITE = 3      # a NaN or infinite loss stopped the stage; the last good state is kept
+EXIT_USAGE = 2  # bad input: nothing was written
+EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGUSR1 after saving its state (sysexits EX_TEMPFAIL): run again to resume
+EXIT_NONFINITE = 3  # a NaN or infinite loss stopped the stage; the last good state is kept
 
 
 class UserError(Exception):

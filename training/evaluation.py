@@ -20,6 +20,7 @@ mIoU, the efficiency sheet's `miou` and the official evaluator run on the export
   Cityscapes *label ids* (not train ids) per image, at the image's own resolution, named after the image
   (`<city>_<seq>_<frame>_leftImg8bit.png` under `<dir>/<city>/`); optionally colour overlays for looking at.
 """
+
 from __future__ import annotations
 
 import os
@@ -61,6 +62,7 @@ def describe_scoring(val_resolution: str, profile: Profile | None = None) -> str
 
 # --------------------------------------------------------------------------------------------------------- inputs
 
+
 def collate(batch: list) -> tuple:
     """Images stacked (a tuple of stacks for several views); labels (or sizes) kept as a list, as their sizes may
     differ from image to image."""
@@ -76,8 +78,10 @@ class MultiScaleViews:
 
     def __init__(self, profile: Profile, ratios: Sequence[float] = MULTISCALE_RATIOS):
         height, width = profile.image_hw
-        self.transforms = [v2.Compose([v2.Resize((int(height * r + 0.5), int(width * r + 0.5)), antialias=True),
-                                       *normalize()]) for r in ratios]
+        self.transforms = [
+            v2.Compose([v2.Resize((int(height * r + 0.5), int(width * r + 0.5)), antialias=True), *normalize()])
+            for r in ratios
+        ]
 
     def __call__(self, image):
         return tuple(transform(image) for transform in self.transforms)
@@ -110,6 +114,7 @@ def read_image(path: str | Path) -> torch.Tensor:
     if path.suffix.lower() == ".png":
         return read_png(str(path), ImageReadMode.RGB)
     from torchvision.io import decode_image, read_file
+
     try:
         return decode_image(read_file(str(path)), mode=ImageReadMode.RGB, apply_exif_orientation=True)
     except OSError as error:
@@ -146,12 +151,15 @@ def split_images(root: str | Path, split: str, transform: Callable) -> ImageFile
     root = Path(root)
     folder = root / "leftImg8bit" / split
     if not folder.is_dir():
-        raise UserError(f"--data-dir {root}: missing leftImg8bit/{split}/ (expected the Cityscapes layout "
-                        f"leftImg8bit/{split}/<city>/*_leftImg8bit.png)")
+        raise UserError(
+            f"--data-dir {root}: missing leftImg8bit/{split}/ (expected the Cityscapes layout "
+            f"leftImg8bit/{split}/<city>/*_leftImg8bit.png)"
+        )
     paths = sorted(folder.glob("*/*_leftImg8bit.png"))
     if not paths:
-        raise UserError(f"--data-dir {root}: split '{split}' is empty "
-                        f"(no *_leftImg8bit.png under leftImg8bit/{split}/)")
+        raise UserError(
+            f"--data-dir {root}: split '{split}' is empty (no *_leftImg8bit.png under leftImg8bit/{split}/)"
+        )
     return ImageFiles(paths, [Path(p.parent.name) / p.name for p in paths], transform)
 
 
@@ -173,6 +181,7 @@ def cityscapes_names(dataset) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------- predictions
+
 
 def to_device(images, device: torch.device):
     if isinstance(images, tuple):
@@ -228,13 +237,15 @@ class Scorer:
         prediction = scores.argmax(0)
         self.matrix.update(prediction, target)
         if self.loss:
-            self.sums[0] += F.cross_entropy(scores.unsqueeze(0), target.unsqueeze(0), ignore_index=IGNORE_INDEX,
-                                            reduction="sum").double()
+            self.sums[0] += F.cross_entropy(
+                scores.unsqueeze(0), target.unsqueeze(0), ignore_index=IGNORE_INDEX, reduction="sum"
+            ).double()
             self.sums[1] += (target != IGNORE_INDEX).sum()
         return prediction
 
-    def update(self, views: list[torch.Tensor], targets,
-               keep: Callable[[int, torch.Tensor], None] | None = None) -> None:
+    def update(
+        self, views: list[torch.Tensor], targets, keep: Callable[[int, torch.Tensor], None] | None = None
+    ) -> None:
         """Score every image of a batch (`targets`: a list, or a stacked tensor), one at a time; `keep(index,
         prediction)` sees each prediction (H,W) at its label's size."""
         for index, target in enumerate(targets):
@@ -263,6 +274,7 @@ def nearest(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 # -------------------------------------------------------------------------------------------------------- export
+
 
 def overlay(image: np.ndarray, train_ids: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """An HxWx3 uint8 image blended with the Cityscapes colours of its predicted train ids."""
@@ -304,10 +316,17 @@ class PredictionExport:
 
 # ---------------------------------------------------------------------------------------------- a whole data set
 
+
 @torch.inference_mode()
-def evaluate_accuracy(model: nn.Module, loader: Iterable, device: torch.device, num_classes: int = NUM_CLASSES,
-                      tta: str = "none", export: PredictionExport | None = None,
-                      progress: Callable[[Iterable], Iterable] = lambda it: it) -> dict | None:
+def evaluate_accuracy(
+    model: nn.Module,
+    loader: Iterable,
+    device: torch.device,
+    num_classes: int = NUM_CLASSES,
+    tta: str = "none",
+    export: PredictionExport | None = None,
+    progress: Callable[[Iterable], Iterable] = lambda it: it,
+) -> dict | None:
     """mIoU, per-class IoU, Dice and pixel accuracy of `model` over `loader` (batches from `collate`), scored at the
     labels' size and streamed through a ConfusionMatrix; None for a data set without labels. With `export`, every
     prediction is written as well (the loader must keep the data set's order)."""
@@ -316,8 +335,9 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable, device: torch.device, 
     seen = 0
     for images, targets in progress(loader):
         views = forward_views(model, to_device(images, device), tta)
-        keep = None if export is None else (
-            lambda index, prediction, first=seen: export.write(first + index, prediction))
+        keep = (
+            None if export is None else (lambda index, prediction, first=seen: export.write(first + index, prediction))
+        )
         if labelled:
             scorer.update(views, targets, keep)
         elif keep is not None:  # targets are the images' sizes
@@ -329,8 +349,10 @@ def evaluate_accuracy(model: nn.Module, loader: Iterable, device: torch.device, 
 
 # ------------------------------------------------------------------------------------------ evaluate_efficiency.py
 
-def accuracy_sets(data_dir: str | Path, profile: Profile, tta_modes: Sequence[str],
-                  val_resolution: str = "full") -> tuple[Dataset, dict]:
+
+def accuracy_sets(
+    data_dir: str | Path, profile: Profile, tta_modes: Sequence[str], val_resolution: str = "full"
+) -> tuple[Dataset, dict]:
     """The plain validation set (what the deploy check uses) and the one each TTA mode is scored on (the
     multi-scale one reads the original images)."""
     from training.data import CityscapesSegmentation
@@ -341,8 +363,11 @@ def accuracy_sets(data_dir: str | Path, profile: Profile, tta_modes: Sequence[st
     plain = CityscapesSegmentation(data_dir, "val", val_transform(profile), full_labels=full)
     sets = {}
     for mode in dict.fromkeys(tta_modes):
-        sets[mode] = (CityscapesSegmentation(data_dir, "val", MultiScaleViews(profile), full_labels=True)
-                      if mode == "multiscale" else plain)
+        sets[mode] = (
+            CityscapesSegmentation(data_dir, "val", MultiScaleViews(profile), full_labels=True)
+            if mode == "multiscale"
+            else plain
+        )
     return plain, sets
 
 
@@ -359,14 +384,17 @@ def check_export_args(args) -> None:
     if args.all:
         raise UserError("--export-predictions: expected one model (--current-model-path), not --all")
     if len(args.tta) > 1:
-        raise UserError(f"--export-predictions writes one set of predictions; expected one --tta mode, got "
-                        f"{' '.join(args.tta)}")
+        raise UserError(
+            f"--export-predictions writes one set of predictions; expected one --tta mode, got {' '.join(args.tta)}"
+        )
     if args.val_resolution != "full":
-        raise UserError("--export-predictions writes and scores at the images' own resolution; "
-                        "expected --val-resolution full")
+        raise UserError(
+            "--export-predictions writes and scores at the images' own resolution; expected --val-resolution full"
+        )
     if args.images and args.tta[0] == "multiscale":
-        raise UserError("--tta multiscale: not for --images (photos keep their own aspect ratio); "
-                        "expected none or flip")
+        raise UserError(
+            "--tta multiscale: not for --images (photos keep their own aspect ratio); expected none or flip"
+        )
     if args.images and args.split != "val":
         raise UserError("--split: not with --images (a folder of photos has no splits)")
 
@@ -400,11 +428,22 @@ def export_predictions(model: nn.Module, args, profile: Profile, device: torch.d
         if folder is not None:
             check_writable(folder)
     export = PredictionExport(out, names, dataset.images, overlays)
-    loader = make_loader(dataset, EpochSampler(len(dataset), seed=0, shuffle=False), batch_size, args.num_workers,
-                         device, drop_last=False, collate_fn=collate)
-    log(f"export: {what}, predicted at {profile.describe()}, tta {tta}, written at each image's own resolution as "
-        f"Cityscapes label ids to {out}/" + (f"; colour overlays to {overlays}/" if overlays else ""))
+    loader = make_loader(
+        dataset,
+        EpochSampler(len(dataset), seed=0, shuffle=False),
+        batch_size,
+        args.num_workers,
+        device,
+        drop_last=False,
+        collate_fn=collate,
+    )
+    log(
+        f"export: {what}, predicted at {profile.describe()}, tta {tta}, written at each image's own resolution as "
+        f"Cityscapes label ids to {out}/" + (f"; colour overlays to {overlays}/" if overlays else "")
+    )
     metrics = evaluate_accuracy(model.eval(), loader, device, tta=tta, export=export)
-    log(f"wrote {export.written} label-id PNGs to {out}/" + (f" and {export.written} overlays to {overlays}/"
-                                                             if overlays else ""))
+    log(
+        f"wrote {export.written} label-id PNGs to {out}/"
+        + (f" and {export.written} overlays to {overlays}/" if overlays else "")
+    )
     return metrics

@@ -14,6 +14,7 @@ asking (a sentinel on their queue) and waiting, never by a signal they could ign
 
 A signal that arrives meanwhile is only held back: it reaches the main process when the fork is done.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,14 @@ def _start_helper(initializer: Callable | None, args: tuple) -> None:
         initializer(*args)
 
 
-def map_in_helpers(function: Callable[[Any], Any], items: Iterable, workers: int, on_result: Callable[[Any], None],
-                   initializer: Callable | None = None, initargs: tuple = ()) -> None:
+def map_in_helpers(
+    function: Callable[[Any], Any],
+    items: Iterable,
+    workers: int,
+    on_result: Callable[[Any], None],
+    initializer: Callable | None = None,
+    initargs: tuple = (),
+) -> None:
     """Call `on_result(function(item))` for every item, computed in `workers` helper processes, in completion order.
 
     Returns when every item is done; an error in a worker (or in `on_result`) cancels the items not yet started,

@@ -4,6 +4,7 @@ A leaf module (it imports no other module of the project's data path): the loade
 that stores resized samples (`training.cache`) and the evaluation (`training.evaluation`) all read files and map
 labels the same way through it.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -20,8 +21,11 @@ from training.profiles import Profile
 
 # torchvision 0.29 deprecates its PNG decoder (in favour of TorchCodec) but it is still the fastest here: ~39 ms for a
 # 2048x1024 PNG against PIL's ~48 ms. Its warning would repeat in every worker.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision are deprecated",
+    category=DeprecationWarning,
+)
 
 IGNORE_INDEX = 255
 
@@ -64,7 +68,9 @@ def read_train_ids(path: str) -> torch.Tensor:
     """A `*_gtFine_labelIds.png` as a HxW uint8 tensor of train ids (void = 255)."""
     label_ids = read_png(path, ImageReadMode.UNCHANGED)
     if label_ids.shape[0] != 1:
-        raise UserError(f"label file {path}: expected a single-channel PNG of label ids, got {label_ids.shape[0]} channels")
+        raise UserError(
+            f"label file {path}: expected a single-channel PNG of label ids, got {label_ids.shape[0]} channels"
+        )
     ids = label_ids[0].numpy()
     train_ids = _LOOKUP[ids]  # numpy indexes with the uint8 ids directly: ~10x faster than a torch gather on int64
     invalid = train_ids == _INVALID

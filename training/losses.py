@@ -8,6 +8,7 @@ usual patch sizes and grew with the resolution of each curriculum stage, which s
 the weight alpha. Here the KL is averaged over the pixels (summed over the classes only), so it is on the scale
 of the cross-entropy and does not depend on the resolution.
 """
+
 from __future__ import annotations
 
 import torch
@@ -56,11 +57,12 @@ def _spatial_kl_mean(student: torch.Tensor, teacher: torch.Tensor, temperature: 
     """T^2 * mean of KL(softmax(teacher / T) || softmax(student / T)), the softmax taken over `dim`."""
     log_q_student = F.log_softmax(student / temperature, dim=dim)
     log_q_teacher = F.log_softmax(teacher / temperature, dim=dim)
-    return temperature ** 2 * (log_q_teacher.exp() * (log_q_teacher - log_q_student)).sum(dim=dim).mean()
+    return temperature**2 * (log_q_teacher.exp() * (log_q_teacher - log_q_student)).sum(dim=dim).mean()
 
 
-def channel_wise_distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                                   temperature: float) -> torch.Tensor:
+def channel_wise_distillation_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float
+) -> torch.Tensor:
     """Channel-wise distillation (CWD, Shu et al. 2021): each class channel of each image becomes a distribution
     over the H*W positions (softmax of logits / T), and the student's is pulled towards the teacher's.
 
@@ -73,8 +75,15 @@ def channel_wise_distillation_loss(student_logits: torch.Tensor, teacher_logits:
     return _spatial_kl_mean(student_logits.float().reshape(n, c, -1), teacher.reshape(n, c, -1), temperature, dim=2)
 
 
-def distillation_loss(student_logits, teacher_logits, target, temperature: float, alpha: float,
-                      ignore_index: int = 255, kd_loss: str = "kl"):
+def distillation_loss(
+    student_logits,
+    teacher_logits,
+    target,
+    temperature: float,
+    alpha: float,
+    ignore_index: int = 255,
+    kd_loss: str = "kl",
+):
     """Return (total, ce, kd) with total = alpha * kd + (1 - alpha) * ce.
 
     kd_loss "kl": kd = T^2 * per-pixel mean of KL(softmax(teacher / T) || softmax(student / T)) over the classes, over

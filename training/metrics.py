@@ -4,6 +4,7 @@ Rows of the matrix are the ground-truth class, columns the predicted class. The 
 on the device of the tensors it is updated with, so that a validation loop never copies predictions to the host;
 `all_reduce()` sums it over the processes of a distributed run before `compute()`.
 """
+
 from __future__ import annotations
 
 import math

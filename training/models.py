@@ -4,6 +4,7 @@
 distillation papers the project follows); they are built without pretrained weights (nothing is downloaded) and
 wrapped so that every architecture returns a plain logits tensor.
 """
+
 from __future__ import annotations
 
 import zipfile
@@ -54,8 +55,10 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         if not zipfile.is_zipfile(path):
             detail = "not a file written by torch.save"
         elif "weights only load failed" in str(error).lower():
-            detail = ("it holds Python objects besides tensors, e.g. a whole pickled model, which weights_only=True "
-                      "refuses; save model.state_dict() instead")
+            detail = (
+                "it holds Python objects besides tensors, e.g. a whole pickled model, which weights_only=True "
+                "refuses; save model.state_dict() instead"
+            )
         else:
             detail = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
         raise UserError(f"{what} {path}: not a readable PyTorch checkpoint ({detail})") from None
@@ -63,11 +66,14 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
         if isinstance(state, dict) and "model" in state and "optimizer" in state:
             got = "a resumable training state (from checkpoints/<id>/; pass models/<id>.pth instead)"
         elif isinstance(state, dict) and state:
-            got = f"a dict with non-tensor entries, e.g. {next(k for k, v in state.items() if not isinstance(v, torch.Tensor))!r}"
+            first = next(k for k, v in state.items() if not isinstance(v, torch.Tensor))
+            got = f"a dict with non-tensor entries, e.g. {first!r}"
         else:
             got = "an empty dict" if isinstance(state, dict) else f"a {type(state).__name__}"
-        raise UserError(f"{what} {path}: not a state_dict (expected a dict of tensors as written by "
-                        f"torch.save(model.state_dict()), got {got})")
+        raise UserError(
+            f"{what} {path}: not a state_dict (expected a dict of tensors as written by "
+            f"torch.save(model.state_dict()), got {got})"
+        )
     return state
 
 
@@ -93,17 +99,22 @@ def load_weights(model: nn.Module, path: str | Path, arch: str, what: str) -> No
     if set(state) != set(expected):
         found = detect_architecture(state)
         if found is not None and found != arch:
-            raise UserError(f"{what} {path}: holds a {found} model, but the architecture is {arch} "
-                            f"(pass the matching --arch/--teacher-arch)")
+            raise UserError(
+                f"{what} {path}: holds a {found} model, but the architecture is {arch} "
+                f"(pass the matching --arch/--teacher-arch)"
+            )
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-        raise UserError(f"{what} {path}: not a {arch} state_dict ({len(missing)} missing keys, e.g. {missing[:2]}; "
-                        f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})")
+        raise UserError(
+            f"{what} {path}: not a {arch} state_dict ({len(missing)} missing keys, e.g. {missing[:2]}; "
+            f"{len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
             classes = state[key].shape[0] if key.endswith(("classifier.conv.weight", "classifier.conv.bias")) else None
             detail = f"; it was trained for {classes} classes, expected {tensor.shape[0]}" if classes else ""
-            raise UserError(f"{what} {path}: shape of {key} is {tuple(state[key].shape)}, expected "
-                            f"{tuple(tensor.shape)}{detail}")
+            raise UserError(
+                f"{what} {path}: shape of {key} is {tuple(state[key].shape)}, expected {tuple(tensor.shape)}{detail}"
+            )
     model.load_state_dict(state, strict=len(expected) == len(model.state_dict()))
 
 
@@ -114,7 +125,7 @@ class FrozenTeacher(nn.Module):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "FrozenTeacher":
+    def train(self, mode: bool = True) -> FrozenTeacher:
         return self  # stays in eval mode (BatchNorm statistics and dropout frozen)
 
     @torch.no_grad()

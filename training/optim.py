@@ -8,6 +8,7 @@ Schedules, stepped once per optimizer step:
              that rises from WARMUP_START_FACTOR to 1 (as mmcv's linear warm-up)
   onecycle   torch's OneCycleLR with max_lr = lr
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ def build_optimizer(parameters, args) -> torch.optim.Optimizer:
     """fused=True: one kernel for all parameters, and the optimizer takes a `found_inf` flag that skips a non-finite
     step on the device (training/step_monitor.py)."""
     if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(parameters, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                                    fused=True)
+        optimizer = torch.optim.SGD(
+            parameters, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay, fused=True
+        )
         if args.momentum > 0:
             # Fused SGD allocates its momentum buffers uninitialised on its first step and fills them only if that
             # step is applied: a skipped first step (found_inf) would leave garbage for the next. Zero buffers give
@@ -31,13 +33,15 @@ def build_optimizer(parameters, args) -> torch.optim.Optimizer:
             for group in optimizer.param_groups:
                 for parameter in group["params"]:
                     optimizer.state[parameter]["momentum_buffer"] = torch.zeros_like(
-                        parameter, memory_format=torch.preserve_format)
+                        parameter, memory_format=torch.preserve_format
+                    )
         return optimizer
     return torch.optim.AdamW(parameters, lr=args.lr, weight_decay=args.weight_decay, fused=True)
 
 
-def poly_lr(step: int, total_steps: int, lr: float, min_lr: float = 0.0, warmup_steps: int = 0,
-            power: float = POLY_POWER) -> float:
+def poly_lr(
+    step: int, total_steps: int, lr: float, min_lr: float = 0.0, warmup_steps: int = 0, power: float = POLY_POWER
+) -> float:
     """The learning rate of step `step` (0-based) of the poly schedule."""
     progress = min(step, total_steps) / max(total_steps, 1)
     value = (lr - min_lr) * (1.0 - progress) ** power + min_lr
@@ -50,7 +54,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, args, total_steps: int):
     if args.lr_schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=max(total_steps, 1))
     if args.lr_schedule == "poly":
+
         def factor(step: int) -> float:
             return poly_lr(step, total_steps, args.lr, args.min_lr, args.warmup_steps) / args.lr
+
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)

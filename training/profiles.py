@@ -4,6 +4,7 @@ Each train*.py keeps its own copy of this table so that a user can read and edit
 `tests/test_profiles.py` checks that the copies shipped with the project agree with this one, and
 `measurements/resolutions.csv` is generated from it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

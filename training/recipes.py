@@ -9,13 +9,32 @@ The recipe's flags default to None on the command line: a flag given explicitly 
 `resolve_recipe` fills in the rest. The resolved values are the arguments the state file records, so a resume with
 another recipe or another explicit value is refused like any other changed argument.
 """
+
 from __future__ import annotations
 
 RECIPES = {
-    "original": {"optimizer": "adamw", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0, "lr_schedule": "constant",
-                 "min_lr": 0.0, "warmup_steps": 0, "aux_weight": 0.0, "augment": "original"},
-    "mmseg": {"optimizer": "sgd", "lr": 0.12, "momentum": 0.9, "weight_decay": 4e-5, "lr_schedule": "poly",
-              "min_lr": 1e-4, "warmup_steps": 0, "aux_weight": 0.4, "augment": "mmseg"},
+    "original": {
+        "optimizer": "adamw",
+        "lr": 1e-3,
+        "momentum": 0.9,
+        "weight_decay": 0.0,
+        "lr_schedule": "constant",
+        "min_lr": 0.0,
+        "warmup_steps": 0,
+        "aux_weight": 0.0,
+        "augment": "original",
+    },
+    "mmseg": {
+        "optimizer": "sgd",
+        "lr": 0.12,
+        "momentum": 0.9,
+        "weight_decay": 4e-5,
+        "lr_schedule": "poly",
+        "min_lr": 1e-4,
+        "warmup_steps": 0,
+        "aux_weight": 0.4,
+        "augment": "mmseg",
+    },
 }
 # The recipes whose lr is quoted at a total batch and scales linearly with it.
 LR_REFERENCE_BATCH = {"mmseg": 32}

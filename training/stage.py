@@ -20,6 +20,7 @@ models/<id>.pth that no state vouches for (--restart does); the state is written
 Test hook: FASTSCNN_TEST_NAN_AT_STEP=N makes the loss of the N-th training step of the stage (1-based, counted over
 epochs: epoch e, step s is N = (e - 1) * steps_per_epoch + s) NaN, to test the handling of non-finite losses.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -41,8 +42,18 @@ from training.augment import train_pipeline
 from training.auxiliary import aux_heads_state, auxiliary_loss, init_aux_heads, without_aux_heads
 from training.checkpoint import append_csv_row, check_writable, remove_stale_temporaries, save_bytes, save_torch
 from training.cli import check_args, get_args_parser
-from training.data import (CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, EpochSampler,
-                           denormalize, make_loader, num_train_batches_check, steps_per_epoch, val_transform)
+from training.data import (
+    CLASS_NAMES,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    CityscapesSegmentation,
+    EpochSampler,
+    denormalize,
+    make_loader,
+    num_train_batches_check,
+    steps_per_epoch,
+    val_transform,
+)
 from training.errors import EXIT_PREEMPTED, NonFiniteLossError, UserError
 from training.metrics import ConfusionMatrix, format_iou_table
 from training.models import build_model, load_weights
@@ -57,8 +68,18 @@ LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor
 
 STATE_VERSION = 1
 # Arguments that do not change the trained weights: a resume may change them freely.
-RESULT_INDEPENDENT = {"num_workers", "restart", "debug", "no_cache", "device", "previews", "experiment_id",
-                      "skip_nonfinite", "epochs", "compile"}
+RESULT_INDEPENDENT = {
+    "num_workers",
+    "restart",
+    "debug",
+    "no_cache",
+    "device",
+    "previews",
+    "experiment_id",
+    "skip_nonfinite",
+    "epochs",
+    "compile",
+}
 
 
 class StopRequest:
@@ -116,17 +137,21 @@ class Stage:
             torch.backends.cudnn.benchmark = True
         self.main = self.dist.is_main
         if args.batch_size * (self.dist.world_size if args.sync_bn else 1) < 2:
-            raise UserError(f"--batch-size {args.batch_size}: expected >= 2 per process (BatchNorm after a global "
-                            f"pooling, as in Fast-SCNN's pyramid pooling, cannot train on a single image; or use "
-                            f"--sync-bn with several processes)")
+            raise UserError(
+                f"--batch-size {args.batch_size}: expected >= 2 per process (BatchNorm after a global "
+                f"pooling, as in Fast-SCNN's pyramid pooling, cannot train on a single image; or use "
+                f"--sync-bn with several processes)"
+            )
         self.model_path = Path("models") / f"{args.experiment_id}.pth"
         self.state_dir = Path("checkpoints") / args.experiment_id
         self.state_path = self.state_dir / "state.pth"
         self.saved = self._read_saved_state()
         if self.saved is None and not args.restart and self.model_path.exists():
-            raise UserError(f"{self.model_path} already exists and {self.state_path} does not: a fresh start would "
-                            f"overwrite that model; pass --restart to train the stage again (overwriting it), or "
-                            f"use another --experiment-id")
+            raise UserError(
+                f"{self.model_path} already exists and {self.state_path} does not: a fresh start would "
+                f"overwrite that model; pass --restart to train the stage again (overwriting it), or "
+                f"use another --experiment-id"
+            )
 
         # Data: the layout is checked here, before anything is written.
         cache = {"profile": self.profile, "cache": not args.no_cache}
@@ -135,13 +160,19 @@ class Stage:
         # the ops run in the workers, in parallel with the step (measured faster there; README "Input pipeline").
         transform, self.photometric = train_pipeline(self.profile, args.augment)
         self.photometric_in_worker = self.device.type == "cpu" and args.num_workers > 0
-        self.train_set = CityscapesSegmentation(args.data_dir, "train", transform, **cache,
-                                                photometric=self.photometric,
-                                                photometric_in_worker=self.photometric_in_worker)
+        self.train_set = CityscapesSegmentation(
+            args.data_dir,
+            "train",
+            transform,
+            **cache,
+            photometric=self.photometric,
+            photometric_in_worker=self.photometric_in_worker,
+        )
         # scored at the labels' own resolution (the benchmark's protocol) unless --val-resolution profile
         self.val_resolution = getattr(args, "val_resolution", "full")
-        self.val_set = CityscapesSegmentation(args.data_dir, "val", val_transform(self.profile),
-                                              full_labels=self.val_resolution == "full", **cache)
+        self.val_set = CityscapesSegmentation(
+            args.data_dir, "val", val_transform(self.profile), full_labels=self.val_resolution == "full", **cache
+        )
         num_train_batches_check(len(self.train_set), args.batch_size, self.dist.world_size)
         self.steps = steps_per_epoch(len(self.train_set), args.batch_size, self.dist.world_size)
         if self.saved is not None:
@@ -151,7 +182,11 @@ class Stage:
         self.model = build_model(getattr(args, "arch", "fast_scnn"), NUM_CLASSES, aux=args.aux_weight > 0)
         self.aux_line = init_aux_heads(self.model, args.init_from) if args.aux_weight > 0 and self.saved is None else ""
         if self.saved is None and args.init_from.lower() != "none":
-            what = "--previous-student-model-path" if hasattr(args, "trained_teacher_model_path") else "--previous-model-path"
+            what = (
+                "--previous-student-model-path"
+                if hasattr(args, "trained_teacher_model_path")
+                else "--previous-model-path"
+            )
             load_weights(self.model, args.init_from, getattr(args, "arch", "fast_scnn"), what)
         self.loss_fn = make_loss(self.device)  # a teacher is loaded (and checked) here
         if self.main:  # all input is checked: now make sure the outputs can be written, before any training
@@ -175,7 +210,8 @@ class Stage:
             if args.sync_bn:
                 self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.trained = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         if getattr(args, "compile", False):
             self.trained = compile_model(self.trained)
         # fused: one kernel for all parameters; a non-finite step is skipped on the device (training/step_monitor.py)
@@ -196,10 +232,18 @@ class Stage:
 
         self.train_sampler = EpochSampler(len(self.train_set), args.seed, True, self.dist.rank, self.dist.world_size)
         self.val_sampler = EpochSampler(len(self.val_set), args.seed, False, self.dist.rank, self.dist.world_size)
-        self.train_loader = make_loader(self.train_set, self.train_sampler, args.batch_size, args.num_workers,
-                                        self.device, drop_last=True)
-        self.val_loader = make_loader(self.val_set, self.val_sampler, args.batch_size, args.num_workers,
-                                      self.device, drop_last=False, collate_fn=evaluation.collate)
+        self.train_loader = make_loader(
+            self.train_set, self.train_sampler, args.batch_size, args.num_workers, self.device, drop_last=True
+        )
+        self.val_loader = make_loader(
+            self.val_set,
+            self.val_sampler,
+            args.batch_size,
+            args.num_workers,
+            self.device,
+            drop_last=False,
+            collate_fn=evaluation.collate,
+        )
 
     # ----------------------------------------------------------------------------------------------- state
     def _read_saved_state(self) -> dict | None:
@@ -208,8 +252,10 @@ class Stage:
         try:
             state = torch.load(self.state_path, map_location="cpu", weights_only=True)
         except Exception as error:
-            raise UserError(f"{self.state_path}: unreadable resumable state ({type(error).__name__}); "
-                            f"use --restart to start the stage afresh") from None
+            raise UserError(
+                f"{self.state_path}: unreadable resumable state ({type(error).__name__}); "
+                f"use --restart to start the stage afresh"
+            ) from None
         if not isinstance(state, dict) or state.get("version") != STATE_VERSION:
             raise UserError(f"{self.state_path}: not a state file of this version; use --restart to start afresh")
         current = _result_args(self.args)
@@ -219,8 +265,10 @@ class Stage:
             saved_args["epochs"], current["epochs"] = state["epochs"], self.args.epochs
         differences = _differences(saved_args, current)
         if differences:
-            raise UserError(f"{self.state_path}: cannot resume with different arguments ({'; '.join(differences)}); "
-                            f"use the original arguments, or --restart to start afresh")
+            raise UserError(
+                f"{self.state_path}: cannot resume with different arguments ({'; '.join(differences)}); "
+                f"use the original arguments, or --restart to start afresh"
+            )
         return state
 
     def _check_resume_shape(self, state: dict) -> None:
@@ -229,10 +277,12 @@ class Stage:
         if saved == (None, None):  # a state written before they were recorded
             return
         if saved != (self.dist.world_size, self.steps):
-            raise UserError(f"{self.state_path}: saved by {saved[0]} process(es) with {saved[1]} steps per epoch, but "
-                            f"this run has {self.dist.world_size} process(es) with {self.steps} steps per epoch; "
-                            f"resume with the same number of processes (and training images), or --restart to "
-                            f"start afresh")
+            raise UserError(
+                f"{self.state_path}: saved by {saved[0]} process(es) with {saved[1]} steps per epoch, but "
+                f"this run has {self.dist.world_size} process(es) with {self.steps} steps per epoch; "
+                f"resume with the same number of processes (and training images), or --restart to "
+                f"start afresh"
+            )
 
     def _restore(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -251,17 +301,31 @@ class Stage:
         if not self.main:
             return
         self.provisional_state = False
-        save_torch({
-            "version": STATE_VERSION, "script": self.script, "args": _result_args(self.args),
-            "epochs": self.args.epochs, "epoch": self.epoch, "step": self.step,
-            "world_size": self.dist.world_size, "steps_per_epoch": self.steps,
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
-            "best_miou": self.best_miou, "best_epoch": self.best_epoch, "elapsed": elapsed,
-            "epoch_sums": self.epoch_sums, "init_from": self.init_from, "wandb_id": self.wandb_id or "",
-            **({"best_confusion_matrix": self.best_matrix} if self.best_matrix is not None else {}),
-            **({"best_aux_heads": self.best_aux_heads} if self.best_aux_heads else {}),
-        }, self.state_path)
+        save_torch(
+            {
+                "version": STATE_VERSION,
+                "script": self.script,
+                "args": _result_args(self.args),
+                "epochs": self.args.epochs,
+                "epoch": self.epoch,
+                "step": self.step,
+                "world_size": self.dist.world_size,
+                "steps_per_epoch": self.steps,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+                "best_miou": self.best_miou,
+                "best_epoch": self.best_epoch,
+                "elapsed": elapsed,
+                "epoch_sums": self.epoch_sums,
+                "init_from": self.init_from,
+                "wandb_id": self.wandb_id or "",
+                **({"best_confusion_matrix": self.best_matrix} if self.best_matrix is not None else {}),
+                **({"best_aux_heads": self.best_aux_heads} if self.best_aux_heads else {}),
+            },
+            self.state_path,
+        )
 
     def close_loaders(self) -> None:
         """Stop the loader worker processes now: they ignore SIGTERM (see training/data.py), so an exit that leaves
@@ -285,12 +349,17 @@ class Stage:
     def train_batch_to_device(self, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor):
         """A training batch as the loader ships it (uint8 images and train ids, photometric parameters on the CPU)
         -> the model's input on the device: augmented, normalised float images and int64 targets."""
-        images = self.photometric.apply(images.to(self.device, non_blocking=True), params, self.memory_format,
-                                        augment=not self.photometric_in_worker)
+        images = self.photometric.apply(
+            images.to(self.device, non_blocking=True),
+            params,
+            self.memory_format,
+            augment=not self.photometric_in_worker,
+        )
         return images, target.to(self.device, non_blocking=True).long()
 
-    def train_step(self, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor,
-                   monitor: StepMonitor) -> None:
+    def train_step(
+        self, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor, monitor: StepMonitor
+    ) -> None:
         """One optimizer step on a loader batch; queues work only (no host read of a device value)."""
         images, target = self.train_batch_to_device(images, target, params)
         torch.manual_seed(_step_seed(self.args.seed, self.epoch, self.step, self.dist.rank))
@@ -330,8 +399,14 @@ class Stage:
         bar = None
         if interactive:
             from tqdm import tqdm
-            bar = tqdm(total=self.steps, initial=self.step, desc=f"epoch {self.epoch + 1}/{args.epochs}",
-                       leave=False, dynamic_ncols=True)
+
+            bar = tqdm(
+                total=self.steps,
+                initial=self.step,
+                desc=f"epoch {self.epoch + 1}/{args.epochs}",
+                leave=False,
+                dynamic_ncols=True,
+            )
         monitor = StepMonitor(self.device, self.epoch_sums)
         tick, images_seen = time.perf_counter(), 0
         stopped = False
@@ -350,7 +425,8 @@ class Stage:
                     bar.close()
                 raise NonFiniteLossError(
                     f"loss is {bad_loss} at epoch {self.epoch + 1}, step {first_bad}; stopped, the last good "
-                    f"state is kept in {self.state_path} (use --skip-nonfinite to skip such steps, or lower --lr)")
+                    f"state is kept in {self.state_path} (use --skip-nonfinite to skip such steps, or lower --lr)"
+                )
             if bar is not None:
                 rate = images_seen / max(time.perf_counter() - tick, 1e-9)
                 bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.1f}")
@@ -414,19 +490,31 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
     args, script = stage.args, stage.script
     main, log = stage.main, (print if stage.main else (lambda *a, **k: None))
     if stage.saved is not None and stage.epoch >= args.epochs:
-        log(f"{args.experiment_id}: already complete ({stage.epoch} epochs, best mIoU {stage.best_miou:.4f} at epoch "
-            f"{stage.best_epoch}); use --restart to train it again", flush=True)
+        log(
+            f"{args.experiment_id}: already complete ({stage.epoch} epochs, best mIoU {stage.best_miou:.4f} at epoch "
+            f"{stage.best_epoch}); use --restart to train it again",
+            flush=True,
+        )
         distributed.shutdown()
         return {"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "epochs_run": 0}
 
-    log(f"{script}: {args.experiment_id} | {stage.profile.describe()} | {len(stage.train_set)} train / "
+    log(
+        f"{script}: {args.experiment_id} | {stage.profile.describe()} | {len(stage.train_set)} train / "
         f"{len(stage.val_set)} val images from {args.data_dir} | device {stage.device} x {stage.dist.world_size} | "
-        f"batch {args.batch_size} per process, {stage.steps} steps/epoch", flush=True)
+        f"batch {args.batch_size} per process, {stage.steps} steps/epoch",
+        flush=True,
+    )
     if stage.saved is not None:
-        log(f"resume: {stage.state_path} at epoch {stage.epoch + 1}, step {stage.step} "
-            f"(best mIoU so far {stage.best_miou:.4f})", flush=True)
-    log(f"init: {'weights from ' + stage.init_from if stage.init_from.lower() != 'none' else 'random'}"
-        + (f"; {stage.aux_line}" if stage.aux_line else ""), flush=True)
+        log(
+            f"resume: {stage.state_path} at epoch {stage.epoch + 1}, step {stage.step} "
+            f"(best mIoU so far {stage.best_miou:.4f})",
+            flush=True,
+        )
+    log(
+        f"init: {'weights from ' + stage.init_from if stage.init_from.lower() != 'none' else 'random'}"
+        + (f"; {stage.aux_line}" if stage.aux_line else ""),
+        flush=True,
+    )
     log(stage.recipe_line, flush=True)
 
     if main:  # rows of epochs the state does not hold (a kill before its save, or --restart) are redone
@@ -443,16 +531,21 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
         while stage.epoch < args.epochs:
             epoch_start = time.perf_counter()
             if not stage.train_epoch(stop, tracker, start_time):
-                log(f"stopped by {signal.Signals(stop.signum).name} at epoch {stage.epoch + 1}, step {stage.step}; "
+                log(
+                    f"stopped by {signal.Signals(stop.signum).name} at epoch {stage.epoch + 1}, step {stage.step}; "
                     f"state saved to {stage.state_path}: run the same command to resume (exit {EXIT_PREEMPTED})",
-                    flush=True)
+                    flush=True,
+                )
                 tracker.finish()
                 distributed.shutdown()
                 sys.exit(EXIT_PREEMPTED)
             metrics, preview = stage.validate()
             sums, steps = stage.epoch_sums, max(stage.epoch_sums.get("steps", 0), 1)
-            train_means = {f"train_{k}" if not k.startswith("train_") else k: v / steps
-                           for k, v in sums.items() if k not in ("steps", "skipped_steps")}
+            train_means = {
+                f"train_{k}" if not k.startswith("train_") else k: v / steps
+                for k, v in sums.items()
+                if k not in ("steps", "skipped_steps")
+            }
             improved = metrics["miou"] > stage.best_miou
             stage.last_metrics = metrics
             stage.epoch += 1
@@ -464,31 +557,53 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
                 stage.best_aux_heads = aux_heads_state(stage.model.state_dict()) or None
             if main:
                 seconds = time.perf_counter() - epoch_start
-                values = {"epoch": stage.epoch, "learning_rate": stage.optimizer.param_groups[0]["lr"], **train_means,
-                          "valid_loss": metrics["valid_loss"], "valid_miou": metrics["miou"],
-                          "valid_mean_dice": metrics["mean_dice"], "valid_pixel_accuracy": metrics["pixel_accuracy"],
-                          **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)}}
+                values = {
+                    "epoch": stage.epoch,
+                    "learning_rate": stage.optimizer.param_groups[0]["lr"],
+                    **train_means,
+                    "valid_loss": metrics["valid_loss"],
+                    "valid_miou": metrics["miou"],
+                    "valid_mean_dice": metrics["mean_dice"],
+                    "valid_pixel_accuracy": metrics["pixel_accuracy"],
+                    **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)},
+                }
                 if improved:  # the best model before the state: a crash between them just redoes this epoch
                     save_torch(without_aux_heads(stage.model.state_dict()), stage.model_path)
                     if preview is not None:
-                        save_bytes(png_bytes(preview_grid(*preview)), stage.state_dir / f"preview-epoch-{stage.epoch:03d}.png")
+                        save_bytes(
+                            png_bytes(preview_grid(*preview)), stage.state_dir / f"preview-epoch-{stage.epoch:03d}.png"
+                        )
                 stage.save_state(stage.elapsed + time.perf_counter() - start_time)
                 # the history row once the state holds the epoch (a failed state write leaves the history as it was)
-                history.record_epoch(history.history_path(stage.state_dir), {
-                    "profile": stage.profile.name, "val_resolution": stage.val_resolution, **values, "seconds": seconds,
-                    "images_per_s": stage.throughput})
+                history.record_epoch(
+                    history.history_path(stage.state_dir),
+                    {
+                        "profile": stage.profile.name,
+                        "val_resolution": stage.val_resolution,
+                        **values,
+                        "seconds": seconds,
+                        "images_per_s": stage.throughput,
+                    },
+                )
                 skipped = sums.get("skipped_steps", 0)
-                log(f"epoch {stage.epoch}/{args.epochs} | " + " | ".join(f"{k} {v:.4f}" for k, v in train_means.items())
+                log(
+                    f"epoch {stage.epoch}/{args.epochs} | "
+                    + " | ".join(f"{k} {v:.4f}" for k, v in train_means.items())
                     + f" | valid_loss {metrics['valid_loss']:.4f} | mIoU {metrics['miou']:.4f} | mean Dice "
                     f"{metrics['mean_dice']:.4f} | pixel acc {metrics['pixel_accuracy']:.4f} | val at {scoring} | "
                     f"{seconds:.1f} s | "
-                    f"{stage.throughput:.1f} img/s" + (f" | skipped {int(skipped)} non-finite steps" if skipped else "")
-                    + (" | new best" if improved else ""), flush=True)
+                    f"{stage.throughput:.1f} img/s"
+                    + (f" | skipped {int(skipped)} non-finite steps" if skipped else "")
+                    + (" | new best" if improved else ""),
+                    flush=True,
+                )
                 if improved:
                     log(format_iou_table(metrics["iou"], CLASS_NAMES), flush=True)
                 if improved and preview is not None:
                     images, targets, predictions = preview
-                    values["predictions"] = tracker.image(preview_grid(images, targets, predictions), "image | label | prediction")
+                    values["predictions"] = tracker.image(
+                        preview_grid(images, targets, predictions), "image | label | prediction"
+                    )
                 tracker.log({k: v for k, v in values.items() if v is not None})
     except NonFiniteLossError:
         tracker.finish()
@@ -499,23 +614,43 @@ def _train(stage: Stage, stop: StopRequest) -> dict:
     summary = {"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "epochs_run": epochs_run}
     best, last = _figures(stage.best_matrix), stage.last_metrics or _figures(None)
     if main:
-        append_csv_row(Path("measurements") / "durations.csv", {
-            "experiment_id": args.experiment_id, "script": script, "profile": stage.profile.name,
-            "image_size": "x".join(map(str, stage.profile.image_size)),
-            "patch_size": "x".join(map(str, stage.profile.patch_size)), "epochs": args.epochs,
-            "wall_time_s": f"{total:.1f}", "s_per_epoch": f"{total / args.epochs:.2f}",
-            "device": distributed.device_name(stage.device) if stage.device.type == "cuda" else "cpu",
-            "processes": stage.dist.world_size, "best_miou": f"{stage.best_miou:.6f}", "best_epoch": stage.best_epoch,
-            "val_resolution": stage.val_resolution, "last_miou": f"{last['miou']:.6f}",
-            "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        })
-        log(f"done: {args.experiment_id} best mIoU {stage.best_miou:.4f} at epoch {stage.best_epoch} (mean Dice "
+        append_csv_row(
+            Path("measurements") / "durations.csv",
+            {
+                "experiment_id": args.experiment_id,
+                "script": script,
+                "profile": stage.profile.name,
+                "image_size": "x".join(map(str, stage.profile.image_size)),
+                "patch_size": "x".join(map(str, stage.profile.patch_size)),
+                "epochs": args.epochs,
+                "wall_time_s": f"{total:.1f}",
+                "s_per_epoch": f"{total / args.epochs:.2f}",
+                "device": distributed.device_name(stage.device) if stage.device.type == "cuda" else "cpu",
+                "processes": stage.dist.world_size,
+                "best_miou": f"{stage.best_miou:.6f}",
+                "best_epoch": stage.best_epoch,
+                "val_resolution": stage.val_resolution,
+                "last_miou": f"{last['miou']:.6f}",
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+            },
+        )
+        log(
+            f"done: {args.experiment_id} best mIoU {stage.best_miou:.4f} at epoch {stage.best_epoch} (mean Dice "
             f"{best['mean_dice']:.4f}, pixel acc {best['pixel_accuracy']:.4f}); last epoch {stage.epoch}: mIoU "
             f"{last['miou']:.4f} (mean Dice {last['mean_dice']:.4f}, pixel acc {last['pixel_accuracy']:.4f}); val at "
-            f"{scoring} -> {stage.model_path}; {total:.0f} s in all", flush=True)
-        tracker.summary({"best_miou": stage.best_miou, "best_epoch": stage.best_epoch, "best_mean_dice":
-                         best["mean_dice"], "last_miou": last["miou"], "last_mean_dice": last["mean_dice"],
-                         "val_resolution": stage.val_resolution})
+            f"{scoring} -> {stage.model_path}; {total:.0f} s in all",
+            flush=True,
+        )
+        tracker.summary(
+            {
+                "best_miou": stage.best_miou,
+                "best_epoch": stage.best_epoch,
+                "best_mean_dice": best["mean_dice"],
+                "last_miou": last["miou"],
+                "last_mean_dice": last["mean_dice"],
+                "val_resolution": stage.val_resolution,
+            }
+        )
     tracker.finish()
     distributed.shutdown()
     return summary

@@ -8,13 +8,14 @@ the first non-finite step of the epoch is remembered on the device. The host rea
 `CHECK_EVERY` steps, at the end of an epoch and before any state is saved (`StepMonitor.check`); under DDP that
 read is also the one collective that tells every process whether any had a non-finite step or was asked to stop.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
 CHECK_EVERY = 10  # steps between host reads: Slurm's warning comes 300 s before the limit, a step takes < 10 s
-_NONE = 2**62      # "no non-finite step yet"
+_NONE = 2**62  # "no non-finite step yet"
 
 
 class StepMonitor:
@@ -22,8 +23,9 @@ class StepMonitor:
 
     def __init__(self, device: torch.device, sums: dict[str, float]):
         self.device = device
-        self.sums = {name: torch.tensor(float(value), dtype=torch.float64, device=device)
-                     for name, value in sums.items()}
+        self.sums = {
+            name: torch.tensor(float(value), dtype=torch.float64, device=device) for name, value in sums.items()
+        }
         for name in ("steps", "skipped_steps"):
             self.sums.setdefault(name, torch.zeros((), dtype=torch.float64, device=device))
         self.first_bad = torch.full((), _NONE, dtype=torch.int64, device=device)  # 1-based step in the epoch
@@ -48,8 +50,12 @@ class StepMonitor:
     def check(self, stop_requested: bool, distributed: bool) -> tuple[int | None, float, bool, float]:
         """One host read: (first non-finite step of the epoch on any process or None, its loss on this process
         (nan where another process had it), whether any process was asked to stop, the last loss)."""
-        flags = torch.stack([self.first_bad.double(), torch.tensor(-1.0 if stop_requested else 0.0, dtype=torch.float64,
-                                                                   device=self.device)])
+        flags = torch.stack(
+            [
+                self.first_bad.double(),
+                torch.tensor(-1.0 if stop_requested else 0.0, dtype=torch.float64, device=self.device),
+            ]
+        )
         if distributed and dist.is_available() and dist.is_initialized():
             dist.all_reduce(flags, op=dist.ReduceOp.MIN)  # earliest bad step; -1 where any process stops
         local = torch.stack([self.first_bad.double(), self.first_bad_loss.double(), self.last_loss.double()])
@@ -82,7 +88,8 @@ def nonfinite_gradients(optimizer: torch.optim.Optimizer) -> torch.Tensor:
 def supports_device_skip(optimizer: torch.optim.Optimizer) -> bool:
     """Fused optimizers take a `found_inf` flag and leave parameters and state untouched where it is set."""
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and all(
-        group.get("fused") for group in optimizer.param_groups)
+        group.get("fused") for group in optimizer.param_groups
+    )
 
 
 def skip_nonfinite_update(optimizer: torch.optim.Optimizer, scaler, loss_finite: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ hand (WANDB_API_KEY, e.g. from the user's .env, or a `wandb login` in ~/.netrc);
 wandb/ and says how to upload later. Any W&B failure (start-up time-out, network, service crash) is reported once and
 logging is switched off: training goes on.
 """
+
 from __future__ import annotations
 
 import netrc
@@ -26,7 +27,9 @@ def _has_api_key() -> bool:
 class Tracker:
     """A thin guard around one wandb run; a no-op on non-main processes or once W&B has failed."""
 
-    def __init__(self, name: str, config: dict, enabled: bool = True, project: str = PROJECT, resume_id: str | None = None):
+    def __init__(
+        self, name: str, config: dict, enabled: bool = True, project: str = PROJECT, resume_id: str | None = None
+    ):
         self.run = None
         if not enabled:
             return
@@ -36,14 +39,24 @@ class Tracker:
         if not mode:
             mode = "online" if _has_api_key() else "offline"
             if mode == "offline":
-                print("W&B: no API key (WANDB_API_KEY or ~/.netrc): logging offline to wandb/; upload later with "
-                      "`wandb sync wandb/offline-run-*`", flush=True)
+                print(
+                    "W&B: no API key (WANDB_API_KEY or ~/.netrc): logging offline to wandb/; upload later with "
+                    "`wandb sync wandb/offline-run-*`",
+                    flush=True,
+                )
         try:
             import wandb
 
             self._wandb = wandb
-            self.run = wandb.init(project=project, name=name, id=resume_id or None, resume="allow" if resume_id else None,
-                                  config=config, mode=mode, settings=wandb.Settings(init_timeout=60, silent=True))
+            self.run = wandb.init(
+                project=project,
+                name=name,
+                id=resume_id or None,
+                resume="allow" if resume_id else None,
+                config=config,
+                mode=mode,
+                settings=wandb.Settings(init_timeout=60, silent=True),
+            )
         except Exception as error:  # never let logging stop training
             self._fail(error)
 
@@ -52,8 +65,11 @@ class Tracker:
         return getattr(self.run, "id", None)
 
     def _fail(self, error: BaseException) -> None:
-        print(f"W&B: disabled for this stage after an error ({type(error).__name__}: {error}); training continues",
-              file=sys.stderr, flush=True)
+        print(
+            f"W&B: disabled for this stage after an error ({type(error).__name__}: {error}); training continues",
+            file=sys.stderr,
+            flush=True,
+        )
         self.run = None
 
     def log(self, values: dict, step: int | None = None) -> None:

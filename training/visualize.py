@@ -1,4 +1,5 @@
 """Cityscapes-coloured previews: image | ground truth | prediction, one row per validation image."""
+
 from __future__ import annotations
 
 import io
