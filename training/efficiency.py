@@ -33,12 +33,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# the deploy form's names are also reachable from here, as before they moved to training/deploy.py
+# the deploy form's names stay reachable from here, as before they moved to training/deploy.py
 from training.deploy import (
-    DeployForm,
+    CONTEXT_BRANCHES,  # noqa: F401
+    DEPLOY_CHOICES,  # noqa: F401
+    DeployForm,  # noqa: F401
+    ReducedPrecision,  # noqa: F401
     agreement,  # noqa: F401
-    compare_onnx,
-    context_branch,
+    choose_deploy_dtype,  # noqa: F401
+    compare_onnx,  # noqa: F401
+    context_branch,  # noqa: F401
+    dtype_name,  # noqa: F401
+    fold_batchnorm,  # noqa: F401
+    native_bf16_cpu,  # noqa: F401
 )
 from training.distributed import device_name
 from training.errors import UserError
