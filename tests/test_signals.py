@@ -166,6 +166,7 @@ def test_a_stage_that_builds_its_cache_in_set_up_never_hangs(twice_profile_size,
         result = run_bounded(command, tmp_path, env, timeout=120)
         assert result.returncode == 0, f"run {attempt + 1}:\n{result.stdout}\n{result.stderr}"
         # train and val through the pool of 2 processes (and the full-resolution val labels, in-process)
-        pool_builds = [line for line in result.stdout.splitlines() if "cache: writing" in line and "(2 processes" in line]
+        lines = result.stdout.splitlines()
+        pool_builds = [line for line in lines if "cache: writing" in line and "(2 processes" in line]
         assert len(pool_builds) == 2 and "4 train" in pool_builds[0] and "2 val" in pool_builds[1], result.stdout
         assert "epoch 1/1 |" in result.stdout
