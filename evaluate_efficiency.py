@@ -51,13 +51,13 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from training import deploy  # noqa: E402
-from training import efficiency as eff  # noqa: E402
-from training.checkpoint import append_csv_row  # noqa: E402
-from training.distributed import device_name, pick_device  # noqa: E402
+from training.efficiency import deploy  # noqa: E402
+from training.efficiency import measure as eff  # noqa: E402
+from training.engine.distributed import device_name, pick_device  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
+from training.files import append_csv_row  # noqa: E402
 from training.metrics import format_iou_table  # noqa: E402
-from training.models import ARCHITECTURES, build_model, load_weights  # noqa: E402
+from training.models.build import ARCHITECTURES, build_model, load_weights  # noqa: E402
 from training.profiles import resolve_profile  # noqa: E402
 
 
@@ -170,8 +170,8 @@ def main(argv):
         raise UserError("--export-onnx: expected one model (--current-model-path), not --all")
     sizes = list(dict.fromkeys([profile.image_hw] + [eff.parse_resolution(r) for r in args.resolution]))
     device = pick_device(args.device)
-    from training import evaluation  # torchvision: slow
-    from training.data import CLASS_NAMES, NUM_CLASSES
+    from training.data.dataset import CLASS_NAMES, NUM_CLASSES
+    from training.evaluation import scoring as evaluation  # torchvision: slow
 
     evaluation.check_export_args(args)
 

@@ -18,13 +18,13 @@
 #       submits the five curriculum stages of run 3 as SLURM jobs chained with --dependency=afterok
 #   sbatch jobscript_slurm_distillation.sh  (what each job runs): one stage of main_distillation*.sh, told by the
 #       environment
-# See `bash jobscript_slurm_distillation.sh --help`; the shared logic is in training/slurm_chain.sh.
+# See `bash jobscript_slurm_distillation.sh --help`; the shared logic is in training/cluster/slurm_chain.sh.
 set -euo pipefail
 
 # the repository: this file's folder, or (inside a job, where Slurm runs a copy of this file) the one the chain names
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [[ -f "$here/training/slurm_chain.sh" ]]; then CHAIN_ROOT="$here"; else CHAIN_ROOT="${FASTSCNN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"; fi
+if [[ -f "$here/training/cluster/slurm_chain.sh" ]]; then CHAIN_ROOT="$here"; else CHAIN_ROOT="${FASTSCNN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"; fi
 CHAIN_JOBSCRIPT="jobscript_slurm_distillation.sh"
-# shellcheck source=training/slurm_chain.sh
-source "$CHAIN_ROOT/training/slurm_chain.sh"
+# shellcheck source=training/cluster/slurm_chain.sh
+source "$CHAIN_ROOT/training/cluster/slurm_chain.sh"
 chain_main student "$@"

@@ -6,7 +6,7 @@
 #   bash main.sh --epochs 50          # any train.py flag overrides the ones below
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-source training/stage_env.sh
+source training/cluster/stage_env.sh
 
 EXPERIMENT_ID="${EXPERIMENT_ID:-fastscnn-training-experiment-01}"
 PREVIOUS_MODEL_PATH="${PREVIOUS_MODEL_PATH:-none}"   # stage k > 1: models/<experiment id of stage k-1>.pth

@@ -3,7 +3,7 @@
 # Edit the variables below or set them in the environment; extra arguments go to train_dice.py (--demo: demo data).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-source training/stage_env.sh
+source training/cluster/stage_env.sh
 
 EXPERIMENT_ID="${EXPERIMENT_ID:-fastscnn-training-experiment-21}"
 PREVIOUS_MODEL_PATH="${PREVIOUS_MODEL_PATH:-none}"   # stage k > 1: models/<experiment id of stage k-1>.pth

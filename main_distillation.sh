@@ -4,7 +4,7 @@
 # The same trained teacher (a teacher run's stage 5) serves the student's whole curriculum.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-source training/stage_env.sh
+source training/cluster/stage_env.sh
 
 EXPERIMENT_ID="${EXPERIMENT_ID:-fastscnn-training-experiment-11}"
 TRAINED_TEACHER_MODEL_PATH="${TRAINED_TEACHER_MODEL_PATH:-models/fastscnn-training-experiment-05.pth}"

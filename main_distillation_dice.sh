@@ -3,7 +3,7 @@
 # Edit the variables below or set them in the environment; extra arguments go to train_distillation_dice.py.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-source training/stage_env.sh
+source training/cluster/stage_env.sh
 
 EXPERIMENT_ID="${EXPERIMENT_ID:-fastscnn-training-experiment-31}"
 TRAINED_TEACHER_MODEL_PATH="${TRAINED_TEACHER_MODEL_PATH:-models/fastscnn-training-experiment-25.pth}"

@@ -9,10 +9,10 @@ stage 1 from random weights ('none'). The best epoch by validation mIoU goes to 
 Run the same command again to resume an interrupted stage; see README.md for the curriculum on SLURM.
 """
 
-from training.cli import add_previous_model_args
+from training.engine.cli import add_previous_model_args
+from training.engine.stage import stage_main
 from training.errors import run_cli
 from training.losses import cross_entropy
-from training.stage import stage_main
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
 PROFILES = {

@@ -6,10 +6,10 @@ over the classes present in the batch, void pixels excluded (training/losses.py)
     python train_dice.py --profile low --experiment-id fastscnn-training-experiment-21
 """
 
-from training.cli import add_dice_args, add_previous_model_args
+from training.engine.cli import add_dice_args, add_previous_model_args
+from training.engine.stage import stage_main
 from training.errors import run_cli
 from training.losses import cross_entropy, dice_loss
-from training.stage import stage_main
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
 PROFILES = {

@@ -10,11 +10,11 @@ gradients, and is never saved; the best student goes to models/<experiment-id>.p
         --trained-teacher-model-path models/fastscnn-training-experiment-05.pth
 """
 
-from training.cli import add_distillation_args
+from training.engine.cli import add_distillation_args
+from training.engine.stage import stage_main
 from training.errors import run_cli
 from training.losses import distillation_loss, kd_part_name
-from training.models import load_teacher
-from training.stage import stage_main
+from training.models.build import load_teacher
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
 PROFILES = {

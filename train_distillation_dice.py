@@ -7,11 +7,11 @@ distillation term and the teacher, train_dice.py for the Dice term.
         --trained-teacher-model-path models/fastscnn-training-experiment-25.pth
 """
 
-from training.cli import add_dice_args, add_distillation_args
+from training.engine.cli import add_dice_args, add_distillation_args
+from training.engine.stage import stage_main
 from training.errors import run_cli
 from training.losses import dice_loss, distillation_loss, kd_part_name
-from training.models import load_teacher
-from training.stage import stage_main
+from training.models.build import load_teacher
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
 PROFILES = {

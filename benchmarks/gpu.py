@@ -8,9 +8,9 @@ Training, for profiles 1, 3 and 5 and each of fp32 / --amp / --amp --channels-la
 full step (the training loader with --num-workers workers, uint8 batches, colour jitter and normalisation on the
 device, forward, backward, optimizer) and of the same step on one batch already on the device (the GPU's ceiling:
 where the full step is lower, the loader is the limit), with the peak GPU memory of the step. The step is the
-stage's own (`training.stage.Stage.train_step`), built from the scripts' command line, in a temporary directory.
+stage's own (`training.engine.stage.Stage.train_step`), built from the scripts' command line, in a temporary directory.
 Inference at 1024x2048, batch 1: FPS of the plain model (eval, fp32), the deploy form (BatchNorm folded,
-channels_last, fp16 on CUDA: `training.efficiency.DeployForm`) and the deploy form replayed as a CUDA graph,
+channels_last, fp16 on CUDA: `training.efficiency.measure.DeployForm`) and the deploy form replayed as a CUDA graph,
 with their peak memory.
 
 Without --data-dir a demo data set at 2048x1024 is generated in a temporary directory first (--quick: 256x128 and
@@ -36,10 +36,10 @@ import torch  # noqa: E402
 from input_pipeline import Repeated  # noqa: E402
 
 import train  # noqa: E402
-from training.cli import add_previous_model_args, get_args_parser  # noqa: E402
-from training.data import EpochSampler, make_loader  # noqa: E402
+from training.data.dataset import EpochSampler, make_loader  # noqa: E402
+from training.engine.cli import add_previous_model_args, get_args_parser  # noqa: E402
+from training.engine.step_monitor import StepMonitor  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
-from training.step_monitor import StepMonitor  # noqa: E402
 
 # --quick: the profiles scaled down to 256x128 demo images (names and numbers as in the scripts)
 QUICK_PROFILES = {
@@ -73,7 +73,7 @@ def peak_mib(device: torch.device) -> str:
 
 
 def build_stage(data_dir: Path, profile: str, variant: list[str], opts):
-    from training.stage import Stage
+    from training.engine.stage import Stage
 
     argv = [
         "--data-dir",
@@ -163,7 +163,7 @@ def _repeat(batch):
 
 def inference_rows(opts) -> list[tuple]:
     import fast_scnn
-    from training.efficiency import DeployForm, choose_deploy_dtype, measure_latency
+    from training.efficiency.measure import DeployForm, choose_deploy_dtype, measure_latency
 
     device = torch.device(opts.device)
     height, width = opts.resolution
@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="gpu-benchmark-") as work, contextlib.chdir(work):
         data_dir = Path(opts.data_dir).resolve() if opts.data_dir else None
         if data_dir is None:
-            from training.demo_data import make_demo_dataset
+            from demo.dataset import make_demo_dataset
 
             start = time.perf_counter()
             count = max(4, opts.batch_size) if quick else 40

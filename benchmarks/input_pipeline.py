@@ -4,8 +4,8 @@
     python benchmarks/input_pipeline.py --data-dir /tmp/demo --profile 1 --num-workers 2 --batches 20 \
         --baseline original
 
-The training loader is built as the stage builds it (`training/stage.py`: the dataset with its per-profile cache,
-`training.augment.train_pipeline`, the photometric ops' parameters drawn per sample, `EpochSampler`,
+The training loader is built as the stage builds it (`training/engine/stage.py`: the dataset with its per-profile cache,
+`training.data.transforms.train_pipeline`, the photometric ops' parameters drawn per sample, `EpochSampler`,
 `make_loader`): workers ship uint8 images and masks, and the photometric ops (colour jitter), float conversion and
 normalisation run on the training device, timed separately on a batch (`--photometric workers` applies them in the
 workers instead, as CPU-only training does). The bytes of one batch are printed. Building or checking the cache
@@ -18,7 +18,7 @@ in the dataset, the image becomes a float tensor (ToTensor) and is resized at fu
 colour jitter (torchvision's, on float) and normalisation follow, and the label ids of each batch are mapped to
 train ids per pixel with `Tensor.apply_` in the main process. The last line is always `samples/s: X` (ours).
 
-`--augment mmseg` times the pipeline with mmseg's augmentation (training/augment.py: geometry in the workers,
+`--augment mmseg` times the pipeline with mmseg's augmentation (training/data/transforms.py: geometry in the workers,
 PhotoMetricDistortion on the device) instead of the original's; `--compare-augment` times both in one run (the
 chosen one, the other, the chosen one again) and prints the ratio.
 """
@@ -41,8 +41,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import Dataset  # noqa: E402
 
-from training.augment import train_pipeline  # noqa: E402
-from training.data import (  # noqa: E402
+from training.data.dataset import (  # noqa: E402
     MEAN,
     STD,
     CityscapesSegmentation,
@@ -50,7 +49,8 @@ from training.data import (  # noqa: E402
     label_lookup_table,  # noqa: E402
     make_loader,
 )
-from training.device_augment import PhotometricPipeline, apply_in_worker  # noqa: E402
+from training.data.photometric import PhotometricPipeline, apply_in_worker  # noqa: E402
+from training.data.transforms import train_pipeline  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 from training.profiles import resolve_profile  # noqa: E402
 

@@ -2,7 +2,7 @@
 
     python benchmarks/validation.py --data-dir data/demo_cityscapes --profile low --rounds 3
 
-Both passes run the stage's own code (`training.evaluation.Scorer` over the stage's validation loader, cached
+Both passes run the stage's own code (`training.evaluation.scoring.Scorer` over the stage's validation loader, cached
 images, fp32 logits, loss included) on the same model, alternating round by round so that both see the same
 background load. It prints seconds per pass for each and their ratio, and the part of the full-resolution pass spent
 upsampling, taking the argmax and counting (measured separately on the same logits).
@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from training import evaluation  # noqa: E402
-from training.data import NUM_CLASSES, CityscapesSegmentation, EpochSampler, make_loader, val_transform  # noqa: E402
+from training.data.dataset import NUM_CLASSES, CityscapesSegmentation, EpochSampler, make_loader, val_transform  # noqa: E402
 from training.errors import run_cli  # noqa: E402
-from training.models import build_model, load_weights  # noqa: E402
+from training.evaluation import scoring as evaluation  # noqa: E402
+from training.models.build import build_model, load_weights  # noqa: E402
 from training.profiles import resolve_profile  # noqa: E402
 
 

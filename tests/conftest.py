@@ -20,14 +20,14 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: integration tests that train or start services (CI runs them)")
     config.addinivalue_line("markers", "slurm: tests against a real Slurm cluster started on loopback (needs root)")
     # torchvision 0.29 deprecates its PNG decoder in favour of TorchCodec; it is still the fastest here
-    # (training/images.py)
+    # (training/data/images.py)
     config.addinivalue_line("filterwarnings", "ignore:The image decoding and encoding capabilities:DeprecationWarning")
 
 
 @pytest.fixture(scope="session")
 def tiny_cityscapes(tmp_path_factory) -> Path:
     """A tiny demo data set in the Cityscapes layout: 4 train and 2 val images of 256x128 (read-only for tests)."""
-    from training.demo_data import make_demo_dataset
+    from demo.dataset import make_demo_dataset
 
     return make_demo_dataset(
         tmp_path_factory.mktemp("tiny_cityscapes"), num_train=4, num_val=2, size=(256, 128), seed=0

@@ -1,0 +1,3 @@
+from demo.dataset import run
+
+run()

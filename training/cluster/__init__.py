@@ -1,0 +1,1 @@
+"""The cluster: curriculum chains on SLURM (submission and what a job runs)."""

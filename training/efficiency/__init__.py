@@ -1,0 +1,1 @@
+"""Efficiency: parameters and MACs, latency, the deploy forms and ONNX."""

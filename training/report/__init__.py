@@ -1,0 +1,1 @@
+"""`python -m training.report`: graphs and a Markdown report of the runs (matplotlib)."""
