@@ -104,7 +104,9 @@ def read_card(model_path: str | Path) -> dict | None:
     try:
         card = json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise UserError(f"{path}: unreadable model card ({type(error).__name__}); expected the JSON the stage writes")
+        raise UserError(
+            f"{path}: unreadable model card ({type(error).__name__}); expected the JSON the stage writes"
+        ) from None
     if not isinstance(card, dict) or not isinstance(card.get("version"), int) or card["version"] > CARD_VERSION:
         raise UserError(f"{path}: not a model card of version <= {CARD_VERSION}")
     return card
