@@ -2,9 +2,10 @@
 
 - BatchNorm folded into the preceding Conv2d (`fold_batchnorm`).
 - `DeployForm`: folded, channels_last, reduced precision (bf16 autocast on CPUs with native bf16 instructions, fp16
-  weights and inputs on CUDA; or only in the low-resolution context branch: "mixed"), optionally `torch.compile` with
-  frozen weights; `choose_deploy_dtype` picks the precision a device starts from, and efficiency/measure.py steps
-  it down (mixed, then fp32) while `agreement` with the plain model stays below its threshold.
+  weights and inputs on CUDA; or only in the low-resolution context branch: "mixed"), on the CPU fused convolutions
+  and a faster upsampling (efficiency/forms.py), optionally `torch.compile` with frozen weights;
+  `choose_deploy_dtype` picks the precision a device starts from, and efficiency/measure.py steps it down (mixed,
+  then fp32) while `agreement` with the plain model stays below its threshold.
 - `export_onnx`: the folded fp32 network at one static input size, with the dynamo exporter (see its docstring).
 """
 
@@ -17,6 +18,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
+from training.efficiency.forms import rewrite_for_cpu
 from training.errors import UserError
 
 
@@ -117,11 +119,19 @@ class DeployForm(nn.Module):
     `scope` says where `dtype` applies: "all" of the network (its logits come out in `dtype`), or only its
     "context" branch (see CONTEXT_BRANCHES), the rest staying fp32. Inputs are expected in channels_last (a decoded
     HxWxC image permuted to CxHxW already is). On CUDA the reduced-precision weights themselves are fp16; on CPU
-    bf16 runs under autocast (weights stay fp32, convolutions run in bf16).
+    bf16 runs under autocast (weights stay fp32, convolutions run in bf16). On the CPU, uncompiled, the network is
+    also rewritten (`rewrite`, efficiency/forms.py): convolutions fused with their ReLU/add where it computes in fp32,
+    bilinear upsamplings by integer factors computed by phases; compiled, inductor's freezing does the fusing.
     """
 
     def __init__(
-        self, model: nn.Module, device: torch.device, dtype: torch.dtype, compile: bool = False, scope: str = "all"
+        self,
+        model: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        compile: bool = False,
+        scope: str = "all",
+        rewrite: bool = True,
     ):
         super().__init__()
         net = copy.deepcopy(model).eval()
@@ -139,9 +149,16 @@ class DeployForm(nn.Module):
             setattr(owner, name, ReducedPrecision(getattr(owner, name), dtype, device.type, cast_weights))
         self.net = net.to(dtype) if self.half_weights else net
         self.compiled = self._first_call_done = False
+        self.rewritten = ""
+        if rewrite and device.type == "cpu" and not compile:
+            # fused oneDNN convolutions where the network computes in fp32 (autocast would not reach them)
+            fuse = self.dtype == torch.float32 or self.scope == "context"
+            self.net, self.rewritten = rewrite_for_cpu(self.net, fuse=fuse, leaves=(ReducedPrecision,))
         if compile:
-            # on CUDA the compiled graph is replayed as a CUDA graph (what mode="reduce-overhead" does)
-            self.net = torch.compile(self.net, options={"triton.cudagraphs": True} if device.type == "cuda" else None)
+            # a static graph per input shape (a second shape would otherwise turn it into a slower dynamic one); on
+            # CUDA the compiled graph is replayed as a CUDA graph (what mode="reduce-overhead" does)
+            options = {"triton.cudagraphs": True} if device.type == "cuda" else None
+            self.net = torch.compile(self.net, dynamic=False, options=options)
             self.compiled = True
 
     @property
@@ -194,8 +211,10 @@ class DeployForm(nn.Module):
             precision += " weights" if self.cast_weights else " autocast"
         if self.scope == "context":
             precision += f" in {self.context}, fp32 elsewhere"
-        return f"{self.folded} BatchNorm folded, channels_last, {precision}" + (
-            ", torch.compile (frozen weights)" if self.compiled else ""
+        return (
+            f"{self.folded} BatchNorm folded, channels_last, {precision}"
+            + (f", {self.rewritten}" if self.rewritten else "")
+            + (", torch.compile (frozen weights)" if self.compiled else "")
         )
 
 
@@ -231,12 +250,12 @@ def _require_onnx(flag: str) -> None:
         )
 
 
-def export_onnx(model: nn.Module, hw: tuple[int, int], path, flag: str = "--export-onnx") -> int:
-    """Write the plain fp32 network with BatchNorm folded, for a batch-1 input of static size `hw`, to `path`.
+def export_onnx(model: nn.Module, hw: tuple[int, int], path, flag: str = "--export-onnx", batch: int = 1) -> int:
+    """Write the plain fp32 network with BatchNorm folded, for an input of static size `hw` (and `batch`), to `path`.
 
-    Input `image` (1, 3, H, W), normalised as in training; output `logits` (1, classes, H, W). The dynamo exporter
-    (`torch.onnx.export(dynamo=True)`, onnxscript) is used: the legacy TorchScript exporter stops at the pyramid
-    pooling ("Unsupported: ONNX export of operator adaptive_avg_pool2d, output size that are not factor of input
+    Input `image` (batch, 3, H, W), normalised as in training; output `logits` (batch, classes, H, W). The dynamo
+    exporter (`torch.onnx.export(dynamo=True)`, onnxscript) is used: the legacy TorchScript exporter stops at the
+    pyramid pooling ("Unsupported: ONNX export of operator adaptive_avg_pool2d, output size that are not factor of input
     size": bins 3 and 6 of a 1/32 map), while the dynamo one lowers each adaptive pooling of a static size to fixed
     windows. The file is written atomically and checked with onnx.checker. Returns the number of folded BatchNorms.
     """
@@ -251,7 +270,7 @@ def export_onnx(model: nn.Module, hw: tuple[int, int], path, flag: str = "--expo
 
     net = copy.deepcopy(model).eval().to(device="cpu", dtype=torch.float32)
     folded = fold_batchnorm(net)
-    example = torch.zeros(1, 3, *hw)
+    example = torch.zeros(batch, 3, *hw)
     chatter = io.StringIO()
     try:  # the exporter narrates its steps on stdout: kept for an error message only
         with contextlib.redirect_stdout(chatter), warnings.catch_warnings():
@@ -270,12 +289,14 @@ def export_onnx(model: nn.Module, hw: tuple[int, int], path, flag: str = "--expo
 
 
 class OnnxRuntimeForm:
-    """An ONNX file run by ONNX Runtime on the CPU, called like a model: a (1, 3, H, W) tensor in, logits out.
+    """An ONNX file run by ONNX Runtime, called like a model: a (N, 3, H, W) tensor in, logits out.
 
-    Threads as torch's (intra-op), one inter-op thread, all graph optimisations, ONNX Runtime's own arena allocator.
+    On the CPU: threads as torch's (intra-op), one inter-op thread, all graph optimisations, ONNX Runtime's own arena
+    allocator. `provider` "cuda": its CUDA execution provider (where the installed build has it), the tensors bound
+    on the GPU where they are (no copies through the host).
     """
 
-    def __init__(self, path, threads: int | None = None):
+    def __init__(self, path, threads: int | None = None, provider: str = "cpu"):
         _require_onnx("--export-onnx")
         import onnxruntime as ort
 
@@ -283,14 +304,40 @@ class OnnxRuntimeForm:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
+        if name not in ort.get_available_providers():
+            raise UserError(
+                f"ONNX Runtime {ort.__version__}: no {name} in this build (it has "
+                f"{', '.join(ort.get_available_providers())})"
+            )
+        self.session = ort.InferenceSession(str(path), options, providers=[name])
+        self.provider = provider
         self.input_name = self.session.get_inputs()[0].name
         self.input_shape = tuple(self.session.get_inputs()[0].shape)
+        self.output_name = self.session.get_outputs()[0].name
+        self.output_shape = tuple(self.session.get_outputs()[0].shape)
         self.threads = options.intra_op_num_threads
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.provider == "cuda":
+            return self._run_on_gpu(x)
         x = x.detach().to("cpu", torch.float32).contiguous()
         return torch.from_numpy(self.session.run(None, {self.input_name: x.numpy()})[0])
+
+    def _run_on_gpu(self, x: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        x = x.detach().to("cuda", torch.float32).contiguous()
+        out = torch.empty(self.output_shape, dtype=torch.float32, device=x.device)
+        torch.cuda.current_stream(x.device).synchronize()  # ONNX Runtime reads x on a stream of its own
+        binding = self.session.io_binding()
+        for bind, name, tensor in (
+            (binding.bind_input, self.input_name, x),
+            (binding.bind_output, self.output_name, out),
+        ):
+            bind(name, "cuda", x.device.index or 0, np.float32, tuple(tensor.shape), tensor.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return out
 
 
 @torch.inference_mode()
