@@ -1,0 +1,364 @@
+"""Inference latency of every form of a model, side by side in one run: plain, the deploy forms, compiled, ONNX Runtime.
+
+    python benchmarks/inference.py                              # CPU (and CUDA where present), a random-weight model
+    python benchmarks/inference.py --model-path models/fastscnn-training-experiment-05.pth --threads 4
+    python benchmarks/inference.py --quick                      # a smoke run at a small size (what the tests run)
+
+CPU forms: `plain` (the model as trained: eval, fp32, NCHW); the deploy forms of training/efficiency/deploy.py:
+`fp32 folded` (BatchNorm folded, channels_last: the deploy form before efficiency/forms.py), `fp32` (+ convolutions
+fused with their ReLU/add in oneDNN, bilinear upsampling by phases), `bf16` and `mixed-bf16` (bf16 autocast in all of
+the network / in its context branch; on CPUs with native bf16 only); each of fp32, bf16 and mixed-bf16 also
+`compiled` (torch.compile, inductor with frozen weights); and `onnxruntime fp32`, the project's own ONNX export
+(deploy.export_onnx) under ONNX Runtime's CPU provider. With CUDA: plain, `fp16` (the CUDA deploy form), `fp16 CUDA
+graphs` (compiled and replayed as a CUDA graph), and ONNX Runtime's CUDA provider where the installed build has it,
+with FPS at 1024x2048 batch 1 beside the published figures.
+
+For every size and batch the input is painted demo street scenes (demo/scene.py), normalised as in training. Each
+form's argmax agreement with the plain model is measured on them first (a form below 99.9% is marked REJECTED and
+never counts as the best), then every form is timed in turn, run by run (measure_latency): medians and p10/p90.
+The header states threads, allocator and load average; the process restarts itself once with glibc malloc tuned
+(training/efficiency/allocator.py) unless --malloc system or the environment already chose an allocator.
+
+The last line: `speed-up over ONNX Runtime fp32: fp32 X.XXx, best Y.YYx (FORM)`, ONNX Runtime's median latency over
+the form's, at the first size and batch 1 (1024x2048 unless --sizes or --quick say otherwise): `fp32` the fastest
+fp32 deploy form (eager or compiled), `best` the fastest form of all, both among those that agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from training.efficiency.allocator import describe_allocator, restart_with_tuned_malloc  # noqa: E402 (no torch)
+
+QUICK_SIZE = (128, 256)
+# published FPS of Fast-SCNN at 1024x2048, batch 1: the paper (Poudel et al., 2019) and mmsegmentation's model zoo
+PUBLISHED_FPS = (("paper, Titan Xp", 123.5), ("mmsegmentation, V100", 56.0))
+AGREEMENT_THRESHOLD = 0.999  # as efficiency/measure.py's check of the deploy forms
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add("--model-path", default="none", help="a trained model's .pth state_dict, or 'none' (random weights)")
+    add("--arch", default="fast_scnn", help="architecture of --model-path (training/models/build.py)")
+    add("--num-classes", type=int, default=19, help="classes of the model")
+    add("--sizes", default="1024x2048,512x1024", help="comma-separated HxW input sizes; the first one is the headline")
+    add("--batches", default="1,8", help="comma-separated batch sizes")
+    add("--threads", type=int, default=0, help="CPU threads for torch and ONNX Runtime (0 = the cores available)")
+    add("--runs", type=int, default=10, help="timed runs per form and setting")
+    add("--warmup", type=int, default=2, help="untimed runs per form and setting")
+    add("--agreement-images", type=int, default=4, help="painted scenes per size for the agreement check (at least)")
+    add("--no-compile", action="store_true", help="leave out the compiled forms (torch.compile needs a C++ compiler)")
+    add("--no-onnx", action="store_true", help="leave out ONNX Runtime (then there is no speed-up line)")
+    add("--cuda", choices=("auto", "skip"), default="auto", help="auto: also measure the CUDA forms where CUDA is")
+    add("--malloc", choices=("tuned", "system"), default="tuned", help="restart with glibc malloc tuned, or not")
+    add(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: {QUICK_SIZE[0]}x{QUICK_SIZE[1]}, batch 1 and 2, 2 runs, fp32 the only compiled form",
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes, args.batches = f"{QUICK_SIZE[0]}x{QUICK_SIZE[1]}", "1,2"
+        args.runs, args.warmup, args.agreement_images = 2, 1, 2
+    return args
+
+
+def main(argv: list[str]) -> None:
+    args = parse_args(argv)
+    restart_with_tuned_malloc(args.malloc)
+    from training.errors import run_cli
+
+    run_cli(lambda _: run(args), argv)
+
+
+# ------------------------------------------------------------------------------------------- everything else
+# (imported after the restart: torch is loaded once, by the process that measures)
+
+
+@dataclass
+class Form:
+    """One way to run the model: `call(prepare(images))` gives logits."""
+
+    name: str
+    precision: str
+    call: object
+    prepare: object
+    what: str
+
+
+@dataclass
+class Row:
+    form: Form
+    agreement: float
+    latency: object  # measure.Latency
+
+    @property
+    def agrees(self) -> bool:
+        return self.agreement >= AGREEMENT_THRESHOLD
+
+
+def run(args: argparse.Namespace) -> None:
+    import torch
+
+    from training.efficiency.measure import parse_resolution
+    from training.errors import UserError
+
+    sizes = [parse_resolution(text.strip(), "--sizes") for text in args.sizes.split(",") if text.strip()]
+    try:
+        batches = [int(text) for text in args.batches.split(",") if text.strip()]
+    except ValueError:
+        batches = []
+    if not sizes or not batches or min(batches) < 1:
+        raise UserError(f"--batches {args.batches!r}: expected comma-separated positive integers, e.g. 1,8")
+    if args.runs < 1:
+        raise UserError(f"--runs {args.runs}: expected a positive number of timed runs")
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    torch.set_num_threads(threads)
+    model = load_model(args)
+    print_header(args, threads)
+    with tempfile.TemporaryDirectory(prefix="inference-benchmark-") as tmp:
+        cpu_rows = measure_device(model, torch.device("cpu"), sizes, batches, args, threads, Path(tmp))
+        if args.cuda == "auto":
+            measure_cuda(model, sizes, batches, args, Path(tmp))
+    print(f"load average at the end: {load_average()}")
+    headline = cpu_rows.get((sizes[0], 1))
+    if headline is None or args.no_onnx:
+        print("no speed-up over ONNX Runtime: it was not measured (batch 1 at the first size, with ONNX Runtime)")
+        return
+    print(speed_up_line(headline))
+
+
+def load_model(args: argparse.Namespace):
+    import torch
+
+    from training.models.build import build_model, load_weights
+
+    model = build_model(args.arch, args.num_classes)
+    if args.model_path != "none":
+        load_weights(model, args.model_path, args.arch, "--model-path")
+    else:
+        torch.manual_seed(0)
+    return model.eval()
+
+
+def load_average() -> str:
+    return " ".join(f"{value:.2f}" for value in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+def print_header(args: argparse.Namespace, threads: int) -> None:
+    import torch
+
+    try:
+        import onnxruntime
+
+        ort_version = onnxruntime.__version__
+    except ImportError:
+        ort_version = "not installed"
+    omp = os.environ.get("OMP_NUM_THREADS", "unset")
+    print(f"inference benchmark: {args.arch}, weights {args.model_path}, {cpu_name()}")
+    print(
+        f"torch {torch.__version__} (intra-op threads {torch.get_num_threads()}, inter-op "
+        f"{torch.get_num_interop_threads()}, OMP_NUM_THREADS {omp}), ONNX Runtime {ort_version} "
+        f"(intra-op threads {threads}, inter-op 1)"
+    )
+    print(f"allocator: {describe_allocator()}; load average at the start: {load_average()}")
+
+
+# ------------------------------------------------------------------------------------------------------ inputs
+
+
+def painted_scenes(hw: tuple[int, int], count: int, seed: int = 0):
+    """`count` demo street scenes painted at `hw`, normalised as in training: (count, 3, H, W) float32."""
+    import numpy as np
+    import torch
+
+    from demo.scene import draw_scene
+    from training.data.photometric import MEAN, STD
+
+    images = [draw_scene(np.random.default_rng([seed, index]), hw[1], hw[0])[0] for index in range(count)]
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255)
+    return (batch - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+# ------------------------------------------------------------------------------------------------------- forms
+
+
+def deploy_forms(model, device, args) -> list[Form]:
+    """The deploy forms of efficiency/deploy.py for `device` (compiled ones compile at their first call)."""
+    import torch
+
+    from training.efficiency.deploy import DeployForm, native_bf16_cpu
+
+    if device.type == "cuda":
+        specs = [("fp16", torch.float16, "all", False, True)]
+        specs += [] if args.no_compile else [("fp16 CUDA graphs", torch.float16, "all", True, True)]
+    else:
+        specs = [("fp32 folded", torch.float32, "all", False, False), ("fp32", torch.float32, "all", False, True)]
+        reduced = [("bf16", torch.bfloat16, "all"), ("mixed-bf16", torch.bfloat16, "context")]
+        if native_bf16_cpu():
+            specs += [(name, dtype, scope, False, True) for name, dtype, scope in reduced]
+        else:
+            print("bf16 forms left out: this CPU has no native bf16 (AVX512-BF16/AMX); emulated bf16 is slower")
+            reduced = []
+        if not args.no_compile:  # --quick: fp32 only (each form compiles once per size and batch)
+            compiled = [("fp32", torch.float32, "all")] + ([] if args.quick else reduced)
+            specs += [(f"{name} compiled", dtype, scope, True, True) for name, dtype, scope in compiled]
+    forms = []
+    for name, dtype, scope, compile, rewrite in specs:
+        deploy = DeployForm(model, device, dtype, compile=compile, scope=scope, rewrite=rewrite)
+        forms.append(Form(name, deploy.precision, deploy, deploy.prepare, deploy.describe()))
+    return forms
+
+
+def onnx_form(model, device, hw, batch, threads, tmp: Path) -> Form | None:
+    """ONNX Runtime on the project's ONNX export at this size and batch (static shapes), or None if it cannot run."""
+    from training.efficiency.deploy import OnnxRuntimeForm, export_onnx
+    from training.errors import UserError
+
+    path = tmp / f"model-{hw[0]}x{hw[1]}-b{batch}.onnx"
+    provider = "cuda" if device.type == "cuda" else "cpu"
+    try:
+        if not path.exists():
+            export_onnx(model, hw, path, flag="onnxruntime", batch=batch)
+        runtime = OnnxRuntimeForm(path, threads, provider=provider)
+    except UserError as error:
+        print(f"onnxruntime left out at {hw[0]}x{hw[1]} batch {batch}: {error}")
+        return None
+    return Form(f"onnxruntime {provider}", "fp32", runtime, lambda x: x, f"ONNX Runtime, {provider} provider")
+
+
+# ----------------------------------------------------------------------------------------------- measurement
+
+
+def agreement(plain, form: Form, images, batch: int) -> float:
+    import torch
+
+    same = total = 0
+    with torch.inference_mode():
+        for start in range(0, len(images), batch):
+            x = images[start : start + batch]
+            if len(x) < batch:
+                break
+            reference = plain(x).argmax(1)
+            predicted = form.call(form.prepare(x)).float().argmax(1).to(reference.device)
+            same += int((predicted == reference).sum())
+            total += reference.numel()
+    return same / max(total, 1)
+
+
+def measure_setting(plain, forms: list[Form], images, batch: int, device, args) -> list[Row]:
+    """Agreement of each form on `images`, then the latency of all forms, interleaved, on the first batch."""
+    from training.efficiency.measure import measure_latency
+
+    agreements = {}
+    for form in forms:
+        start = time.perf_counter()
+        agreements[form.name] = agreement(plain, form, images, batch)
+        if "compiled" in form.name or "graphs" in form.name:
+            print(f"  {form.name}: compiled and checked in {time.perf_counter() - start:.1f} s")
+    x = images[:batch]
+    timed = {"plain": (plain, x)} | {form.name: (form.call, form.prepare(x)) for form in forms}
+    latency = measure_latency(timed, device, runs=args.runs, min_seconds=0.0, warmup=args.warmup)
+    plain_form = Form("plain", "fp32", plain, lambda x: x, "the model as trained: eval, fp32, NCHW")
+    return [Row(plain_form, 1.0, latency["plain"])] + [
+        Row(form, agreements[form.name], latency[form.name]) for form in forms
+    ]
+
+
+def measure_device(model, device, sizes, batches, args, threads: int, tmp: Path) -> dict:
+    """Every setting (size x batch) on `device`: a table each. Returns {(hw, batch): [Row, ...]}."""
+    model = model.to(device)
+    forms = deploy_forms(model, device, args)
+    results = {}
+    for hw in sizes:
+        scenes = painted_scenes(hw, max(args.agreement_images, max(batches))).to(device)
+        for batch in batches:
+            runtime = None if args.no_onnx else onnx_form(model, device, hw, batch, threads, tmp)
+            setting = forms + ([runtime] if runtime else [])
+            print(f"\n{device.type.upper()} {hw[0]}x{hw[1]}, batch {batch}:")
+            rows = measure_setting(model, setting, scenes, batch, device, args)
+            print_table(rows)
+            results[(hw, batch)] = rows
+    print("\nforms:")
+    for form in forms:
+        print(f"  {form.name}: {form.what}")
+    return results
+
+
+def measure_cuda(model, sizes, batches, args, tmp: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        print(
+            "\nCUDA: not available here (torch.cuda.is_available() is False): the fp16 deploy form, its CUDA graph "
+            "and ONNX Runtime's CUDA provider were not measured"
+        )
+        return
+    device = torch.device("cuda")
+    print(f"\nCUDA: {torch.cuda.get_device_name(device)}")
+    results = measure_device(model, device, sizes, batches, args, torch.get_num_threads(), tmp)
+    rows = results.get(((1024, 2048), 1))
+    if rows:
+        published = ", ".join(f"{name} {fps:.1f}" for name, fps in PUBLISHED_FPS)
+        for row in rows:
+            print(f"  FPS at 1024x2048, batch 1: {row.form.name} {1000 / row.latency.median_ms:.1f} ({published})")
+    model.cpu()
+
+
+# ------------------------------------------------------------------------------------------------------ report
+
+
+def print_table(rows: list[Row]) -> None:
+    plain = rows[0].latency.median_ms
+    runtime = next((row for row in rows if row.form.name.startswith("onnxruntime")), None)
+    header = f"  {'form':22} {'precision':10} {'median ms':>10} {'p10':>8} {'p90':>8} {'x plain':>8}"
+    print(header + (f" {'x ORT':>7}" if runtime else "") + f" {'agreement':>10}")
+    for row in rows:
+        latency = row.latency
+        line = (
+            f"  {row.form.name:22} {row.form.precision:10} {latency.median_ms:10.1f} {latency.percentile_ms(10):8.1f}"
+            f" {latency.percentile_ms(90):8.1f} {plain / latency.median_ms:8.2f}"
+        )
+        if runtime:
+            line += f" {runtime.latency.median_ms / latency.median_ms:7.2f}"
+        verdict = f"{100 * row.agreement:.3f}%" + ("" if row.agrees else " REJECTED")
+        print(line + f" {verdict:>10}")
+
+
+def speed_up_line(rows: list[Row]) -> str:
+    runtime = next((row for row in rows if row.form.name.startswith("onnxruntime")), None)
+    if runtime is None:
+        return "no speed-up over ONNX Runtime: it did not run (see above)"
+    candidates = [row for row in rows if row.agrees and row is not runtime and row.form.name != "plain"]
+    fp32 = [row for row in candidates if row.form.precision == "fp32"]
+    ratio = lambda row: runtime.latency.median_ms / row.latency.median_ms  # noqa: E731
+    best = max(candidates, key=ratio, default=None)
+    fastest_fp32 = max(fp32, key=ratio, default=None)
+    fp32_text = f"{ratio(fastest_fp32):.2f}x" if fastest_fp32 else "n/a"
+    best_text = f"{ratio(best):.2f}x ({best.form.name})" if best else "n/a"
+    return f"speed-up over ONNX Runtime fp32: fp32 {fp32_text}, best {best_text}"
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
