@@ -6,9 +6,10 @@
 
 CPU forms: `plain` (the model as trained: eval, fp32, NCHW); the deploy forms of training/efficiency/deploy.py:
 `fp32 folded` (BatchNorm folded, channels_last: the deploy form before efficiency/forms.py), `fp32` (+ convolutions
-fused with their ReLU/add in oneDNN, bilinear upsampling by phases), `bf16` and `mixed-bf16` (bf16 autocast in all of
-the network / in its context branch; on CPUs with native bf16 only); each of fp32, bf16 and mixed-bf16 also
-`compiled` (torch.compile, inductor with frozen weights); and `onnxruntime fp32`, the project's own ONNX export
+fused with their ReLU/add in oneDNN, bilinear upsampling by phases), `bf16`, `mixed-bf16`, `fp16`, `mixed-fp16`
+(reduced precision in all of the network / in its context branch only; where the CPU has it natively: AVX512-BF16
+or AMX, AVX512-FP16); `fp32 compiled`, `bf16 compiled`, `fp16 compiled` (torch.compile, inductor with frozen
+weights, reduced precision under autocast; --quick: fp32 only); and `onnxruntime fp32`, the project's own ONNX export
 (deploy.export_onnx) under ONNX Runtime's CPU provider. With CUDA: plain, `fp16` (the CUDA deploy form), `fp16 CUDA
 graphs` (compiled and replayed as a CUDA graph), and ONNX Runtime's CUDA provider where the installed build has it,
 with FPS at 1024x2048 batch 1 beside the published figures.
@@ -38,7 +39,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from training.efficiency.allocator import describe_allocator, restart_with_tuned_malloc  # noqa: E402 (no torch)
+from training.efficiency.allocator import describe_allocator, tune_malloc  # noqa: E402 (imports no torch)
 
 QUICK_SIZE = (128, 256)
 # published FPS of Fast-SCNN at 1024x2048, batch 1: the paper (Poudel et al., 2019) and mmsegmentation's model zoo
@@ -76,7 +77,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
-    restart_with_tuned_malloc(args.malloc)
+    tune_malloc(argv)
     from training.errors import run_cli
 
     run_cli(lambda _: run(args), argv)
@@ -182,7 +183,8 @@ def print_header(args: argparse.Namespace, threads: int) -> None:
         f"{torch.get_num_interop_threads()}, OMP_NUM_THREADS {omp}), ONNX Runtime {ort_version} "
         f"(intra-op threads {threads}, inter-op 1)"
     )
-    print(f"allocator: {describe_allocator()}; load average at the start: {load_average()}")
+    preload = f", LD_PRELOAD={os.environ['LD_PRELOAD']}" if os.environ.get("LD_PRELOAD") else ""
+    print(f"allocator: {describe_allocator()}{preload}; load average at the start: {load_average()}")
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
@@ -204,26 +206,39 @@ def painted_scenes(hw: tuple[int, int], count: int, seed: int = 0):
 # ------------------------------------------------------------------------------------------------------- forms
 
 
+def cpu_form_specs(args) -> list[tuple[str, object, str, bool, bool]]:
+    """(name, dtype, scope, compile, rewrite) of the CPU deploy forms: reduced precision where the CPU has it."""
+    import torch
+
+    from training.efficiency.deploy import native_bf16_cpu
+    from training.efficiency.forms import onednn_dtypes
+
+    native = onednn_dtypes()
+    reduced = []
+    for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
+        if dtype in native or (dtype == torch.bfloat16 and native_bf16_cpu()):
+            reduced += [(name, dtype, "all"), (f"mixed-{name}", dtype, "context")]
+        else:
+            print(f"{name} forms left out: this CPU has no native {name} (emulated, it would be slower than fp32)")
+    specs = [("fp32 folded", torch.float32, "all", False, False), ("fp32", torch.float32, "all", False, True)]
+    specs += [(name, dtype, scope, False, True) for name, dtype, scope in reduced]
+    if not args.no_compile:  # each compiles once per size and batch: fp32 and the reduced ones in all of the network
+        compiled = [("fp32", torch.float32, "all")] + ([] if args.quick else [r for r in reduced if r[2] == "all"])
+        specs += [(f"{name} compiled", dtype, scope, True, True) for name, dtype, scope in compiled]
+    return specs
+
+
 def deploy_forms(model, device, args) -> list[Form]:
     """The deploy forms of efficiency/deploy.py for `device` (compiled ones compile at their first call)."""
     import torch
 
-    from training.efficiency.deploy import DeployForm, native_bf16_cpu
+    from training.efficiency.deploy import DeployForm
 
     if device.type == "cuda":
         specs = [("fp16", torch.float16, "all", False, True)]
         specs += [] if args.no_compile else [("fp16 CUDA graphs", torch.float16, "all", True, True)]
     else:
-        specs = [("fp32 folded", torch.float32, "all", False, False), ("fp32", torch.float32, "all", False, True)]
-        reduced = [("bf16", torch.bfloat16, "all"), ("mixed-bf16", torch.bfloat16, "context")]
-        if native_bf16_cpu():
-            specs += [(name, dtype, scope, False, True) for name, dtype, scope in reduced]
-        else:
-            print("bf16 forms left out: this CPU has no native bf16 (AVX512-BF16/AMX); emulated bf16 is slower")
-            reduced = []
-        if not args.no_compile:  # --quick: fp32 only (each form compiles once per size and batch)
-            compiled = [("fp32", torch.float32, "all")] + ([] if args.quick else reduced)
-            specs += [(f"{name} compiled", dtype, scope, True, True) for name, dtype, scope in compiled]
+        specs = cpu_form_specs(args)
     forms = []
     for name, dtype, scope, compile, rewrite in specs:
         deploy = DeployForm(model, device, dtype, compile=compile, scope=scope, rewrite=rewrite)

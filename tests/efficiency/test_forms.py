@@ -146,14 +146,34 @@ def test_the_fp32_deploy_form_is_rewritten_and_agrees():
     assert deploy.agreement(model, form, [x]) >= 0.999
 
 
-def test_the_mixed_form_keeps_its_context_branch_under_autocast():
+def test_the_mixed_form_reduces_its_context_branch_only():
     model, _ = folded_fast_scnn()
     form = deploy.DeployForm(model, torch.device("cpu"), torch.bfloat16, scope="context")
     wrapped = [m for m in form.net.modules() if isinstance(m, deploy.ReducedPrecision)]
-    assert len(wrapped) == 1  # not traced into: its autocast region is intact
-    seen = []
-    hook = wrapped[0].module.bottlenecks[0][0].expand[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    assert len(wrapped) == 1  # not traced into: its cast (or autocast region) is intact
+    seen = {}
+    for name in ("learning_to_downsample.conv.0", "global_feature_extractor.module.bottlenecks.0.0.expand.0"):
+        form.net.get_submodule(name).register_forward_hook(lambda m, i, o, name=name: seen.update({name: o.dtype}))
     with torch.no_grad():
         out = form(form.prepare(torch.randn(1, 3, 64, 128)))
-    hook.remove()
-    assert seen == [torch.bfloat16] and out.dtype == torch.float32
+    assert seen == {
+        "learning_to_downsample.conv.0": torch.float32,
+        "global_feature_extractor.module.bottlenecks.0.0.expand.0": torch.bfloat16,
+    }
+    assert out.dtype == torch.float32
+
+
+@needs_onednn
+@pytest.mark.skipif(torch.bfloat16 not in forms.onednn_dtypes(), reason="no native bf16 on this CPU")
+def test_where_the_cpu_has_bf16_the_weights_are_bf16_and_fused():
+    model, _ = folded_fast_scnn()
+    form = deploy.DeployForm(model, torch.device("cpu"), torch.bfloat16)
+    assert form.cast_weights and "bf16 weights" in form.describe() and "45 convolutions on oneDNN" in form.describe()
+    assert all(p.dtype == torch.bfloat16 for p in form.net.buffers() if p.is_floating_point())
+    mixed = deploy.DeployForm(model, torch.device("cpu"), torch.bfloat16, scope="context")
+    # the fp32 part outside, the context branch's own convolutions inside, each fused
+    assert "13 convolutions on oneDNN" in mixed.describe() and "in global_feature_extractor: 32 convolutions" in (
+        mixed.describe()
+    )
+    compiled = deploy.DeployForm(model, torch.device("cpu"), torch.bfloat16, compile=True)
+    assert not compiled.cast_weights and "bf16 autocast" in compiled.describe()  # inductor fuses under autocast

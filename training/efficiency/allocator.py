@@ -1,9 +1,7 @@
-"""The C allocator a latency measurement runs with: glibc's malloc tuned at start-up, or one the user preloaded.
+"""The C allocator the tools measure with: glibc's malloc tuned at start-up, and a description for the sheet.
 
-CPU latency of this network changes by up to 2x with glibc's defaults (the dynamic mmap threshold hands the big
-activation buffers back to the kernel after every call and page-faults them in again on the next). glibc reads its
-settings once, when the process starts, so a tool that wants them restarts itself once (`restart_with_tuned_malloc`,
-before it imports torch). Nothing here imports torch.
+Imports nothing heavy: an entry point calls `tune_malloc` before it imports torch, since glibc reads its settings
+only when a process starts.
 """
 
 from __future__ import annotations
@@ -12,38 +10,34 @@ import os
 import platform
 import sys
 
-# thresholds far above any activation buffer: glibc keeps freed buffers for the next call (no mmap/munmap churn)
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(4 << 30), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
-GLIBC_SETTINGS = (*TUNED_MALLOC, "MALLOC_MMAP_MAX_", "MALLOC_TOP_PAD_", "MALLOC_ARENA_MAX", "GLIBC_TUNABLES")
-PRELOADED = ("jemalloc", "tcmalloc", "mimalloc")
-MARKER = "FAST_SCNN_TUNED_MALLOC"
+MARKER = "EVALUATE_EFFICIENCY_TUNED_MALLOC"  # set in the restarted process: the tool chose the settings
+MALLOC_VARIABLES = (
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_TOP_PAD_",
+    "MALLOC_ARENA_MAX",
+    "GLIBC_TUNABLES",
+)
 
 
-def preloaded_allocator() -> str | None:
-    """The allocator LD_PRELOAD replaces malloc with (jemalloc, tcmalloc, mimalloc), if any."""
-    preload = os.environ.get("LD_PRELOAD", "")
-    return next((name for name in PRELOADED if name in preload), None)
-
-
-def restart_with_tuned_malloc(choice: str = "tuned") -> None:
-    """Restart this process once (same interpreter and arguments) with TUNED_MALLOC in its environment.
-
-    Nothing happens for `choice` "system", off glibc, after the restart, or where the user set a glibc malloc
-    setting or preloaded another allocator (their choice is measured as it is).
-    """
-    user_set = any(os.environ.get(name) for name in GLIBC_SETTINGS) or preloaded_allocator()
-    if choice != "tuned" or os.environ.get(MARKER) or user_set or platform.libc_ver()[0] != "glibc":
-        return
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **TUNED_MALLOC, MARKER: "1"})
+def tune_malloc(argv: list[str]) -> None:
+    """Restart once with large mmap/trim thresholds: glibc then keeps the big activation buffers between runs
+    instead of mmap-ing and unmapping (and page-faulting) them on every call, which costs ~2x CPU latency.
+    glibc reads these settings only at start-up; settings the user made, or --malloc system, are left alone."""
+    choice = next((a.split("=", 1)[1] for a in argv if a.startswith("--malloc=")), None)
+    choice = choice or next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--malloc"), "tuned")
+    user_set = any(os.environ.get(name) for name in (*TUNED_MALLOC, "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES"))
+    if choice == "tuned" and not os.environ.get(MARKER) and not user_set and platform.libc_ver()[0] == "glibc":
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **TUNED_MALLOC, MARKER: "1"})
 
 
 def describe_allocator() -> str:
-    """One line: the allocator and its settings, as this process started."""
-    preloaded = preloaded_allocator()
-    if preloaded:
-        return f"{preloaded} (LD_PRELOAD={os.environ['LD_PRELOAD']})"
+    """The C allocator settings this process started with (glibc reads them once, at start-up)."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return f"{platform.system()} default allocator"
-    settings = [f"{name}={os.environ[name]}" for name in GLIBC_SETTINGS if os.environ.get(name)]
-    return "glibc malloc " + (" ".join(settings) if settings else "default (dynamic mmap threshold)")
+    settings = [f"{name}={os.environ[name]}" for name in MALLOC_VARIABLES if os.environ.get(name)]
+    described = "glibc " + (" ".join(settings) if settings else "default (dynamic mmap threshold)")
+    return described + (" (set by the tool)" if os.environ.get(MARKER) else "")

@@ -18,7 +18,7 @@ from contextlib import nullcontext
 import torch
 from torch import nn
 
-from training.efficiency.forms import rewrite_for_cpu
+from training.efficiency.forms import onednn_dtypes, rewrite_for_cpu
 from training.errors import UserError
 
 
@@ -118,10 +118,12 @@ class DeployForm(nn.Module):
 
     `scope` says where `dtype` applies: "all" of the network (its logits come out in `dtype`), or only its
     "context" branch (see CONTEXT_BRANCHES), the rest staying fp32. Inputs are expected in channels_last (a decoded
-    HxWxC image permuted to CxHxW already is). On CUDA the reduced-precision weights themselves are fp16; on CPU
-    bf16 runs under autocast (weights stay fp32, convolutions run in bf16). On the CPU, uncompiled, the network is
-    also rewritten (`rewrite`, efficiency/forms.py): convolutions fused with their ReLU/add where it computes in fp32,
-    bilinear upsamplings by integer factors computed by phases; compiled, inductor's freezing does the fusing.
+    HxWxC image permuted to CxHxW already is). On the CPU, uncompiled, the network is rewritten (`rewrite`,
+    efficiency/forms.py): convolutions on oneDNN fused with their ReLU/add, bilinear upsamplings by integer factors
+    computed by phases; compiled, inductor's freezing does the fusing. Reduced precision: on CUDA the weights
+    themselves are fp16; on the CPU, rewritten, the weights are bf16/fp16 where oneDNN computes that dtype natively
+    (AVX512-BF16/AMX, AVX512-FP16); otherwise (compiled, or no native support) it runs under autocast (weights stay
+    fp32, convolutions run in the reduced dtype).
     """
 
     def __init__(
@@ -141,19 +143,18 @@ class DeployForm(nn.Module):
         self.context = context_branch(net) if self.scope == "context" else None
         if self.scope == "context" and self.context is None:
             raise ValueError(f"{type(model).__name__} has no context branch (one of {', '.join(CONTEXT_BRANCHES)})")
-        self.cast_weights = cast_weights = device.type == "cuda" and dtype != torch.float32
+        rewrite = rewrite and device.type == "cpu" and not compile
+        # reduced precision in the weights themselves: fp16 on CUDA; on the CPU where the rewrite's fused oneDNN
+        # kernels compute the dtype natively (autocast would not reach them); autocast otherwise
+        self.cast_weights = dtype != torch.float32 and (device.type == "cuda" or (rewrite and dtype in onednn_dtypes()))
         net = net.to(device=device, memory_format=torch.channels_last)
         if self.context:
             parent, _, name = self.context.rpartition(".")
             owner = net.get_submodule(parent)
-            setattr(owner, name, ReducedPrecision(getattr(owner, name), dtype, device.type, cast_weights))
+            setattr(owner, name, ReducedPrecision(getattr(owner, name), dtype, device.type, self.cast_weights))
         self.net = net.to(dtype) if self.half_weights else net
+        self.rewritten = self._rewrite() if rewrite else ""
         self.compiled = self._first_call_done = False
-        self.rewritten = ""
-        if rewrite and device.type == "cpu" and not compile:
-            # fused oneDNN convolutions where the network computes in fp32 (autocast would not reach them)
-            fuse = self.dtype == torch.float32 or self.scope == "context"
-            self.net, self.rewritten = rewrite_for_cpu(self.net, fuse=fuse, leaves=(ReducedPrecision,))
         if compile:
             # a static graph per input shape (a second shape would otherwise turn it into a slower dynamic one); on
             # CUDA the compiled graph is replayed as a CUDA graph (what mode="reduce-overhead" does)
@@ -161,9 +162,19 @@ class DeployForm(nn.Module):
             self.net = torch.compile(self.net, dynamic=False, options=options)
             self.compiled = True
 
+    def _rewrite(self) -> str:
+        """The CPU rewrite (efficiency/forms.py), the context branch's own inside it; says what was done."""
+        fuse = self.dtype == torch.float32 or self.cast_weights or self.scope == "context"  # not under autocast
+        self.net, done = rewrite_for_cpu(self.net, fuse=fuse, leaves=(ReducedPrecision,))
+        inner = next((m for m in self.net.modules() if isinstance(m, ReducedPrecision)), None)
+        if inner is not None and inner.cast_weights:
+            inner.module, inner_done = rewrite_for_cpu(inner.module)
+            done += f"; in {self.context}: {inner_done}"
+        return done
+
     @property
     def half_weights(self) -> bool:
-        """The whole network's weights (and its input) are fp16: reduced precision everywhere, on CUDA."""
+        """The whole network's weights (and its input) are in the reduced dtype (fp16 on CUDA, native ones on CPU)."""
         return self.cast_weights and self.scope == "all"
 
     @property

@@ -202,8 +202,10 @@ def _is_plain_add(node: torch.fx.Node) -> bool:
     )
 
 
-def _onednn_dtypes() -> set[torch.dtype]:
+def onednn_dtypes() -> set[torch.dtype]:
     """The weight dtypes oneDNN computes natively here (reduced precision only where the CPU has it)."""
+    if not onednn_fusion_available():
+        return set()
     dtypes = {torch.float32}
     checks = {torch.bfloat16: "_is_mkldnn_bf16_supported", torch.float16: "_is_mkldnn_fp16_supported"}
     for dtype, check in checks.items():
@@ -234,7 +236,7 @@ def _drop_identities(gm: torch.fx.GraphModule) -> None:
 def _fuse_convolutions(gm: torch.fx.GraphModule) -> list[FusedConv2d]:
     """Every fusable Conv2d becomes a FusedConv2d; one whose only user is a ReLU, or an add (and a ReLU after it),
     takes that operation in. Returns the new modules."""
-    converted, dtypes = [], _onednn_dtypes()
+    converted, dtypes = [], onednn_dtypes()
     for node in list(gm.graph.nodes):
         conv = _module(gm, node)
         if conv is None or not _fusable(conv, dtypes) or node.kwargs or len(node.args) != 1:
