@@ -64,6 +64,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     add("--cuda", choices=("auto", "skip"), default="auto", help="auto: also measure the CUDA forms where CUDA is")
     add("--malloc", choices=("tuned", "system"), default="tuned", help="restart with glibc malloc tuned, or not")
     add(
+        "--omp-wait-policy",
+        choices=("passive", "active", "default"),
+        default="passive",
+        help="OpenMP threads of torch at a barrier: sleep (passive), spin, or the runtime's default (an "
+        "OMP_WAIT_POLICY in the environment wins)",
+    )
+    add(
         "--quick",
         action="store_true",
         help=f"a smoke run: {QUICK_SIZE[0]}x{QUICK_SIZE[1]}, batch 1 and 2, 2 runs, fp32 the only compiled form",
@@ -78,6 +85,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str]) -> None:
     args = parse_args(argv)
     tune_malloc(argv)
+    if args.omp_wait_policy != "default" and "OMP_WAIT_POLICY" not in os.environ:
+        # read by the OpenMP runtime when torch loads it (below); spinning threads take the cores that the other
+        # thread, and the other runtime timed alongside, need (see docs/efficiency.md)
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     from training.errors import run_cli
 
     run_cli(lambda _: run(args), argv)
@@ -176,12 +187,14 @@ def print_header(args: argparse.Namespace, threads: int) -> None:
         ort_version = onnxruntime.__version__
     except ImportError:
         ort_version = "not installed"
-    omp = os.environ.get("OMP_NUM_THREADS", "unset")
+    omp = f"OMP_NUM_THREADS {os.environ.get('OMP_NUM_THREADS', 'unset')}"
+    omp += f", OMP_WAIT_POLICY {os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     print(f"inference benchmark: {args.arch}, weights {args.model_path}, {cpu_name()}")
     print(
         f"torch {torch.__version__} (intra-op threads {torch.get_num_threads()}, inter-op "
-        f"{torch.get_num_interop_threads()}, OMP_NUM_THREADS {omp}), ONNX Runtime {ort_version} "
-        f"(intra-op threads {threads}, inter-op 1)"
+        f"{torch.get_num_interop_threads()}, {omp}), ONNX Runtime {ort_version} "
+        f"(intra-op threads {threads}, inter-op 1; timed with its threads spinning between calls, its default, and "
+        "not: the faster is the baseline)"
     )
     preload = f", LD_PRELOAD={os.environ['LD_PRELOAD']}" if os.environ.get("LD_PRELOAD") else ""
     print(f"allocator: {describe_allocator()}{preload}; load average at the start: {load_average()}")
@@ -246,21 +259,27 @@ def deploy_forms(model, device, args) -> list[Form]:
     return forms
 
 
-def onnx_form(model, device, hw, batch, threads, tmp: Path) -> Form | None:
-    """ONNX Runtime on the project's ONNX export at this size and batch (static shapes), or None if it cannot run."""
+def onnx_forms(model, device, hw, batch, threads, tmp: Path) -> list[Form]:
+    """ONNX Runtime on the project's ONNX export at this size and batch (static shapes): on the CPU with its threads
+    spinning between calls (its default) and without; none where it cannot run."""
     from training.efficiency.deploy import OnnxRuntimeForm, export_onnx
     from training.errors import UserError
 
     path = tmp / f"model-{hw[0]}x{hw[1]}-b{batch}.onnx"
     provider = "cuda" if device.type == "cuda" else "cpu"
+    variants = [("", True)] + ([(" no-spin", False)] if provider == "cpu" else [])
     try:
         if not path.exists():
             export_onnx(model, hw, path, flag="onnxruntime", batch=batch)
-        runtime = OnnxRuntimeForm(path, threads, provider=provider)
+        runtimes = [(name, OnnxRuntimeForm(path, threads, provider, spin)) for name, spin in variants]
     except UserError as error:
         print(f"onnxruntime left out at {hw[0]}x{hw[1]} batch {batch}: {error}")
-        return None
-    return Form(f"onnxruntime {provider}", "fp32", runtime, lambda x: x, f"ONNX Runtime, {provider} provider")
+        return []
+    what = f"ONNX Runtime, {provider} provider"
+    return [
+        Form(f"onnxruntime {provider}{name}", "fp32", runtime, lambda x: x, what + (", no spinning" if name else ""))
+        for name, runtime in runtimes
+    ]
 
 
 # ----------------------------------------------------------------------------------------------- measurement
@@ -309,8 +328,7 @@ def measure_device(model, device, sizes, batches, args, threads: int, tmp: Path)
     for hw in sizes:
         scenes = painted_scenes(hw, max(args.agreement_images, max(batches))).to(device)
         for batch in batches:
-            runtime = None if args.no_onnx else onnx_form(model, device, hw, batch, threads, tmp)
-            setting = forms + ([runtime] if runtime else [])
+            setting = forms + ([] if args.no_onnx else onnx_forms(model, device, hw, batch, threads, tmp))
             print(f"\n{device.type.upper()} {hw[0]}x{hw[1]}, batch {batch}:")
             rows = measure_setting(model, setting, scenes, batch, device, args)
             print_table(rows)
@@ -344,15 +362,21 @@ def measure_cuda(model, sizes, batches, args, tmp: Path) -> None:
 # ------------------------------------------------------------------------------------------------------ report
 
 
+def onnx_baseline(rows: list[Row]) -> Row | None:
+    """The faster ONNX Runtime row (threads spinning or not): the baseline every speed-up is counted against."""
+    runtimes = [row for row in rows if row.form.name.startswith("onnxruntime")]
+    return min(runtimes, key=lambda row: row.latency.median_ms, default=None)
+
+
 def print_table(rows: list[Row]) -> None:
     plain = rows[0].latency.median_ms
-    runtime = next((row for row in rows if row.form.name.startswith("onnxruntime")), None)
-    header = f"  {'form':22} {'precision':10} {'median ms':>10} {'p10':>8} {'p90':>8} {'x plain':>8}"
+    runtime = onnx_baseline(rows)
+    header = f"  {'form':24} {'precision':10} {'median ms':>10} {'p10':>8} {'p90':>8} {'x plain':>8}"
     print(header + (f" {'x ORT':>7}" if runtime else "") + f" {'agreement':>10}")
     for row in rows:
         latency = row.latency
         line = (
-            f"  {row.form.name:22} {row.form.precision:10} {latency.median_ms:10.1f} {latency.percentile_ms(10):8.1f}"
+            f"  {row.form.name:24} {row.form.precision:10} {latency.median_ms:10.1f} {latency.percentile_ms(10):8.1f}"
             f" {latency.percentile_ms(90):8.1f} {plain / latency.median_ms:8.2f}"
         )
         if runtime:
@@ -362,10 +386,11 @@ def print_table(rows: list[Row]) -> None:
 
 
 def speed_up_line(rows: list[Row]) -> str:
-    runtime = next((row for row in rows if row.form.name.startswith("onnxruntime")), None)
+    runtime = onnx_baseline(rows)
     if runtime is None:
         return "no speed-up over ONNX Runtime: it did not run (see above)"
-    candidates = [row for row in rows if row.agrees and row is not runtime and row.form.name != "plain"]
+    candidates = [row for row in rows if row.agrees and row.form.name != "plain"]
+    candidates = [row for row in candidates if not row.form.name.startswith("onnxruntime")]
     fp32 = [row for row in candidates if row.form.precision == "fp32"]
     ratio = lambda row: runtime.latency.median_ms / row.latency.median_ms  # noqa: E731
     best = max(candidates, key=ratio, default=None)

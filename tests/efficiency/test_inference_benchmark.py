@@ -35,22 +35,24 @@ def test_quick_run_times_every_form_checks_agreement_and_ends_with_the_speed_up(
     result = run_script("benchmarks/inference.py", "--quick", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
-    assert re.search(r"intra-op threads \d+.*ONNX Runtime .*\(intra-op threads \d+, inter-op 1\)", out)
+    assert re.search(r"intra-op threads \d+.*ONNX Runtime .*\(intra-op threads \d+, inter-op 1; ", out)
     chosen = any(name.startswith("MALLOC_") or name in ("LD_PRELOAD", "GLIBC_TUNABLES") for name in os.environ)
     if platform.libc_ver()[0] == "glibc" and not chosen:  # the benchmark restarted itself with malloc tuned
         assert "allocator: glibc MALLOC_MMAP_THRESHOLD_=4294967296 MALLOC_TRIM_THRESHOLD_=4294967296 (set by" in out
     assert re.search(r"^allocator: .+; load average at the start: \d", out, re.MULTILINE)
+    if "OMP_WAIT_POLICY" not in os.environ:
+        assert "OMP_WAIT_POLICY PASSIVE" in out  # its default: threads that wait do not spin
     found = tables(out)
     assert list(found) == ["CPU 128x256, batch 1", "CPU 128x256, batch 2"]
     for rows in found.values():
         names = [row["form"] for row in rows]
-        assert names[0] == "plain" and names[-1] == "onnxruntime cpu"
+        assert names[0] == "plain" and names[-2:] == ["onnxruntime cpu", "onnxruntime cpu no-spin"]
         assert {"fp32 folded", "fp32", "fp32 compiled"} <= set(names)
         for row in rows:
             agreement = float(row["agreement"])
             assert (agreement >= 99.9) == (row["rejected"] is None), row  # below 99.9% is marked, at or above not
-        onnx = next(float(row["median"]) for row in rows if row["form"] == "onnxruntime cpu")
-        for row in rows:  # the "x ORT" column is ONNX Runtime's median over the form's
+        onnx = min(float(row["median"]) for row in rows if row["form"].startswith("onnxruntime"))
+        for row in rows:  # the "x ORT" column is the faster ONNX Runtime's median over the form's
             assert float(row["ort"]) == pytest.approx(onnx / float(row["median"]), rel=0.02, abs=0.011)
     if not torch.cuda.is_available():
         assert "CUDA: not available here" in out
@@ -60,7 +62,7 @@ def test_quick_run_times_every_form_checks_agreement_and_ends_with_the_speed_up(
     fp32, best, form = float(match[1]), float(match[2]), match[3]
     rows = {row["form"]: row for row in found["CPU 128x256, batch 1"]}
     candidates = {name: row for name, row in rows.items() if not row["rejected"] and name not in ("plain",)}
-    candidates.pop("onnxruntime cpu")
+    candidates = {name: row for name, row in candidates.items() if not name.startswith("onnxruntime")}
     # the best is the agreeing form with the highest ratio; fp32 the same among the fp32 ones
     assert form in candidates and float(candidates[form]["ort"]) == pytest.approx(best, abs=0.011)
     assert best == pytest.approx(max(float(row["ort"]) for row in candidates.values()), abs=0.011)

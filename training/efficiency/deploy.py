@@ -303,11 +303,12 @@ class OnnxRuntimeForm:
     """An ONNX file run by ONNX Runtime, called like a model: a (N, 3, H, W) tensor in, logits out.
 
     On the CPU: threads as torch's (intra-op), one inter-op thread, all graph optimisations, ONNX Runtime's own arena
-    allocator. `provider` "cuda": its CUDA execution provider (where the installed build has it), the tensors bound
-    on the GPU where they are (no copies through the host).
+    allocator; `spinning` False makes its threads wait without spinning. `provider` "cuda": its CUDA execution
+    provider (where the installed build has it), the tensors bound on the GPU where they are (no copies through the
+    host).
     """
 
-    def __init__(self, path, threads: int | None = None, provider: str = "cpu"):
+    def __init__(self, path, threads: int | None = None, provider: str = "cpu", spinning: bool = True):
         _require_onnx("--export-onnx")
         import onnxruntime as ort
 
@@ -315,6 +316,8 @@ class OnnxRuntimeForm:
         options.intra_op_num_threads = threads or torch.get_num_threads()
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # its threads spin between calls by default: fastest on idle cores, slower where others need them
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         name = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}[provider]
         if name not in ort.get_available_providers():
             raise UserError(
