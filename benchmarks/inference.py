@@ -28,6 +28,7 @@ fp32 deploy form (eager or compiled), `best` the fastest form of all, both among
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 import tempfile
@@ -111,7 +112,10 @@ class Form:
 
 @dataclass
 class Row:
-    form: Form
+    """One form's result in one setting (names only: the form itself, and its memory, can go)."""
+
+    name: str
+    precision: str
     agreement: float
     latency: object  # measure.Latency
 
@@ -314,9 +318,8 @@ def measure_setting(plain, forms: list[Form], images, batch: int, device, args) 
     x = images[:batch]
     timed = {"plain": (plain, x)} | {form.name: (form.call, form.prepare(x)) for form in forms}
     latency = measure_latency(timed, device, runs=args.runs, min_seconds=0.0, warmup=args.warmup)
-    plain_form = Form("plain", "fp32", plain, lambda x: x, "the model as trained: eval, fp32, NCHW")
-    return [Row(plain_form, 1.0, latency["plain"])] + [
-        Row(form, agreements[form.name], latency[form.name]) for form in forms
+    return [Row("plain", "fp32", 1.0, latency["plain"])] + [
+        Row(form.name, form.precision, agreements[form.name], latency[form.name]) for form in forms
     ]
 
 
@@ -333,6 +336,8 @@ def measure_device(model, device, sizes, batches, args, threads: int, tmp: Path)
             rows = measure_setting(model, setting, scenes, batch, device, args)
             print_table(rows)
             results[(hw, batch)] = rows
+            del setting  # ONNX Runtime's sessions hold their arenas (GBs at batch 8): gone before the next ones
+            gc.collect()
     print("\nforms:")
     for form in forms:
         print(f"  {form.name}: {form.what}")
@@ -355,7 +360,7 @@ def measure_cuda(model, sizes, batches, args, tmp: Path) -> None:
     if rows:
         published = ", ".join(f"{name} {fps:.1f}" for name, fps in PUBLISHED_FPS)
         for row in rows:
-            print(f"  FPS at 1024x2048, batch 1: {row.form.name} {1000 / row.latency.median_ms:.1f} ({published})")
+            print(f"  FPS at 1024x2048, batch 1: {row.name} {1000 / row.latency.median_ms:.1f} ({published})")
     model.cpu()
 
 
@@ -364,7 +369,7 @@ def measure_cuda(model, sizes, batches, args, tmp: Path) -> None:
 
 def onnx_baseline(rows: list[Row]) -> Row | None:
     """The faster ONNX Runtime row (threads spinning or not): the baseline every speed-up is counted against."""
-    runtimes = [row for row in rows if row.form.name.startswith("onnxruntime")]
+    runtimes = [row for row in rows if row.name.startswith("onnxruntime")]
     return min(runtimes, key=lambda row: row.latency.median_ms, default=None)
 
 
@@ -376,7 +381,7 @@ def print_table(rows: list[Row]) -> None:
     for row in rows:
         latency = row.latency
         line = (
-            f"  {row.form.name:24} {row.form.precision:10} {latency.median_ms:10.1f} {latency.percentile_ms(10):8.1f}"
+            f"  {row.name:24} {row.precision:10} {latency.median_ms:10.1f} {latency.percentile_ms(10):8.1f}"
             f" {latency.percentile_ms(90):8.1f} {plain / latency.median_ms:8.2f}"
         )
         if runtime:
@@ -389,9 +394,9 @@ def speed_up_line(rows: list[Row]) -> str:
     runtime = onnx_baseline(rows)
     if runtime is None:
         return "no speed-up over ONNX Runtime: it did not run (see above)"
-    candidates = [row for row in rows if row.agrees and row.form.name != "plain"]
-    candidates = [row for row in candidates if not row.form.name.startswith("onnxruntime")]
-    fp32 = [row for row in candidates if row.form.precision == "fp32"]
+    candidates = [row for row in rows if row.agrees and row.name != "plain"]
+    candidates = [row for row in candidates if not row.name.startswith("onnxruntime")]
+    fp32 = [row for row in candidates if row.precision == "fp32"]
     ratio = lambda row: runtime.latency.median_ms / row.latency.median_ms  # noqa: E731
     best = max(candidates, key=ratio, default=None)
     fastest_fp32 = max(fp32, key=ratio, default=None)
