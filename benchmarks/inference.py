@@ -401,7 +401,7 @@ def speed_up_line(rows: list[Row]) -> str:
     best = max(candidates, key=ratio, default=None)
     fastest_fp32 = max(fp32, key=ratio, default=None)
     fp32_text = f"{ratio(fastest_fp32):.2f}x" if fastest_fp32 else "n/a"
-    best_text = f"{ratio(best):.2f}x ({best.form.name})" if best else "n/a"
+    best_text = f"{ratio(best):.2f}x ({best.name})" if best else "n/a"
     return f"speed-up over ONNX Runtime fp32: fp32 {fp32_text}, best {best_text}"
 
 
