@@ -219,3 +219,27 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
     assert result.returncode == 2, result.stdout + result.stderr
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_the_tools_read_classes_and_profile_from_the_card_and_fall_back_with_a_note(tmp_path):
+    from training.errors import UserError
+    from training.evaluation.trained import read_trained
+
+    write_model(tmp_path / "five.pth", 5, five_class_card())
+    trained = read_trained(tmp_path / "five.pth")
+    assert (trained.profile, trained.classes.names, trained.classes.dataset) == (CARD_PROFILE, tuple(FIVE), "folder")
+    assert trained.classes.palette[:5].tolist() == FIVE_PALETTE and not trained.classes.is_cityscapes
+    assert read_trained(tmp_path / "five.pth", profile="medium").profile.image_size == (768, 384)
+    # the key training.data.classes.ClassSet.to_dict writes the names under
+    write_card(tmp_path / "five.pth", five_class_card() | {"classes": {"dataset": "folder", "classes": FIVE}})
+    assert read_trained(tmp_path / "five.pth").classes.names == tuple(FIVE)
+
+    plain = read_trained(tmp_path / "none.pth")  # no card: Cityscapes, the default profile, a note
+    assert plain.classes.is_cityscapes and plain.profile.name == "highest" and plain.note.startswith("note: no model")
+    for classes, message in (
+        ({"names": []}, "without classes.names"),
+        ({"names": FIVE, "palette": [[1, 2, 3]]}, "1 colours"),
+    ):
+        write_card(tmp_path / "bad.pth", five_class_card() | {"classes": classes})
+        with pytest.raises(UserError, match=message):
+            read_trained(tmp_path / "bad.pth")

@@ -51,7 +51,8 @@ CITYSCAPES = ClassSet("cityscapes", tuple(CLASS_NAMES), PALETTE, IGNORE_INDEX)
 def card_classes(card: dict, path: Path) -> ClassSet:
     """The class set a card records; a card without a usable one is a UserError naming it."""
     entry = card.get("classes")
-    names = entry.get("names") if isinstance(entry, dict) else None
+    # names: card.py's key; "classes": what training.data.classes.ClassSet.to_dict writes (the datasets branch)
+    names = (entry.get("names") or entry.get("classes")) if isinstance(entry, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise UserError(f"{path}: model card without classes.names (expected the list of class names)")
     if len(names) > 255:
