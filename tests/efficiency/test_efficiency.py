@@ -15,7 +15,7 @@ from conftest import REPO, run_script
 from torch import nn
 
 import fast_scnn
-from training.data.dataset import CLASS_NAMES
+from training.data.classes import CITYSCAPES, folder_class_set
 from training.efficiency import allocator, counting, latency, measure, sheet
 from training.efficiency import deploy as deploy_forms
 from training.errors import UserError
@@ -500,19 +500,19 @@ def test_accuracy_per_gflop_only_where_the_accuracy_was_predicted_at_that_size()
 # ---------------------------------------------------------------------------------------- the model card's defaults
 
 
-def model_with_card(path, profile: str, classes: list[str], dataset: str = "cityscapes", seed: int = 0):
+def model_with_card(path, profile: str, classes=CITYSCAPES, seed: int = 0):
     """A model and its card as the stage writes them (training/models/card.py), at a profile of the table."""
     torch.manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fast_scnn.Model(n_classes=len(classes)).state_dict(), path)
+    torch.save(fast_scnn.Model(n_classes=classes.num_classes).state_dict(), path)
     card = {"experiment_id": path.stem, "script": "train.py", "arch": "fast_scnn"}
-    card |= {"profile": profile_entry(resolve_profile(profile)), "classes": {"dataset": dataset, "names": classes}}
+    card |= {"profile": profile_entry(resolve_profile(profile)), "classes": classes.to_dict()}
     write_card(path, card)
 
 
 @pytest.mark.slow
 def test_a_model_is_measured_at_the_profile_its_card_records(tmp_path):
-    model_with_card(tmp_path / "models" / "demo.pth", "medium", CLASS_NAMES)
+    model_with_card(tmp_path / "models" / "demo.pth", "medium")
     result = run_script(
         "evaluate_efficiency.py", "--model-path", "models/demo.pth", "--data-dir", "none", *FAST, cwd=tmp_path
     )
@@ -537,8 +537,9 @@ def test_a_model_is_measured_at_the_profile_its_card_records(tmp_path):
 
 @pytest.mark.slow
 def test_the_cards_classes_build_the_model_and_other_classes_are_not_scored_on_cityscapes(tmp_path):
-    five = ["road", "car", "tree", "sky", "person"]
-    model_with_card(tmp_path / "five.pth", "low", five, dataset="folder")
+    colours = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255))
+    five = folder_class_set(("road", "car", "tree", "sky", "person"), colours, 255, None, "test")
+    model_with_card(tmp_path / "five.pth", "low", five)
     out = tmp_path / "sheet.csv"
     result = run_script(
         "evaluate_efficiency.py",
@@ -554,7 +555,7 @@ def test_the_cards_classes_build_the_model_and_other_classes_are_not_scored_on_c
     assert result.returncode == 0, result.stdout + result.stderr
     (row,) = read_rows(out)
     assert int(row["params"]) == counting.count_parameters(fast_scnn.Model(n_classes=5))
-    assert row["resolution"] == "288x576" and "5 folder classes" in result.stdout
+    assert row["resolution"] == "288x576" and "folder: 5 classes" in result.stdout
     result = run_script("evaluate_efficiency.py", "--model-path", "five.pth", "--data-dir", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "expected --data-dir none" in result.stderr and len(result.stderr.strip().splitlines()) == 1
@@ -564,4 +565,4 @@ def test_the_cards_classes_build_the_model_and_other_classes_are_not_scored_on_c
 @pytest.mark.slow
 def test_models_without_a_card_are_cityscapes_models_with_a_note(all_without_data):
     result, rows = all_without_data
-    assert result.stdout.count("note: no model card") == 2 and "19 cityscapes classes" in result.stdout
+    assert result.stdout.count("note: no model card") == 2 and "cityscapes: 19 classes" in result.stdout

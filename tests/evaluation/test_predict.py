@@ -14,7 +14,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import fast_scnn
-from training.data.dataset import CLASS_NAMES, PALETTE
+from training.data.classes import CITYSCAPES, folder_class_set
+from training.data.dataset import PALETTE
 from training.data.photometric import MEAN, STD
 from training.models.card import profile_entry, write_card
 from training.profiles import Profile
@@ -53,7 +54,7 @@ def five_class_card() -> dict:
         "script": "train.py",
         "arch": "fast_scnn",
         "profile": profile_entry(CARD_PROFILE),
-        "classes": {"dataset": "folder", "names": FIVE, "palette": FIVE_PALETTE, "void": 255},
+        "classes": folder_class_set(tuple(FIVE), tuple(map(tuple, FIVE_PALETTE)), 255, None, "test").to_dict(),
     }
 
 
@@ -115,7 +116,7 @@ def test_a_folder_gives_class_indices_at_each_images_size_with_the_cards_classes
     result = run_script("predict.py", *args, "--device", "cpu", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "frames/s" in result.stdout and "device cpu" in result.stdout and "20 images" in result.stdout
-    assert "5 folder classes" in result.stdout and "128x64" in result.stdout  # the card's classes and profile
+    assert "folder: 5 classes" in result.stdout and "128x64" in result.stdout  # the card's classes and profile
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == sorted(f"{n}.png" for n in images)
     seen, agree, total = set(), 0, 0
     for name, image in images.items():
@@ -156,7 +157,7 @@ def test_one_image_without_a_card_is_cityscapes_at_the_given_profile(folder, tmp
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "note: no model card" in result.stdout and "19 cityscapes classes" in result.stdout
+    assert "note: no model card" in result.stdout and "cityscapes: 19 classes" in result.stdout
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["other1.png"]
     got = np.asarray(Image.open(tmp_path / "o" / "other1.png"))
     expected, margin = expected_classes(model, images["sub/other1"], height=288)  # profile low: 576x288
@@ -166,8 +167,7 @@ def test_one_image_without_a_card_is_cityscapes_at_the_given_profile(folder, tmp
 @pytest.mark.slow
 def test_the_cityscapes_export_is_the_same_from_predict_and_from_the_efficiency_tool(tiny_cityscapes, tmp_path):
     path = tmp_path / "models" / "city.pth"
-    classes = {"dataset": "cityscapes", "names": CLASS_NAMES}
-    card = {"arch": "fast_scnn", "profile": profile_entry(CARD_PROFILE), "classes": classes}
+    card = {"arch": "fast_scnn", "profile": profile_entry(CARD_PROFILE), "classes": CITYSCAPES.to_dict()}
     write_model(path, 19, card, seed=2)
     common = ("--model-path", str(path), "--data-dir", str(tiny_cityscapes), "--num-workers", "0", "--overlay")
     new = run_script("predict.py", *common, "--export-predictions", str(tmp_path / "a"), cwd=tmp_path)
@@ -223,22 +223,27 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
 
 def test_the_tools_read_classes_and_profile_from_the_card_and_fall_back_with_a_note(tmp_path):
     from training.errors import UserError
-    from training.evaluation.trained import read_trained
+    from training.evaluation.trained import predicts_cityscapes, read_trained
 
     write_model(tmp_path / "five.pth", 5, five_class_card())
     trained = read_trained(tmp_path / "five.pth")
     assert (trained.profile, trained.classes.names, trained.classes.dataset) == (CARD_PROFILE, tuple(FIVE), "folder")
-    assert trained.classes.palette[:5].tolist() == FIVE_PALETTE and not trained.classes.is_cityscapes
+    assert trained.classes.palette_table()[:5].tolist() == FIVE_PALETTE and not predicts_cityscapes(trained.classes)
     assert read_trained(tmp_path / "five.pth", profile="medium").profile.image_size == (768, 384)
-    # the key training.data.classes.ClassSet.to_dict writes the names under
-    write_card(tmp_path / "five.pth", five_class_card() | {"classes": {"dataset": "folder", "classes": FIVE}})
+    # the names under the key training/models/card.py's docstring gives them (ClassSet.to_dict says "classes")
+    spelled = {"dataset": "folder", "names": FIVE, "palette": FIVE_PALETTE, "void": 255}
+    write_card(tmp_path / "five.pth", five_class_card() | {"classes": spelled})
     assert read_trained(tmp_path / "five.pth").classes.names == tuple(FIVE)
 
     plain = read_trained(tmp_path / "none.pth")  # no card: Cityscapes, the default profile, a note
-    assert plain.classes.is_cityscapes and plain.profile.name == "highest" and plain.note.startswith("note: no model")
+    assert (
+        predicts_cityscapes(plain.classes)
+        and plain.profile.name == "highest"
+        and plain.note.startswith("note: no model")
+    )
     for classes, message in (
-        ({"names": []}, "without classes.names"),
-        ({"names": FIVE, "palette": [[1, 2, 3]]}, "1 colours"),
+        ({"dataset": "folder", "classes": [], "palette": [], "void": 255}, "expected 1 to"),
+        ({"dataset": "folder", "classes": FIVE, "palette": [[1, 2, 3]], "void": 255}, "palette: expected one"),
     ):
         write_card(tmp_path / "bad.pth", five_class_card() | {"classes": classes})
         with pytest.raises(UserError, match=message):

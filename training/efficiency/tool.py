@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.data.classes import describe
 from training.efficiency import deploy
 from training.efficiency.allocator import describe_allocator
 from training.efficiency.counting import count_parameters
@@ -24,7 +25,7 @@ from training.efficiency.sheet import csv_rows, format_sheet
 from training.engine.distributed import device_name
 from training.errors import UserError
 from training.evaluation.scoring import accuracy_sets, describe_scoring, format_scores
-from training.evaluation.trained import TrainedModel, load_trained, read_trained
+from training.evaluation.trained import TrainedModel, load_trained, predicts_cityscapes, read_trained
 from training.files import append_csv_row
 from training.profiles import Profile
 
@@ -44,9 +45,9 @@ def load_models(args, device: torch.device, with_data: bool) -> list[tuple[Train
     models = []
     for path in model_paths(args):
         trained = read_trained(path, args.arch, args.profile)
-        if with_data and not trained.classes.is_cityscapes:
+        if with_data and not predicts_cityscapes(trained.classes):
             raise UserError(
-                f"{path}: predicts {trained.classes.describe()}, and the accuracy here is scored on Cityscapes' val "
+                f"{path}: predicts {describe(trained.classes)}, and the accuracy here is scored on Cityscapes' val "
                 f"split; expected --data-dir none (cost and latency only) for this model"
             )
         model = load_trained(trained, device, "--all" if args.all else "--current-model-path")

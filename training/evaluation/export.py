@@ -12,7 +12,6 @@ Every file is written through a temporary file and a rename: a reader never sees
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +25,6 @@ from training.evaluation.inputs import Frame, read_image
 TRAIN_ID_TO_LABEL_ID = torch.zeros(256, dtype=torch.uint8)
 for _c in TRAIN_CLASSES:
     TRAIN_ID_TO_LABEL_ID[_c.train_id] = _c.id
-
-
-def palette_array(colours: Sequence[Sequence[int]]) -> np.ndarray:
-    """A 256x3 uint8 table from the classes' [r, g, b] colours (class index -> colour; the rest black)."""
-    table = np.zeros((256, 3), dtype=np.uint8)
-    if len(colours):
-        table[: len(colours)] = np.asarray(colours, dtype=np.uint8).reshape(-1, 3)
-    return table
 
 
 def overlay(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5, palette: np.ndarray = PALETTE) -> np.ndarray:

@@ -19,12 +19,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.data.classes import describe
 from training.engine.distributed import device_name, pick_device
 from training.errors import UserError
 from training.evaluation.export import ClassIndexExport, PredictionExport, overlay_folder
 from training.evaluation.inputs import Frame, KeepAspectResize, cityscapes_names, open_input, photo_images, split_images
 from training.evaluation.scoring import collate, evaluate_accuracy, format_scores, scores_at
-from training.evaluation.trained import TrainedModel, load_trained, read_trained
+from training.evaluation.trained import TrainedModel, load_trained, predicts_cityscapes, read_trained
 from training.evaluation.tta import forward_views, tta_transform
 from training.files import check_writable
 
@@ -109,10 +110,10 @@ def run_export(args, log: Callable[[str], None] = print) -> dict | None:
 
     check_export_args(args)
     trained, device = _prepare(args)
-    if not trained.classes.is_cityscapes:
+    if not predicts_cityscapes(trained.classes):
         raise UserError(
             f"--export-predictions: writes Cityscapes label ids, but {args.model} predicts "
-            f"{trained.classes.describe()}; expected --input PATH --output DIR (class-index PNGs) for this model"
+            f"{describe(trained.classes)}; expected --input PATH --output DIR (class-index PNGs) for this model"
         )
     model = load_trained(trained, device, "--current-model-path")
     log(trained.note)
@@ -209,7 +210,7 @@ def run_predict(args, log: Callable[[str], None] = print) -> Throughput:
         f"ratio), tta {tta}, batch {args.batch_size}: class indices 0-{trained.classes.num_classes - 1} to "
         f"{out}/<name>.png" + (f", overlays to {overlays}/<name>_overlay.jpg" if overlays else "")
     )
-    writer = ClassIndexExport(out, trained.classes.palette, overlays)
+    writer = ClassIndexExport(out, trained.classes.palette_table(), overlays)
     transform = KeepAspectResize(trained.profile)
     clock = predict_frames(model, source, transform, device, args.batch_size, tta, writer.write)
     log(f"predicted {clock.describe(device)}")
