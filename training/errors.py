@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 EXIT_USAGE = 2  # bad input: nothing was written
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGUSR1 after saving its state (sysexits EX_TEMPFAIL): run again to resume
-EXIT_NONFINITE = 3  # a NaN or infinite loss stopped the stage; the last good state is kept
+EXIT_NONFINITE = 3  # a NaN or infinite loss stopped the stage; the last good state is kept (none before epoch 1 ends)
 
 
 class UserError(Exception):

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-from training.data.dataset import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTE
+from training.data.classes import CITYSCAPES
+from training.data.dataset import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from training.engine import distributed, history
 from training.engine.state import result_args, save_state, state_to_save
 from training.engine.tracking import Tracker
@@ -148,11 +149,11 @@ def model_card(stage, commit: str | None) -> dict:
         "run": _label(args, "run", "run_name"),
         "stage": _label(args, "stage", "stage_number"),
         "profile": profile_entry(stage.profile),
-        "classes": {
-            "dataset": "cityscapes",
-            "names": list(CLASS_NAMES),
-            "palette": PALETTE[:NUM_CLASSES].tolist(),
-            "void": IGNORE_INDEX,
+        "classes": {  # the stage trains on Cityscapes' 19 train classes (training/data/classes.py)
+            "dataset": CITYSCAPES.dataset,
+            "names": list(CITYSCAPES.names),
+            "palette": [list(colour) for colour in CITYSCAPES.palette],
+            "void": CITYSCAPES.ignore_index,
         },
         "args": result_args(args),
         "init_from": stage.inputs.get("init_from"),
