@@ -71,9 +71,8 @@ def test_every_model_gets_its_card_with_the_final_epoch_as_last(tiny_cityscapes,
     }
     assert card["classes"] == {
         "dataset": "cityscapes",
-        "names": list(CLASS_NAMES),
+        "classes": list(CLASS_NAMES),
         "palette": [[int(c) for c in PALETTE[i]] for i in range(len(CLASS_NAMES))],
-        "void": 255,
     }
     assert card["args"]["lr"] == 1e-3 and card["args"]["profile"] == "medium" and "num_workers" not in card["args"]
     assert card["init_from"] == {"path": "models/start.pth", "sha256": content_hash(tmp_path / "models" / "start.pth")}

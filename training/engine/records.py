@@ -149,12 +149,7 @@ def model_card(stage, commit: str | None) -> dict:
         "run": _label(args, "run", "run_name"),
         "stage": _label(args, "stage", "stage_number"),
         "profile": profile_entry(stage.profile),
-        "classes": {  # the stage trains on Cityscapes' 19 train classes (training/data/classes.py)
-            "dataset": CITYSCAPES.dataset,
-            "names": list(CITYSCAPES.names),
-            "palette": [list(colour) for colour in CITYSCAPES.palette],
-            "void": CITYSCAPES.ignore_index,
-        },
+        "classes": CITYSCAPES.to_dict(),  # the stage trains on Cityscapes' 19 train classes
         "args": result_args(args),
         "init_from": stage.inputs.get("init_from"),
         "best": _finite({"epoch": progress.best_epoch, **figures(progress.best_matrix)}),
