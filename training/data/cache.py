@@ -50,6 +50,7 @@ from torchvision.io import ImageReadMode
 from training.errors import UserError
 from training.data.workers import map_in_helpers
 from training.data.images import read_png, read_train_ids, resize
+from training.data.layouts import SampleReader
 from training.profiles import Profile
 
 CACHE_VERSION = 1
@@ -229,17 +230,34 @@ def _locked(directory: Path, log):
 _worker_state: dict = {}
 
 
-def _init_worker(images_path: str, labels_path: str, profile: Profile, threads: int = 1) -> None:
+def _init_worker(
+    images_path: str, labels_path: str, profile: Profile, reader: SampleReader | None = None, threads: int = 1
+) -> None:
     torch.set_num_threads(threads)
     _worker_state.update(
-        images=np.load(images_path, mmap_mode="r+"), labels=np.load(labels_path, mmap_mode="r+"), resize=resize(profile)
+        images=np.load(images_path, mmap_mode="r+"),
+        labels=np.load(labels_path, mmap_mode="r+"),
+        resize=resize(profile),
+        reader=reader,
     )
+
+
+def read_sample(image_path: str, label_path: str, reader: SampleReader | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 image 3xHxW and train ids HxW from the files: Cityscapes' PNGs and label ids (no reader), or through
+    the layout's reader (CamVid, a folder)."""
+    if reader is None:
+        return read_png(image_path, ImageReadMode.RGB), read_train_ids(label_path)
+    return reader.image(image_path), reader.mask(label_path)
+
+
+def read_label(label_path: str, reader: SampleReader | None) -> torch.Tensor:
+    return read_train_ids(label_path) if reader is None else reader.mask(label_path)
 
 
 def _cache_one(task: tuple[int, str, str]) -> int:
     index, image_path, label_path = task
-    image = tv_tensors.Image(read_png(image_path, ImageReadMode.RGB))
-    mask = tv_tensors.Mask(read_train_ids(label_path))
+    image, mask = read_sample(image_path, label_path, _worker_state["reader"])
+    image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
     image, mask = _worker_state["resize"](image, mask)
     _worker_state["images"][index] = image.numpy()
     _worker_state["labels"][index] = mask.numpy()
@@ -252,11 +270,13 @@ def _cache_chunk(tasks: list[tuple[int, str, str]]) -> int:
     return len(tasks)
 
 
-def _fill(images_path: Path, labels_path: Path, tasks: list, profile: Profile, workers: int, desc: str) -> None:
+def _fill(
+    images_path: Path, labels_path: Path, tasks: list, profile: Profile, workers: int, desc: str, reader: SampleReader
+) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), desc=desc, unit="img", dynamic_ncols=True, disable=not sys.stderr.isatty())
-    args = (str(images_path), str(labels_path), profile)
+    args = (str(images_path), str(labels_path), profile, reader)
     touched = time.monotonic()
 
     def done(count: int) -> None:
@@ -297,6 +317,7 @@ def _build(
     stale: list[int] | None,
     workers: int,
     log,
+    reader: SampleReader | None = None,
 ) -> None:
     """Write the whole cache (stale is None) or re-read the changed entries; the manifest comes last."""
     count = len(images)
@@ -315,7 +336,7 @@ def _build(
         )
         try:
             tasks = [(i, image, label) for i, (image, label) in enumerate(zip(images, labels))]
-            _fill(tmp["images"], tmp["labels"], tasks, profile, workers, f"caching {what}")
+            _fill(tmp["images"], tmp["labels"], tasks, profile, workers, f"caching {what}", reader)
             for name, path in tmp.items():  # readers of an older cache keep their (unlinked) files
                 os.replace(path, directory / f"{name}.npy")
         finally:
@@ -325,7 +346,7 @@ def _build(
         _write_json(directory / MANIFEST, {**expected, "stats": _read_manifest(directory)["stats"], "complete": False})
         log(f"cache: {len(stale)} of {count} source files of {what} changed; re-reading them into {directory}")
         tasks = [(i, images[i], labels[i]) for i in stale]
-        _fill(directory / "images.npy", directory / "labels.npy", tasks, profile, workers, f"updating {what}")
+        _fill(directory / "images.npy", directory / "labels.npy", tasks, profile, workers, f"updating {what}", reader)
     _write_json(directory / MANIFEST, {**expected, "stats": stats, "complete": True})
     log(f"cache: {what} ready in {time.perf_counter() - start:.1f} s")
 
@@ -362,19 +383,21 @@ def prepare_cache(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     log=None,
+    reader: SampleReader | None = None,
 ) -> CachedSplit | None:
     """The cache of one split at `profile`, built or brought up to date first; None where it is not used.
 
     mode "auto" (the scripts') caches at every profile: below the sources' size it saves the decoding and the
     resize, at their size (profile 5 for Cityscapes) the decoding, ~40 ms of a 2048x1024 PNG against ~1 ms to read
     the uncompressed copy, which costs 8 MiB of disk per image there. "always" is the same (kept for callers).
+    `reader` reads the files (Cityscapes' by default; another data set's records its class set in the manifest).
     """
     if log is None:
         log = (lambda message: print(message, flush=True)) if _is_main_process() else (lambda message: None)
     root = Path(root).resolve()
     if mode not in ("auto", "always"):
         raise ValueError(f"cache mode {mode!r}: expected 'auto' or 'always'")
-    expected = _expected(root, split, images, labels, profile)
+    expected = {**_expected(root, split, images, labels, profile), **(reader.manifest() if reader else {})}
     try:
         stats = _source_stats(images, labels)
     except OSError as error:
@@ -404,6 +427,7 @@ def prepare_cache(
                 stale if status == "stale" else None,
                 workers if workers is not None else _default_workers(todo),
                 log,
+                reader,
             )
     return CachedSplit(directory, len(images))
 
@@ -473,7 +497,12 @@ def _labels_ok(directory: Path, expected: dict, stats: list[list[int]]) -> bool:
 
 
 def prepare_label_cache(
-    root: str | Path, split: str, labels: list[str], cache_dir: str | Path | None = None, log=None
+    root: str | Path,
+    split: str,
+    labels: list[str],
+    cache_dir: str | Path | None = None,
+    log=None,
+    reader: SampleReader | None = None,
 ) -> CachedLabels | None:
     """The split's train ids at the labels' own resolution, cached once; None where the labels differ in size
     (then they are decoded per sample). A changed source file (size or mtime) rebuilds the whole cache."""
@@ -494,6 +523,7 @@ def prepare_label_cache(
         "split": split,
         "size": [width, height],
         "files": [os.path.relpath(label, root) for label in labels],
+        **(reader.manifest() if reader else {}),
     }
     candidates = [base / FULL_LABELS / split for base in cache_locations(root, cache_dir)]
     for directory in candidates:
@@ -521,7 +551,7 @@ def prepare_label_cache(
             try:
                 array = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(labels), height, width))
                 for index, label in enumerate(labels):
-                    array[index] = read_train_ids(label).numpy()
+                    array[index] = read_label(label, reader).numpy()
                 array.flush()
                 del array
                 fd = os.open(tmp, os.O_RDONLY)

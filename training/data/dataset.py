@@ -1,9 +1,11 @@
-"""Cityscapes loading: label mapping, joint image/mask transforms, deterministic sampling and the loaders.
+"""Data set loading: label mapping, joint image/mask transforms, deterministic sampling and the loaders.
 
 Real Cityscapes and the built-in demo data set (`demo.dataset`) go through the same code:
 `torchvision.datasets.Cityscapes` (fine annotations, semantic targets) finds the files, PNGs are decoded with
 `torchvision.io` (faster than PIL), label ids are mapped to train ids by a 256-entry lookup table inside the dataset
 (so in the loader's worker processes), and images are resized on uint8 before any float conversion.
+`--dataset camvid|folder` reads the other layouts through `training.data.layouts` (pairs sorted by path, masks
+through the data set's class set), with the same transforms, cache and sampling.
 
 Given a profile, the dataset reads its samples from a per-profile cache (`training.data.cache`): images and train ids
 stored once, already resized to the profile's image size, as uncompressed arrays. The transforms start with that same
@@ -26,6 +28,8 @@ from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
 from training.data.cache import prepare_cache, prepare_label_cache
+from training.data.classes import CITYSCAPES
+from training.data.layouts import SampleReader, check_sizes, open_dataset
 from training.data.photometric import MEAN, STD, PhotometricPipeline, apply_in_worker
 from training.errors import UserError
 from training.data.workers import ignore_stop_signals
@@ -84,8 +88,24 @@ def check_layout(root: str | Path, split: str) -> None:
             )
 
 
+def cityscapes_files(root: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """The split's images and label files in torchvision's order; an image without its label file is refused."""
+    check_layout(root, split)
+    files = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
+    if not files.images:
+        raise UserError(
+            f"--data-dir {root}: split '{split}' is empty (no *_leftImg8bit.png under leftImg8bit/{split}/)"
+        )
+    for image, (target,) in zip(files.images, files.targets):
+        if not Path(target).is_file():
+            raise UserError(f"image {image} has no label file (expected {target})")
+    return list(files.images), [targets[0] for targets in files.targets]
+
+
 class CityscapesSegmentation(Dataset):
-    """Cityscapes fine semantic segmentation: (normalised float image 3xHxW, int64 train-id mask HxW).
+    """Semantic segmentation of `dataset` (Cityscapes' fine labels by default; 'camvid' or 'folder' read through
+    `training.data.layouts`): (normalised float image 3xHxW, int64 train-id mask HxW). `classes` is the data set's
+    ClassSet. A `profile` for another data set than Cityscapes is the scaled one (`layouts.dataset_profile`).
 
     Indices may be plain ints (validation) or (index, seed) pairs from `EpochSampler` (training): the sample's
     random transforms then run under that seed, independent of the worker process that loads it.
@@ -115,19 +135,19 @@ class CityscapesSegmentation(Dataset):
         photometric: PhotometricPipeline | None = None,
         photometric_in_worker: bool = False,
         full_labels: bool = False,
+        dataset: str = "cityscapes",
     ):
-        check_layout(root, split)
-        files = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
-        if not files.images:
-            raise UserError(
-                f"--data-dir {root}: split '{split}' is empty (no *_leftImg8bit.png under leftImg8bit/{split}/)"
-            )
-        for image, (target,) in zip(files.images, files.targets):
-            if not Path(target).is_file():
-                raise UserError(f"image {image} has no label file (expected {target})")
-        self.root, self.split = Path(root), split
-        self.images = list(files.images)
-        self.labels = [targets[0] for targets in files.targets]
+        self.root, self.split, self.dataset = Path(root), split, dataset
+        if dataset == "cityscapes":  # torchvision's reader and order, as always
+            self.images, self.labels = cityscapes_files(root, split)
+            self.classes, self.reader = CITYSCAPES, None  # read as always (read_png, read_train_ids)
+        else:
+            layout = open_dataset(dataset, root)
+            pairs = layout.pairs(split)
+            for pair in pairs:  # headers only: a mask of another size than its image is refused now
+                check_sizes(pair)
+            self.images, self.labels = [str(p.image) for p in pairs], [str(p.mask) for p in pairs]
+            self.classes, self.reader = layout.classes, SampleReader(layout.classes)
         self.transform = transform
         self.photometric, self.photometric_in_worker = photometric, photometric_in_worker
         self.full_labels = full_labels
@@ -141,9 +161,12 @@ class CityscapesSegmentation(Dataset):
                 profile,
                 mode="always" if cache == "always" else "auto",
                 cache_dir=cache_dir,
+                reader=self.reader,
             )
             if full_labels and self.cache is not None:
-                self.label_cache = prepare_label_cache(self.root, split, self.labels, cache_dir=cache_dir)
+                self.label_cache = prepare_label_cache(
+                    self.root, split, self.labels, cache_dir=cache_dir, reader=self.reader
+                )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -152,7 +175,9 @@ class CityscapesSegmentation(Dataset):
         """The sample before the transform: uint8 image 3xHxW and uint8 train ids HxW (resized when cached)."""
         if self.cache is not None:
             return self.cache.read(index)
-        return read_png(self.images[index], ImageReadMode.RGB), read_train_ids(self.labels[index])
+        if self.reader is None:
+            return read_png(self.images[index], ImageReadMode.RGB), read_train_ids(self.labels[index])
+        return self.reader.image(self.images[index]), self.reader.mask(self.labels[index])
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
@@ -182,12 +207,16 @@ class CityscapesSegmentation(Dataset):
         """(transformed image, or a tuple of views for test-time augmentation; uint8 train ids at the label's size)."""
         if self.cache is not None:
             image = self.cache.read(index)[0]
-        else:
+        elif self.reader is None:
             image = read_png(self.images[index], ImageReadMode.RGB)
+        else:
+            image = self.reader.image(self.images[index])
         if self.label_cache is not None:
             mask = self.label_cache.read(index)
-        else:
+        elif self.reader is None:
             mask = read_train_ids(self.labels[index])
+        else:
+            mask = self.reader.mask(self.labels[index])
         views = self.transform(tv_tensors.Image(image))
         if isinstance(views, (tuple, list)):
             return tuple(view.as_subclass(torch.Tensor) for view in views), mask
