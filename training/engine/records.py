@@ -236,7 +236,8 @@ class Records:
         stage, args, progress = self.stage, self.stage.args, self.stage.progress
         self.log(
             f"{stage.script}: {args.experiment_id} | {stage.profile.describe()} | {len(stage.train_set)} train / "
-            f"{len(stage.val_set)} val images from {args.data_dir} | device {stage.device} x "
+            f"{len(stage.val_set)} val images from {args.data_dir} ({stage.classes.dataset}, "
+            f"{stage.classes.num_classes} classes) | device {stage.device} x "
             f"{stage.dist.world_size} | batch {args.batch_size} per process, {stage.steps} steps/epoch",
             flush=True,
         )
