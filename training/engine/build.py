@@ -50,7 +50,7 @@ from training.evaluation.trained import card_classes
 from training.files import check_writable, remove_stale_temporaries
 from training.losses import DistillationLoss
 from training.models.auxiliary import init_aux_heads
-from training.models.build import build_model, load_weights, num_classes_of, read_state_dict
+from training.models.build import build_model, load_weights
 from training.models.card import card_path, read_card
 from training.profiles import resolve_profile
 
@@ -197,44 +197,40 @@ def _model(stage: Stage, make_loss) -> None:
     if args.aux_weight > 0 and stage.saved is None:
         stage.aux_line = init_aux_heads(stage.model, args.init_from)
     if stage.saved is None and args.init_from.lower() != "none":
-        _check_classes(stage, init_flag(args), args.init_from, arch)
+        _check_classes(stage, init_flag(args), args.init_from)
         load_weights(stage.model, args.init_from, arch, init_flag(args))
     teacher = getattr(args, "trained_teacher_model_path", None)
     if teacher is not None:
-        _check_classes(stage, "--trained-teacher-model-path", teacher, getattr(args, "teacher_arch", "fast_scnn"))
+        _check_classes(stage, "--trained-teacher-model-path", teacher)
     stage.loss_fn = make_loss(args, stage.device)
     if not isinstance(stage.loss_fn, nn.Module):
         raise TypeError(f"{stage.script}: make_loss must return an nn.Module, got {type(stage.loss_fn).__name__}")
-    if isinstance(stage.loss_fn, DistillationLoss):  # a teacher built for other classes than it was checked with
+    if isinstance(stage.loss_fn, DistillationLoss):  # a teacher without a card: built for its weights' classes
         count = getattr(stage.loss_fn.teacher, "num_classes", None)
         if count is not None and count != stage.classes.num_classes:
             raise UserError(
-                f"--trained-teacher-model-path {teacher}: predicts {count} classes; this stage trains on "
-                f"{describe(stage.classes)}; expected a teacher trained on the same classes"
+                f"--trained-teacher-model-path {teacher}: it was trained for {count} classes, expected "
+                f"{stage.classes.num_classes} (this stage trains on {describe(stage.classes)}, --dataset "
+                f"{args.dataset}); expected a teacher trained on the same classes"
             )
 
 
-def _check_classes(stage: Stage, flag: str, path: str, arch: str) -> None:
+def _check_classes(stage: Stage, flag: str, path: str) -> None:
     """A model the stage starts from or distils from must predict the data set's classes: those its model card
-    records, or without a card the number of classes its weights predict. A missing file is left to its loader."""
+    records (the same names in the same order). Without a card its weights are checked when they are loaded (the
+    number of classes of the head); a missing file is left to its loader."""
     path = Path(path).expanduser()
     if str(path).lower() in ("", "none") or not path.is_file():
         return
     card = read_card(path)
-    if card is not None:
-        theirs = card_classes(card, card_path(path))
-        if theirs.same_classes(stage.classes):
-            return
-        what = describe(theirs)
-    else:
-        count = num_classes_of(read_state_dict(path, flag), arch)
-        if count is None or count == stage.classes.num_classes:
-            return  # not an `arch` model: load_weights says why
-        what = f"{count} classes (it has no model card)"
-    raise UserError(
-        f"{flag} {path}: a model of {what}; this stage trains on {describe(stage.classes)} (--dataset "
-        f"{stage.args.dataset}); expected a model trained on the same classes"
-    )
+    if card is None:
+        return
+    theirs = card_classes(card, card_path(path))
+    if not theirs.same_classes(stage.classes):
+        raise UserError(
+            f"{flag} {path}: a model of {describe(theirs)}; this stage trains on {describe(stage.classes)} "
+            f"(--dataset {stage.args.dataset}); expected a model trained on the same classes"
+        )
 
 
 def _place(stage: Stage) -> None:
