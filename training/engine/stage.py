@@ -42,10 +42,11 @@ from training.data.dataset import (
     NUM_CLASSES,
     CityscapesSegmentation,
     EpochSampler,
-    denormalize,
+    check_cache_room,
     make_loader,
     num_train_batches_check,
     steps_per_epoch,
+    to_model_input,
     val_transform,
 )
 from training.data.transforms import train_pipeline
@@ -155,7 +156,10 @@ class Stage:
             )
 
         # Data: the layout is checked here, before anything is written.
-        cache = {"profile": self.profile, "cache": not args.no_cache}
+        cache = {"profile": self.profile, "cache": not args.no_cache, "cache_dir": getattr(args, "cache_dir", None)}
+        check_cache_room(
+            args.data_dir, {"train": False, "val": getattr(args, "val_resolution", "full") == "full"}, **cache
+        )
         # Training samples travel as uint8 with their photometric parameters; the photometric ops, float conversion
         # and normalisation run on the training device (training/data/photometric.py). CPU-only with loader workers:
         # the ops run in the workers, in parallel with the step (measured faster there; README "Input pipeline").
@@ -457,15 +461,14 @@ class Stage:
         distributed.broadcast_buffers(self.model)
         scorer = evaluation.Scorer(NUM_CLASSES, self.device, loss=True)
         preview = None
-        for images, targets in self.val_loader:
-            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        for images, targets in self.val_loader:  # uint8 images: normalised on the device
             # fp32 even under --amp: the figure is that of the saved fp32 model, as evaluate_efficiency.py scores it
-            logits = self.model(images).float()
+            logits = self.model(to_model_input(images, self.device, self.memory_format)).float()
             scorer.update([logits], targets)
             if preview is None and self.args.previews > 0:
                 n = self.args.previews
                 labels = torch.stack([evaluation.nearest(target, images.shape[-2:]) for target in targets[:n]])
-                preview = (denormalize(images[:n]).cpu(), labels, logits[:n].argmax(1).cpu())
+                preview = (images[:n].clone(), labels, logits[:n].argmax(1).cpu())
         scorer.all_reduce()
         return scorer.compute(), preview
 

@@ -36,7 +36,8 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
-from training.data.dataset import IGNORE_INDEX, NUM_CLASSES, PALETTE, TRAIN_CLASSES, normalize, read_png, val_transform
+from training.data.dataset import IGNORE_INDEX, NUM_CLASSES, PALETTE, TRAIN_CLASSES, read_png, val_transform
+from training.data.photometric import to_model_input
 from training.engine import distributed
 from training.errors import UserError
 from training.metrics import ConfusionMatrix
@@ -73,15 +74,12 @@ def collate(batch: list) -> tuple:
 
 
 class MultiScaleViews:
-    """The image at each of `ratios` x the profile's size, each resized from the original and normalised (at ratio
-    1.0 exactly what `val_transform` gives)."""
+    """The image at each of `ratios` x the profile's size, each resized from the original, uint8 (at ratio 1.0
+    exactly what `val_transform` gives; `to_model_input` normalises them on the device)."""
 
     def __init__(self, profile: Profile, ratios: Sequence[float] = MULTISCALE_RATIOS):
         height, width = profile.image_hw
-        self.transforms = [
-            v2.Compose([v2.Resize((int(height * r + 0.5), int(width * r + 0.5)), antialias=True), *normalize()])
-            for r in ratios
-        ]
+        self.transforms = [v2.Resize((int(height * r + 0.5), int(width * r + 0.5)), antialias=True) for r in ratios]
 
     def __call__(self, image):
         return tuple(transform(image) for transform in self.transforms)
@@ -96,16 +94,15 @@ def tta_transform(profile: Profile, tta: str):
 
 class KeepAspectResize:
     """Resize to the profile's image height, the width following the image's own aspect ratio (for photos that are
-    not 2:1), then normalise."""
+    not 2:1), still uint8 (`to_model_input` normalises it on the device)."""
 
     def __init__(self, profile: Profile):
         self.height = profile.image_hw[0]
-        self.normalize = v2.Compose(normalize())
 
     def __call__(self, image):
         height, width = image.shape[-2:]
         size = (self.height, max(1, round(self.height * width / height)))
-        return self.normalize(v2.functional.resize(image, list(size), antialias=True))
+        return v2.functional.resize(image, list(size), antialias=True)
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -181,12 +178,6 @@ def cityscapes_names(dataset) -> list[Path]:
 
 
 # ---------------------------------------------------------------------------------------------------- predictions
-
-
-def to_device(images, device: torch.device):
-    if isinstance(images, tuple):
-        return tuple(view.to(device, non_blocking=True) for view in images)
-    return images.to(device, non_blocking=True)
 
 
 def forward_views(model: nn.Module, images, tta: str = "none") -> list[torch.Tensor]:
@@ -334,7 +325,7 @@ def evaluate_accuracy(
     scorer = Scorer(num_classes, device)
     seen = 0
     for images, targets in progress(loader):
-        views = forward_views(model, to_device(images, device), tta)
+        views = forward_views(model, to_model_input(images, device), tta)
         keep = (
             None if export is None else (lambda index, prediction, first=seen: export.write(first + index, prediction))
         )
