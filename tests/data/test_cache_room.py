@@ -29,6 +29,7 @@ from conftest import run_script
 from training.data import cache as cache_module
 from training.data.cache import ROOM_MARGIN, npy_bytes, plan_cache, prepare_cache, prepare_label_cache, split_bytes
 from training.data.dataset import CityscapesSegmentation, split_files, train_transform, val_transform
+from training.errors import UserError
 from training.profiles import Profile, resolve_profile
 
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
@@ -369,3 +370,16 @@ def test_full_resolution_labels_that_fill_the_disk_are_one_line(tiny_cityscapes,
     assert outcome[0] == "raised" and match, outcome
     assert match["cause"] == "No space left on device (ENOSPC)" and "labels-full" in match["folder"]
     assert cache_files(fs) == []
+
+
+def test_an_error_reading_a_source_file_is_named_as_such(tiny_cityscapes, tmp_path, monkeypatch):
+    """Only errors on the cache's own files are write failures; a source that vanishes part-way is a read error."""
+    images, labels = split_files(tiny_cityscapes, "train")
+
+    def vanished(task):
+        raise FileNotFoundError(2, "No such file or directory", task[2])
+
+    monkeypatch.setattr(cache_module, "_cache_one", vanished)
+    with pytest.raises(UserError, match=rf"^cannot read {re.escape(labels[0])}: No such file or directory$"):
+        prepare_cache(tiny_cityscapes, "train", images, labels, DOWN, cache_dir=tmp_path, workers=1, log=print)
+    assert cache_files(tmp_path) == []

@@ -261,7 +261,11 @@ def _remove_split_cache(directory: Path) -> None:
 
 
 def _write_failure(directory: Path, error: BaseException) -> UserError:
-    """The one line of a build that failed writing (its half-built cache is removed by the caller)."""
+    """The one line of a build that failed writing (its half-built cache is removed by the caller); an error that
+    names a file outside the cache is the reading of a source file."""
+    filename = getattr(error, "filename", None)
+    if filename is not None and not Path(filename).resolve().is_relative_to(directory.resolve()):
+        return UserError(f"cannot read {filename}: {error.strerror or error}")
     if isinstance(error, BrokenProcessPool):
         cause = "a helper process writing it died (killed: out of memory, a SIGBUS of a full disk or quota, a signal)"
     else:
