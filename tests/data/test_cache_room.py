@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -383,3 +384,27 @@ def test_an_error_reading_a_source_file_is_named_as_such(tiny_cityscapes, tmp_pa
     with pytest.raises(UserError, match=rf"^cannot read {re.escape(labels[0])}: No such file or directory$"):
         prepare_cache(tiny_cityscapes, "train", images, labels, DOWN, cache_dir=tmp_path, workers=1, log=print)
     assert cache_files(tmp_path) == []
+
+
+REAL_CACHE_ONE = cache_module._cache_one
+
+
+def the_first_helper_dies(task):
+    """Helper processes: the one with sample 0 dies of a SIGBUS, the other is still at work (and ignores the SIGTERM
+    with which the pool tries to end it, as the cache's helpers do)."""
+    faulthandler.disable()
+    if task[0] == 0:
+        os.kill(os.getpid(), signal.SIGBUS)
+    time.sleep(0.5)
+    return REAL_CACHE_ONE(task)
+
+
+def test_a_helper_that_dies_while_another_works_ends_the_build_without_waiting_for_ever(
+    tiny_cityscapes, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(cache_module, "_cache_one", the_first_helper_dies)
+    start = time.perf_counter()
+    outcome = in_child(build_train(tiny_cityscapes, tmp_path / "cache", workers=2))
+    match = FAILED.fullmatch(outcome[1])
+    assert outcome[0] == "raised" and match and match["cause"].startswith("a helper process writing it died"), outcome
+    assert time.perf_counter() - start < 60 and cache_files(tmp_path) == []
