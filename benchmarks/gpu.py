@@ -10,7 +10,7 @@ device, forward, backward, optimizer) and of the same step on one batch already 
 where the full step is lower, the loader is the limit), with the peak GPU memory of the step. The step is the
 stage's own (`training.engine.stage.Stage.train_step`), built from the scripts' command line, in a temporary directory.
 Inference at 1024x2048, batch 1: FPS of the plain model (eval, fp32), the deploy form (BatchNorm folded,
-channels_last, fp16 on CUDA: `training.efficiency.measure.DeployForm`) and the deploy form replayed as a CUDA graph,
+channels_last, fp16 on CUDA: `training.efficiency.deploy.DeployForm`) and the deploy form replayed as a CUDA graph,
 with their peak memory.
 
 Without --data-dir a demo data set at 2048x1024 is generated in a temporary directory first (--quick: 256x128 and
@@ -163,7 +163,8 @@ def _repeat(batch):
 
 def inference_rows(opts) -> list[tuple]:
     import fast_scnn
-    from training.efficiency.measure import DeployForm, choose_deploy_dtype, measure_latency
+    from training.efficiency.deploy import DeployForm, choose_deploy_dtype
+    from training.efficiency.latency import measure_latency
 
     device = torch.device(opts.device)
     height, width = opts.resolution
