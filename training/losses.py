@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 EPS = 1e-6
 
@@ -102,6 +103,25 @@ def distillation_loss(
     ce = cross_entropy(student_logits, target, ignore_index)
     total = alpha * kd + (1 - alpha) * ce
     return total, ce, kd
+
+
+class DistillationLoss(nn.Module):
+    """The loss of a distillation stage: alpha * kd + (1 - alpha) * CE (`distillation_loss`) against a frozen
+    teacher that this module owns as its submodule `teacher` (training.models.build.FrozenTeacher: eval mode, no
+    gradients). The stage finds the teacher here to put it on the device, in the student's memory format and AMP
+    dtype. forward(logits, images, target) -> (total, {name: value}); the teacher sees the same (augmented) images.
+    """
+
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float, kd_loss: str = "kl"):
+        super().__init__()
+        self.teacher = teacher
+        self.temperature, self.alpha, self.kd_loss = temperature, alpha, kd_loss
+
+    def forward(self, logits: torch.Tensor, images: torch.Tensor, target: torch.Tensor):
+        total, ce, kd = distillation_loss(
+            logits, self.teacher(images), target, self.temperature, self.alpha, kd_loss=self.kd_loss
+        )
+        return total, {"train_total_loss": total, "train_ce_loss": ce, kd_part_name(self.kd_loss): kd}
 
 
 def _masked_pearson(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor, dim: int, eps: float = 1e-8):

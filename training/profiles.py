@@ -1,8 +1,9 @@
 """The curriculum's resolution profiles (sizes are width x height, as in the original project).
 
 Each train*.py keeps its own copy of this table so that a user can read and edit it in the script it drives;
-`tests/test_profiles.py` checks that the copies shipped with the project agree with this one, and
-`measurements/resolutions.csv` is generated from it.
+`tests/test_profiles.py` imports the four scripts and checks that the copies shipped with the project equal this
+one. `measurements/resolutions.csv` is generated from it, and a trained model's card (`models/<id>.json`) records the
+profile it was trained at, so the tools need neither copy to use the model.
 """
 
 from __future__ import annotations

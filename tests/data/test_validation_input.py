@@ -89,7 +89,8 @@ def scores_of_the_float_pipeline(model, root, cache_dir) -> dict:
 def test_the_scores_are_unchanged_in_the_tool_and_in_the_stage(tiny_cityscapes, tmp_path, monkeypatch):
     import train
     from training.engine.cli import add_previous_model_args, get_args_parser
-    from training.engine.stage import Stage
+    from training.engine.build import build_stage
+    from training.engine.loop import validate
 
     model = calibrated_model(tiny_cityscapes)
     before = scores_of_the_float_pipeline(model, tiny_cityscapes, tmp_path / "cache")
@@ -107,10 +108,10 @@ def test_the_scores_are_unchanged_in_the_tool_and_in_the_stage(tiny_cityscapes, 
         ["--data-dir", str(tiny_cityscapes), "--previous-model-path", str(tmp_path / "calibrated.pth")]
         + ["--num-workers", "0", "--batch-size", "2", "--device", "cpu", "--cache-dir", str(tmp_path / "cache")]
     )
-    stage = Stage(args, {"p": ((192, 96), (160, 80))}, lambda device: train.make_loss(args, device), "train.py")
+    stage = build_stage(args, {"p": ((192, 96), (160, 80))}, train.make_loss, "train.py")
     try:
         assert next(iter(stage.val_loader))[0].dtype == torch.uint8
-        metrics, preview = stage.validate()
+        metrics, preview = validate(stage)
     finally:
         stage.close_loaders()
     assert abs(metrics["miou"] - before["miou"]) <= 1e-6 and abs(metrics["valid_loss"] - before["valid_loss"]) <= 1e-6

@@ -230,10 +230,11 @@ def test_the_tools_read_classes_and_profile_from_the_card_and_fall_back_with_a_n
     assert (trained.profile, trained.classes.names, trained.classes.dataset) == (CARD_PROFILE, tuple(FIVE), "folder")
     assert trained.classes.palette_table()[:5].tolist() == FIVE_PALETTE and not predicts_cityscapes(trained.classes)
     assert read_trained(tmp_path / "five.pth", profile="medium").profile.image_size == (768, 384)
-    # the names under the key training/models/card.py's docstring gives them (ClassSet.to_dict says "classes")
+    # a card whose classes entry is not ClassSet.to_dict's is refused in one line naming the card
     spelled = {"dataset": "folder", "names": FIVE, "palette": FIVE_PALETTE, "void": 255}
     write_card(tmp_path / "five.pth", five_class_card() | {"classes": spelled})
-    assert read_trained(tmp_path / "five.pth").classes.names == tuple(FIVE)
+    with pytest.raises(UserError, match=r"five\.json: classes: expected the keys dataset, classes, palette"):
+        read_trained(tmp_path / "five.pth")
 
     plain = read_trained(tmp_path / "none.pth")  # no card: Cityscapes, the default profile, a note
     assert (

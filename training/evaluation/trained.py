@@ -27,8 +27,6 @@ def card_classes(card: dict, path: Path) -> ClassSet:
     """The class set a card records (training.data.classes.ClassSet.to_dict's entry); a card without a usable one is
     a UserError naming it."""
     entry = card.get("classes")
-    if isinstance(entry, dict) and "classes" not in entry and "names" in entry:
-        entry = {**entry, "classes": entry["names"]}  # training/models/card.py's docstring calls the names 'names'
     if not isinstance(entry, dict):
         raise UserError(f"{path}: model card without classes (expected dataset, classes, palette)")
     return ClassSet.from_dict(entry, str(path))
