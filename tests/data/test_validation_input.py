@@ -88,8 +88,8 @@ def scores_of_the_float_pipeline(model, root, cache_dir) -> dict:
 
 def test_the_scores_are_unchanged_in_the_tool_and_in_the_stage(tiny_cityscapes, tmp_path, monkeypatch):
     import train
-    from training.engine.cli import add_previous_model_args, get_args_parser
     from training.engine.build import build_stage
+    from training.engine.cli import add_previous_model_args, get_args_parser
     from training.engine.loop import validate
 
     model = calibrated_model(tiny_cityscapes)
