@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from training.data.dataset import CityscapesSegmentation, EpochSampler, make_loader, val_transform  # noqa: E402
 from training.data.layouts import DATASETS, dataset_profile, native_size, open_dataset  # noqa: E402
+from training.data.photometric import to_model_input  # noqa: E402
 from training.errors import run_cli  # noqa: E402
 from training.evaluation import scoring as evaluation  # noqa: E402
 from training.models.build import build_model, load_weights  # noqa: E402
@@ -35,7 +36,7 @@ def one_pass(model, loader, device, num_classes: int) -> tuple[float, float]:
     start = time.perf_counter()
     with torch.no_grad():
         for images, targets in loader:
-            logits = model(images.to(device)).float()
+            logits = model(to_model_input(images, device)).float()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             tick = time.perf_counter()
@@ -55,6 +56,9 @@ def main(argv=None):
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--cache-dir", default=None, help="where the cache goes (default: $FASTSCNN_CACHE_DIR, else beside the data)"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     profile = dataset_profile(resolve_profile(args.profile), args.dataset, native_size(args.dataset, args.data_dir))
@@ -71,6 +75,7 @@ def main(argv=None):
             val_transform(profile),
             profile=profile,
             full_labels=mode == "full",
+            cache_dir=args.cache_dir,
             dataset=args.dataset,
         )
         loaders[mode] = make_loader(

@@ -27,12 +27,8 @@ from torchvision.datasets import Cityscapes
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
-from training.data.cache import prepare_cache, prepare_label_cache
-from training.data.classes import CITYSCAPES
-from training.data.layouts import SampleReader, check_sizes, open_dataset
-from training.data.photometric import MEAN, STD, PhotometricPipeline, apply_in_worker
-from training.errors import UserError
-from training.data.workers import ignore_stop_signals
+from training.data.cache import check_room, plan_cache, prepare_cache, prepare_label_cache
+from training.data.classes import CITYSCAPES, ClassSet
 
 # the file readers and the label table live in a leaf module that the cache shares (no import circle)
 from training.data.images import (
@@ -47,6 +43,10 @@ from training.data.images import (
     read_train_ids,
     resize,
 )
+from training.data.layouts import SampleReader, check_sizes, open_dataset
+from training.data.photometric import MEAN, STD, PhotometricPipeline, apply_in_worker, to_model_input
+from training.data.workers import ignore_stop_signals
+from training.errors import UserError
 from training.profiles import Profile
 
 __all__ = [  # the names of training.data.images are re-exported: the data path's one entry point
@@ -61,10 +61,13 @@ __all__ = [  # the names of training.data.images are re-exported: the data path'
     "read_train_ids",
     "resize",
     "check_layout",
+    "split_files",
+    "dataset_files",
+    "check_cache_room",
     "CityscapesSegmentation",
-    "normalize",
     "train_transform",
     "val_transform",
+    "to_model_input",
     "denormalize",
     "EpochSampler",
     "make_loader",
@@ -88,8 +91,8 @@ def check_layout(root: str | Path, split: str) -> None:
             )
 
 
-def cityscapes_files(root: str | Path, split: str) -> tuple[list[str], list[str]]:
-    """The split's images and label files in torchvision's order; an image without its label file is refused."""
+def split_files(root: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """The image and label files of a split (Cityscapes layout, fine annotations), checked to exist."""
     check_layout(root, split)
     files = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
     if not files.images:
@@ -102,10 +105,49 @@ def cityscapes_files(root: str | Path, split: str) -> tuple[list[str], list[str]
     return list(files.images), [targets[0] for targets in files.targets]
 
 
+def dataset_files(
+    root: str | Path, split: str, dataset: str = "cityscapes"
+) -> tuple[list[str], list[str], ClassSet, SampleReader | None]:
+    """(images, labels, class set, reader) of a split of `dataset`: Cityscapes' files in torchvision's order, read as
+    always (no reader); another layout's pairs (sorted by path, every mask the size of its image: headers only)
+    with the reader of its class set."""
+    if dataset == "cityscapes":
+        return (*split_files(root, split), CITYSCAPES, None)
+    layout = open_dataset(dataset, root)
+    pairs = layout.pairs(split)
+    for pair in pairs:
+        check_sizes(pair)
+    return [str(p.image) for p in pairs], [str(p.mask) for p in pairs], layout.classes, SampleReader(layout.classes)
+
+
+def check_cache_room(
+    root: str | Path,
+    splits: dict[str, bool],
+    profile: Profile | None = None,
+    cache: bool | str = True,
+    cache_dir: str | Path | None = None,
+    dataset: str = "cityscapes",
+) -> None:
+    """Refuse (UserError, one line), before any is built, the caches of several splits that do not fit together
+    where they would be written. `splits`: split -> whether its full-resolution labels are cached too (validation);
+    `profile`, `cache`, `cache_dir` and `dataset` as the datasets get them (nothing to check without a profile or a
+    cache)."""
+    if profile is None or not cache:
+        return
+    plans = []
+    for split, full_labels in splits.items():
+        images, labels, _, reader = dataset_files(root, split, dataset)
+        plans += plan_cache(root, split, images, labels, profile, full_labels, cache_dir, reader)
+    check_room(plans)
+
+
 class CityscapesSegmentation(Dataset):
     """Semantic segmentation of `dataset` (Cityscapes' fine labels by default; 'camvid' or 'folder' read through
-    `training.data.layouts`): (normalised float image 3xHxW, int64 train-id mask HxW). `classes` is the data set's
-    ClassSet. A `profile` for another data set than Cityscapes is the scaled one (`layouts.dataset_profile`).
+    `training.data.layouts`): (image 3xHxW as the transform leaves it, int64 train-id mask HxW). `classes` is the data
+    set's ClassSet. A `profile` for another data set than Cityscapes is the scaled one (`layouts.dataset_profile`).
+
+    With `val_transform` the image is uint8 (validation and evaluation: `to_model_input` makes the model's input on
+    the device, as `PhotometricPipeline.apply` does for training batches).
 
     Indices may be plain ints (validation) or (index, seed) pairs from `EpochSampler` (training): the sample's
     random transforms then run under that seed, independent of the worker process that loads it.
@@ -117,11 +159,12 @@ class CityscapesSegmentation(Dataset):
 
     With a `profile`, samples come from the per-profile cache (built on first use, rebuilt when stale; see
     `training.data.cache.prepare_cache`): `cache=True` (or "always") uses it at every profile (it saves the PNG
-    decoding even at the sources' own size), False never. `cache_dir` overrides where it is kept.
+    decoding even at the sources' own size), False never. `cache_dir` (--cache-dir; else $FASTSCNN_CACHE_DIR) chooses
+    where it is kept. A cache that does not fit there is refused (UserError) before anything is written.
 
-    `full_labels=True` (validation scored at the labels' own resolution, see `training.evaluation.scoring`): the transform
-    sees the image only, and the mask is the label's uint8 train ids at its original size (cached too, uint8,
-    where the image cache is used and all labels have one size).
+    `full_labels=True` (validation scored at the labels' own resolution, see `training.evaluation.scoring`): the
+    transform sees the image only, and the mask is the label's uint8 train ids at its original size (cached too,
+    uint8, where the image cache is used and all labels have one size).
     """
 
     def __init__(
@@ -138,21 +181,15 @@ class CityscapesSegmentation(Dataset):
         dataset: str = "cityscapes",
     ):
         self.root, self.split, self.dataset = Path(root), split, dataset
-        if dataset == "cityscapes":  # torchvision's reader and order, as always
-            self.images, self.labels = cityscapes_files(root, split)
-            self.classes, self.reader = CITYSCAPES, None  # read as always (read_png, read_train_ids)
-        else:
-            layout = open_dataset(dataset, root)
-            pairs = layout.pairs(split)
-            for pair in pairs:  # headers only: a mask of another size than its image is refused now
-                check_sizes(pair)
-            self.images, self.labels = [str(p.image) for p in pairs], [str(p.mask) for p in pairs]
-            self.classes, self.reader = layout.classes, SampleReader(layout.classes)
+        self.images, self.labels, self.classes, self.reader = dataset_files(root, split, dataset)
         self.transform = transform
         self.photometric, self.photometric_in_worker = photometric, photometric_in_worker
         self.full_labels = full_labels
         self.cache = self.label_cache = None
         if profile is not None and cache:
+            # both parts refused together, before either is built, where they do not fit
+            plans = plan_cache(self.root, split, self.images, self.labels, profile, full_labels, cache_dir, self.reader)
+            check_room(plans)
             self.cache = prepare_cache(
                 self.root,
                 split,
@@ -175,7 +212,7 @@ class CityscapesSegmentation(Dataset):
         """The sample before the transform: uint8 image 3xHxW and uint8 train ids HxW (resized when cached)."""
         if self.cache is not None:
             return self.cache.read(index)
-        if self.reader is None:
+        if self.reader is None:  # Cityscapes, read as always
             return read_png(self.images[index], ImageReadMode.RGB), read_train_ids(self.labels[index])
         return self.reader.image(self.images[index]), self.reader.mask(self.labels[index])
 
@@ -223,10 +260,6 @@ class CityscapesSegmentation(Dataset):
         return views.as_subclass(torch.Tensor), mask
 
 
-def normalize() -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
-
-
 def train_transform(profile: Profile) -> v2.Transform:
     """The original's geometric augmentation, on uint8 in the loader workers: resize to the image size, horizontal
     flip, random crop. Its colour jitter follows on the training device (`training.data.photometric`), with
@@ -244,7 +277,9 @@ def train_transform(profile: Profile) -> v2.Transform:
 
 
 def val_transform(profile: Profile) -> v2.Transform:
-    return v2.Compose([resize(profile), *normalize()])
+    """The validation image: resized to the profile's image size, still uint8 (a quarter of the float32 bytes in the
+    loader's shared memory); the model's input is made on the device by `to_model_input`."""
+    return resize(profile)
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:

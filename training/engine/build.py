@@ -20,6 +20,7 @@ from training.data.classes import describe
 from training.data.dataset import (
     CityscapesSegmentation,
     EpochSampler,
+    check_cache_room,
     make_loader,
     num_train_batches_check,
     steps_per_epoch,
@@ -156,7 +157,13 @@ def _data(stage: Stage) -> None:
     args = stage.args
     stage.native_size = native_size(args.dataset, args.data_dir)
     stage.profile = dataset_profile(stage.profile, args.dataset, stage.native_size)
-    common = {"profile": stage.profile, "cache": not args.no_cache, "dataset": args.dataset}
+    cache = {
+        "profile": stage.profile,
+        "cache": not args.no_cache,
+        "cache_dir": getattr(args, "cache_dir", None),
+        "dataset": args.dataset,
+    }
+    check_cache_room(args.data_dir, {"train": False, "val": getattr(args, "val_resolution", "full") == "full"}, **cache)
     # Training samples travel as uint8 with their photometric parameters; the photometric ops, float conversion and
     # normalisation run on the training device (training/data/photometric.py). CPU-only with loader workers: the ops
     # run in the workers, in parallel with the step (measured faster there).
@@ -166,14 +173,14 @@ def _data(stage: Stage) -> None:
         args.data_dir,
         "train",
         transform,
-        **common,
+        **cache,
         photometric=stage.photometric,
         photometric_in_worker=stage.photometric_in_worker,
     )
     # scored at the labels' own resolution (the benchmark's protocol) unless --val-resolution profile
     stage.val_resolution = getattr(args, "val_resolution", "full")
     stage.val_set = CityscapesSegmentation(
-        args.data_dir, "val", val_transform(stage.profile), full_labels=stage.val_resolution == "full", **common
+        args.data_dir, "val", val_transform(stage.profile), full_labels=stage.val_resolution == "full", **cache
     )
     num_train_batches_check(len(stage.train_set), args.batch_size, stage.dist.world_size)
     stage.steps = steps_per_epoch(len(stage.train_set), args.batch_size, stage.dist.world_size)
