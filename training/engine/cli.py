@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from training.data.layouts import DATASETS
 from training.engine.optim import OPTIMIZERS, SCHEDULES
 from training.engine.recipes import RECIPES
 from training.errors import UserError
@@ -13,7 +14,14 @@ from training.models.build import ARCHITECTURES
 def get_args_parser(description: str, default_profile: str, arch: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--data-dir", default="./data/cityscapes", help="Cityscapes root (leftImg8bit/, gtFine/)")
+    add(
+        "--dataset",
+        choices=DATASETS,
+        default="cityscapes",
+        help="the data set's layout and classes: cityscapes, camvid (SegNet's 11 classes) or folder (images/, "
+        "masks/, classes.json); see docs/datasets.md",
+    )
+    add("--data-dir", default=None, help="the data set's root (default ./data/<dataset>, e.g. ./data/cityscapes)")
     add("--batch-size", type=int, default=32, help="images per step and per process (per GPU under torchrun/srun)")
     add("--epochs", type=int, default=100, help="epochs of this stage")
     add(
@@ -28,6 +36,12 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
         "--experiment-id",
         default="fastscnn-training-experiment-01",
         help="names models/<id>.pth, checkpoints/<id>/ and the W&B run",
+    )
+    add(
+        "--output-dir",
+        default=".",
+        help="folder that holds the stage's models/, checkpoints/ and measurements/ (the current folder by default); "
+        "relative paths given to other flags, e.g. --previous-model-path, stay relative to the current folder",
     )
     add(
         "--profile",
@@ -81,6 +95,12 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
     add("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     add("--device", default="auto", choices=("auto", "cuda", "cpu"), help="auto = CUDA when available")
     add("--no-cache", action="store_true", help="always decode the full-size PNGs (no per-profile cache)")
+    add(
+        "--cache-dir",
+        default=None,
+        help="where the per-profile cache goes, one folder per data set inside (default: $FASTSCNN_CACHE_DIR, else "
+        "<data dir>/.cache, else ./data/cache); a cache that does not fit there is refused before it is built",
+    )
     add("--restart", action="store_true", help="ignore the resumable state in checkpoints/<id>/ and start afresh")
     add("--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/inf instead of stopping")
     add(
