@@ -21,6 +21,10 @@ writes what the Cityscapes benchmark reads: one label-id PNG per image of the sp
 DIR/<city>/<city>_<seq>_<frame>_leftImg8bit.png, scored where the split has labels; --overlay adds colour overlays,
 --images FOLDER predicts a folder of photos into label-id PNGs instead of a split.
 
+`--backend onnxruntime` runs the model under ONNX Runtime instead of torch: the ONNX file (fp32, BatchNorm folded,
+one per input size) is exported on first use and cached next to the model, models/<id>.<H>x<W>.onnx, exported again
+when the weights change (see docs/inference.md).
+
 The model card beside the model (models/<id>.json) gives its classes, data set, architecture and profile; --profile
 overrides the profile (scaled to the model's data set, as in training). Without a card: Cityscapes' 19 classes and
 --profile (default highest), with a note. On Linux the tool restarts itself once with glibc malloc tuned (as
@@ -36,6 +40,7 @@ if __name__ == "__main__":
 
 import argparse  # noqa: E402  (after the restart: torch is imported once, by the final process)
 
+from training.efficiency.backends import BACKENDS  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 from training.evaluation.cli import add_data_arguments, add_export_arguments, add_model_arguments  # noqa: E402
 from training.evaluation.tta import TTA_MODES  # noqa: E402
@@ -52,6 +57,14 @@ def parse_args(argv):
     add_data_arguments(parser, "with --export-predictions: the Cityscapes root")
     add("--tta", default="none", choices=TTA_MODES, help="test-time augmentation (multiscale: split exports only)")
     add("--batch-size", type=int, default=4, help="images per forward pass")
+    add(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="what runs the model: torch, or onnxruntime (ONNX Runtime on the model's ONNX export, made on first use "
+        "per input size and cached next to the model as <id>.<H>x<W>.onnx; on CUDA its GPU provider, where the "
+        "installed build has one)",
+    )
     add("--num-workers", type=int, default=4, help="with --export-predictions: data-loading worker processes")
     add("--malloc", default="tuned", choices=("tuned", "system"), help="glibc malloc: tuned (fast) or as started")
     return parser.parse_args(argv)

@@ -307,7 +307,7 @@ def agreement(plain, form: Form, images, batch: int) -> float:
 
 def measure_setting(plain, forms: list[Form], images, batch: int, device, args) -> list[Row]:
     """Agreement of each form on `images`, then the latency of all forms, interleaved, on the first batch."""
-    from training.efficiency.measure import measure_latency
+    from training.efficiency.latency import measure_latency
 
     agreements = {}
     for form in forms:
@@ -323,18 +323,64 @@ def measure_setting(plain, forms: list[Form], images, batch: int, device, args) 
     ]
 
 
+def memory_bytes() -> tuple[int, int, int] | None:
+    """(this process's peak RSS, its RSS now, the machine's MemAvailable) in bytes; None off Linux."""
+    import resource
+
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as info:
+            available = next(int(line.split()[1]) * 1024 for line in info if line.startswith("MemAvailable:"))
+        with open("/proc/self/statm", encoding="utf-8") as statm:
+            now = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, StopIteration, ValueError):
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, now, available
+
+
+class MemoryGuard:
+    """Leaves out a CPU setting that would not fit in the memory the machine has free (a shared machine: the kernel
+    would kill the whole run), by the first setting's growth per pixel of input, scaled to the setting."""
+
+    def __init__(self):
+        self.per_pixel = None
+        self.start = memory_bytes()
+
+    def learn(self, hw, batch: int) -> None:
+        now = memory_bytes()
+        if self.per_pixel is None and self.start is not None and now is not None:
+            self.per_pixel = max(now[0] - self.start[1], 0) / (hw[0] * hw[1] * batch)
+
+    def refuses(self, hw, batch: int) -> str:
+        now = memory_bytes()
+        if self.per_pixel is None or now is None:
+            return ""
+        need = self.per_pixel * hw[0] * hw[1] * batch
+        if need <= 0.9 * now[2]:
+            return ""
+        return (
+            f"left out: it would need about {need / 2**30:.1f} GiB more (the first setting's growth per pixel), "
+            f"the machine has {now[2] / 2**30:.1f} GiB available"
+        )
+
+
 def measure_device(model, device, sizes, batches, args, threads: int, tmp: Path) -> dict:
     """Every setting (size x batch) on `device`: a table each. Returns {(hw, batch): [Row, ...]}."""
     model = model.to(device)
     forms = deploy_forms(model, device, args)
     results = {}
+    guard = MemoryGuard() if device.type == "cpu" else None
     for hw in sizes:
         scenes = painted_scenes(hw, max(args.agreement_images, max(batches))).to(device)
         for batch in batches:
-            setting = forms + ([] if args.no_onnx else onnx_forms(model, device, hw, batch, threads, tmp))
             print(f"\n{device.type.upper()} {hw[0]}x{hw[1]}, batch {batch}:")
+            if guard and (why := guard.refuses(hw, batch)):
+                print(f"  {why}")
+                continue
+            setting = forms + ([] if args.no_onnx else onnx_forms(model, device, hw, batch, threads, tmp))
             rows = measure_setting(model, setting, scenes, batch, device, args)
             print_table(rows)
+            if guard:
+                guard.learn(hw, batch)
             results[(hw, batch)] = rows
             del setting  # ONNX Runtime's sessions hold their arenas (GBs at batch 8): gone before the next ones
             gc.collect()

@@ -130,3 +130,20 @@ def test_export_onnx_with_all_is_refused(tmp_path):
     assert result.returncode == 2 and "--export-onnx: expected one model" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "e.csv").exists()
+
+
+def test_compiled_forms_are_not_cut_off_by_dynamos_graph_limit(monkeypatch):
+    """Every compiled form of Fast-SCNN shares fast_scnn.Model.forward: 3 precisions at 3 input shapes are 9 graphs,
+    past dynamo's default of 8 per function, after which it would silently run the form uncompiled."""
+    import torch._dynamo.config as dynamo_config
+
+    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
+    deploy.DeployForm(fast_scnn.Model().eval(), torch.device("cpu"), torch.float32, compile=True)  # compiles lazily
+    assert dynamo_config.recompile_limit >= 3 * 3 * 2
+
+
+def test_onnx_metadata_is_written_into_the_file(tmp_path):
+    pytest.importorskip("onnxruntime")
+    path = tmp_path / "m.onnx"
+    deploy.export_onnx(trained_looking_model(), (64, 128), path, metadata={"source_sha256": "abc"})
+    assert deploy.OnnxRuntimeForm(path, 1).metadata == {"source_sha256": "abc"}

@@ -139,6 +139,38 @@ def test_a_folder_gives_class_indices_at_each_images_size_with_the_cards_classes
 
 
 @pytest.mark.slow
+def test_the_onnxruntime_backend_predicts_the_models_classes_its_onnx_files_cached_next_to_it(folder, tmp_path):
+    root, images = folder
+    chosen = ["img00", "img01", "img02", "sub/other0"]  # two sizes the model sees: 64x96 (three) and 64x43
+    photos = tmp_path / "photos"
+    for name in chosen:
+        source = next(root.glob(f"{name}.*"))
+        (photos / source.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
+        (photos / source.relative_to(root)).write_bytes(source.read_bytes())
+    path = tmp_path / "models" / "five.pth"
+    model = write_model(path, 5, five_class_card())
+    args = ("--model-path", str(path), "--input", str(photos), "--no-overlay", "--backend", "onnxruntime")
+    for run, out in enumerate((tmp_path / "first", tmp_path / "second")):
+        result = run_script(
+            "predict.py", *args, "--output", str(out), "--device", "cpu", "--batch-size", "2", cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "GPU providers:" in result.stdout and "4 images" in result.stdout
+        assert result.stdout.count("ONNX Runtime: exporting") == (2 if run == 0 else 0)  # cached for the second run
+        for name in chosen:
+            got = np.asarray(Image.open(out / f"{name}.png"))
+            expected, margin = expected_classes(model, images[name], height=64)
+            clear = margin > 1e-3
+            assert np.array_equal(got[clear], expected[clear]) and clear.mean() > 0.99, name
+    assert sorted(p.name for p in path.parent.iterdir()) == [
+        "five.64x43.onnx",
+        "five.64x96.onnx",
+        "five.json",
+        "five.pth",
+    ]
+
+
+@pytest.mark.slow
 def test_one_image_without_a_card_is_cityscapes_at_the_given_profile(folder, tmp_path):
     root, images = folder
     path = tmp_path / "plain.pth"

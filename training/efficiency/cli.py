@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from training.efficiency import deploy
+from training.efficiency.backends import BACKENDS
 from training.efficiency.measure import parse_resolution
 from training.efficiency.sheet import EFFICIENCY_CSV, RESOLUTIONS_CSV
 from training.errors import UserError
@@ -16,6 +17,15 @@ from training.profiles import resolve_profile
 
 
 def _measuring_arguments(add) -> None:
+    add(
+        "--backend",
+        nargs="+",
+        default=["torch"],
+        choices=BACKENDS,
+        help="what runs the model, a row each: torch (the deploy form is timed, the plain model scores the accuracy) "
+        "or onnxruntime (ONNX Runtime times and scores; the ONNX file is exported on first use and cached next to "
+        "the model as <id>.<H>x<W>.onnx; its CUDA provider on a CUDA device where the installed build has it)",
+    )
     add("--batch-size", type=int, default=4, help="validation batch size (latency is always batch 1)")
     add("--num-workers", type=int, default=4, help="data-loading worker processes")
     add(

@@ -159,6 +159,7 @@ class DeployForm(nn.Module):
             # a static graph per input shape (a second shape would otherwise turn it into a slower dynamic one); on
             # CUDA the compiled graph is replayed as a CUDA graph (what mode="reduce-overhead" does)
             options = {"triton.cudagraphs": True} if device.type == "cuda" else None
+            allow_compiled_graphs(COMPILED_GRAPHS)
             self.net = torch.compile(self.net, dynamic=False, options=options)
             self.compiled = True
 
@@ -229,6 +230,18 @@ class DeployForm(nn.Module):
         )
 
 
+# Graphs dynamo keeps per code object (every compiled form of one architecture shares its `forward`): its default, 8,
+# is reached by a few forms at a few sizes (3 precisions x 3 input shapes), after which it silently runs eager
+COMPILED_GRAPHS = 64
+
+
+def allow_compiled_graphs(count: int) -> None:
+    """Let dynamo keep at least `count` compiled graphs per function before it falls back to eager."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(dynamo_config.recompile_limit, count)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
@@ -250,7 +263,7 @@ def agreement(plain: nn.Module, deploy: DeployForm, batches: Iterable[torch.Tens
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")
 
 
-def _require_onnx(flag: str) -> None:
+def require_onnx(flag: str) -> None:
     import importlib.util
 
     missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
@@ -261,14 +274,22 @@ def _require_onnx(flag: str) -> None:
         )
 
 
-def export_onnx(model: nn.Module, hw: tuple[int, int], path, flag: str = "--export-onnx", batch: int = 1) -> int:
+def export_onnx(
+    model: nn.Module,
+    hw: tuple[int, int],
+    path,
+    flag: str = "--export-onnx",
+    batch: int = 1,
+    metadata: dict[str, str] | None = None,
+) -> int:
     """Write the plain fp32 network with BatchNorm folded, for an input of static size `hw` (and `batch`), to `path`.
 
     Input `image` (batch, 3, H, W), normalised as in training; output `logits` (batch, classes, H, W). The dynamo
     exporter (`torch.onnx.export(dynamo=True)`, onnxscript) is used: the legacy TorchScript exporter stops at the
     pyramid pooling ("Unsupported: ONNX export of operator adaptive_avg_pool2d, output size that are not factor of input
     size": bins 3 and 6 of a 1/32 map), while the dynamo one lowers each adaptive pooling of a static size to fixed
-    windows. The file is written atomically and checked with onnx.checker. Returns the number of folded BatchNorms.
+    windows. `metadata` goes into the file's metadata_props (ONNX Runtime: `custom_metadata_map`). The file is written
+    atomically and checked with onnx.checker. Returns the number of folded BatchNorms.
     """
     import contextlib
     import io
@@ -276,7 +297,7 @@ def export_onnx(model: nn.Module, hw: tuple[int, int], path, flag: str = "--expo
 
     from training.files import save_bytes
 
-    _require_onnx(flag)
+    require_onnx(flag)
     import onnx
 
     net = copy.deepcopy(model).eval().to(device="cpu", dtype=torch.float32)
@@ -294,6 +315,9 @@ def export_onnx(model: nn.Module, hw: tuple[int, int], path, flag: str = "--expo
             f"{flag}: the ONNX export failed ({type(error).__name__}: {str(error).strip().splitlines()[0][:300]})"
         ) from None
     proto = program.model_proto
+    for key, value in (metadata or {}).items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, str(value)
     onnx.checker.check_model(proto)
     save_bytes(proto.SerializeToString(), path)
     return folded
@@ -309,7 +333,7 @@ class OnnxRuntimeForm:
     """
 
     def __init__(self, path, threads: int | None = None, provider: str = "cpu", spinning: bool = True):
-        _require_onnx("--export-onnx")
+        require_onnx("--export-onnx")
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -330,6 +354,7 @@ class OnnxRuntimeForm:
         self.input_shape = tuple(self.session.get_inputs()[0].shape)
         self.output_name = self.session.get_outputs()[0].name
         self.output_shape = tuple(self.session.get_outputs()[0].shape)
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)  # export_onnx's `metadata`
         self.threads = options.intra_op_num_threads
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

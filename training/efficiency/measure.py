@@ -98,7 +98,7 @@ def agreement_inputs(val_set, hw: tuple[int, int], count: int) -> tuple[list[tor
 
 @dataclass
 class ChosenForm:
-    deploy: DeployForm
+    deploy: DeployForm  # or, for --backend onnxruntime, a backends.OnnxBackend
     agreement: float
     rejected: DeployForm | None = None  # the first (fastest) form that failed the check, timed for reference
     rejected_agreement: float | None = None
@@ -200,6 +200,7 @@ def evaluate_model(
     scope: str = "all",
     onnx=None,
     accuracy_sets: dict | None = None,
+    backend=None,
 ) -> ModelResult:
     """Cost and latency at every size, the deploy check, and accuracy on `val_set` (if given) of a model on `device`.
 
@@ -207,11 +208,17 @@ def evaluate_model(
     on (default: "none" on `val_set`); data sets give full-resolution labels for full-resolution scores.
     With `fallback`, a reduced-precision deploy form whose argmax agreement with the plain model stays below
     AGREEMENT_THRESHOLD is replaced by the next one down (`choose_form`). `onnx` (a deploy.OnnxRuntimeForm) is
-    checked against the plain model and timed beside it at its size.
+    checked against the plain model and timed beside it at its size. `backend` (a backends.OnnxBackend) takes the
+    deploy form's place, checked and timed the same way, and scores the accuracy instead of the plain model.
     """
     model = model.eval()
     inputs, source = agreement_inputs(val_set, sizes[0], agreement_images)
-    form = choose_form(model, device, dtype, scope, inputs, source, fallback, compile, log)
+    if backend is None:
+        form = choose_form(model, device, dtype, scope, inputs, source, fallback, compile, log)
+    else:
+        form = ChosenForm(backend, agreement(model, backend, inputs))
+        verdict = _verdict(form.agreement)
+        log(f"backend: {backend.describe()}; argmax agreement with the plain model on {source}: {verdict}")
     onnx_check = (None, None)
     if onnx is not None:
         onnx_check = compare_onnx(model, onnx, inputs)
@@ -224,7 +231,8 @@ def evaluate_model(
     results = [measure_size(model, hw, device, form, onnx, log, **timing) for hw in sizes]
     if accuracy_sets is None:
         accuracy_sets = {"none": val_set} if val_set is not None else {}
-    accuracies = score_accuracy(model, accuracy_sets, device, batch_size, num_workers, num_classes)
+    scored = model if backend is None else backend  # torch: the plain fp32 model, as the stage scores it
+    accuracies = score_accuracy(scored, accuracy_sets, device, batch_size, num_workers, num_classes)
     rejected = form.rejected
     return ModelResult(
         form.deploy.describe(),

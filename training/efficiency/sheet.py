@@ -115,10 +115,12 @@ def csv_rows(
     command: str,
     val_resolution: str = "full",
     classes: ClassSet = CITYSCAPES,
+    backend: str = "torch",
 ) -> list[dict]:
     """One row of measurements/efficiency.csv per measured size and TTA mode (accuracy cells empty without data;
     the cost and latency, always single-scale batch 1, repeat on every TTA row). `classes`: the model's (the data
-    set its accuracy is scored on: `dataset`, and `classes`, their number)."""
+    set its accuracy is scored on: `dataset`, and `classes`, their number). `backend`: what ran the deploy column
+    and scored the accuracy (torch: the deploy form times, the plain model scores; onnxruntime: ONNX Runtime both)."""
     rows = []
     for size in result.sizes:
         for tta, acc in result.accuracies.items() or [("", {})]:
@@ -132,6 +134,7 @@ def csv_rows(
                     "resolution": f"{size.hw[0]}x{size.hw[1]}",
                     "device": device.type,
                     "device_name": device_name(device),
+                    "backend": backend,
                     "dtype": result.precision,
                     **_cost_and_latency(result, size),
                     "threads": threads if threads else "",
@@ -147,6 +150,7 @@ def csv_rows(
 SHEET_COLUMNS = (
     ("model", "model"),
     ("resolution", "HxW"),
+    ("backend", "backend"),
     ("params", "params"),
     ("macs", "GMACs"),
     ("flops", "GFLOPs"),

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.efficiency import deploy
+from training.efficiency import backends, deploy
 from training.efficiency.allocator import describe_allocator
 from training.efficiency.counting import count_parameters
 from training.efficiency.measure import evaluate_model, measured_sizes, parse_resolution
@@ -98,13 +98,24 @@ def print_accuracies(result, trained: TrainedModel, val_resolution: str, log=pri
 
 
 def measure_one(session: Session, trained: TrainedModel, model: nn.Module, log=print) -> list[dict]:
-    """Measure one model, print its figures, append its rows to the sheet; returns the rows."""
-    args, profile = session.args, trained.profile
+    """Measure one model with every --backend, print its figures, append its rows to the sheet; returns the rows."""
     params = count_parameters(model)
     log(f"\n== {trained.path} ({trained.arch}): {params:,} parameters ({params * 4 / 2**20:.2f} MB fp32)")
-    log(f"{trained.note}\n{profile.describe()}")
-    onnx = None
-    if args.export_onnx:  # at the first --resolution (the profile's image size without one)
+    log(f"{trained.note}\n{trained.profile.describe()}")
+    rows = []
+    for name in dict.fromkeys(session.args.backend):
+        log(f"-- backend {name}")
+        rows += measure_backend(session, trained, model, name, log)
+    return rows
+
+
+def measure_backend(session: Session, trained: TrainedModel, model: nn.Module, name: str, log=print) -> list[dict]:
+    """One model with one backend (backends.BACKENDS): its rows, appended to the sheet."""
+    args, profile = session.args, trained.profile
+    onnx = backend = None
+    if name == "onnxruntime":
+        backend = backends.OnnxBackend(model, trained.path, session.device, session.threads, log)
+    elif args.export_onnx:  # at the first --resolution (the profile's image size without one)
         hw = parse_resolution(args.resolution[0]) if args.resolution else profile.image_hw
         onnx = export_onnx_form(model, args.export_onnx, hw, session.threads, log)
     val_set, sets = session.accuracy_sets(trained)
@@ -127,6 +138,7 @@ def measure_one(session: Session, trained: TrainedModel, model: nn.Module, log=p
         scope=session.scope,
         onnx=onnx,
         accuracy_sets=sets,
+        backend=backend,
     )
     print_accuracies(result, trained, args.val_resolution, log)
     date = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
@@ -139,6 +151,7 @@ def measure_one(session: Session, trained: TrainedModel, model: nn.Module, log=p
         *context,
         val_resolution=args.val_resolution,
         classes=trained.classes,
+        backend=name,
     )
     session.csv_path.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:  # written model by model: an interrupted --all keeps what it measured
@@ -153,7 +166,10 @@ def measure_models(args, models, device: torch.device, csv_path: Path, command: 
     dtype, scope, why = deploy.choose_deploy_dtype(device, args.deploy_dtype)
     threads = torch.get_num_threads() if device.type == "cpu" else None
     session = Session(args, device, command, csv_path, dtype, scope, threads, describe_allocator(), {})
+    backends.check_backend(args.backend, device)
     log(f"device {device} ({device_name(device)}) | deploy: {why}")
+    if "onnxruntime" in args.backend:
+        log(backends.describe_providers())
     if threads:
         log(f"CPU latency with {threads} threads (torch.get_num_threads), allocator: {session.allocator}")
     rows = []

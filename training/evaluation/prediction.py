@@ -22,6 +22,7 @@ from torch import nn
 
 from training.data.classes import describe
 from training.data.photometric import to_model_input
+from training.efficiency import backends
 from training.engine.distributed import device_name, pick_device
 from training.errors import UserError
 from training.evaluation.export import ClassIndexExport, PredictionExport, VideoOverlay, overlay_folder
@@ -96,6 +97,20 @@ def _prepare(args) -> tuple[TrainedModel, torch.device]:
     return trained, device
 
 
+def backend_model(args, trained: TrainedModel, model: nn.Module, device: torch.device, log=print):
+    """The model as --backend runs it: itself (torch), or ONNX Runtime on its ONNX export, cached next to it
+    (efficiency/backends.py); a backend that cannot run on `device` is refused before anything is predicted."""
+    chosen = getattr(args, "backend", None) or "torch"  # evaluate_efficiency.py's --backend is a list
+    names = list(dict.fromkeys([chosen] if isinstance(chosen, str) else chosen))
+    if len(names) > 1:
+        raise UserError(f"--backend {' '.join(names)}: predictions are made by one backend; expected one")
+    if names[0] == "torch":
+        return model
+    backends.check_backend(names, device)
+    log(backends.describe_providers())
+    return backends.OnnxBackend(model, trained.path, device, torch.get_num_threads(), log)
+
+
 def _export_dataset(args, trained: TrainedModel, tta: str):
     """The images of the export, their output names, batch size, and a description."""
     from training.data.dataset import CityscapesSegmentation
@@ -124,7 +139,7 @@ def run_export(args, log: Callable[[str], None] = print) -> dict | None:
             f"--export-predictions: writes Cityscapes label ids, but {args.model} predicts "
             f"{describe(trained.classes)}; expected --input PATH --output DIR (class-index PNGs) for this model"
         )
-    model = load_trained(trained, device, "--current-model-path")
+    model = backend_model(args, trained, load_trained(trained, device, "--current-model-path"), device, log)
     log(trained.note)
     tta = _tta_modes(args)[0]
     dataset, names, batch_size, what = _export_dataset(args, trained, tta)
@@ -212,7 +227,7 @@ def run_predict(args, log: Callable[[str], None] = print) -> Throughput:
     trained, device = _prepare(args)
     out = Path(args.output)
     source = open_input(args.input, exclude=out)
-    model = load_trained(trained, device)
+    model = backend_model(args, trained, load_trained(trained, device), device, log)
     overlays = None if args.no_overlay else Path(args.overlay) if args.overlay else out
     for folder in dict.fromkeys(f for f in (out, overlays) if f is not None):
         check_writable(folder)
