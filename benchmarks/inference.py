@@ -160,11 +160,10 @@ def load_model(args: argparse.Namespace):
 
     from training.models.build import build_model, load_weights
 
+    torch.manual_seed(0)  # random weights (--model-path none): the same model in every run
     model = build_model(args.arch, args.num_classes)
     if args.model_path != "none":
         load_weights(model, args.model_path, args.arch, "--model-path")
-    else:
-        torch.manual_seed(0)
     return model.eval()
 
 

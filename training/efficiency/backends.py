@@ -22,6 +22,7 @@ from torch import nn
 
 from training.efficiency.deploy import OnnxRuntimeForm, export_onnx, require_onnx
 from training.errors import UserError
+from training.files import check_writable
 from training.models.card import content_hash
 
 BACKENDS = ("torch", "onnxruntime")
@@ -94,6 +95,7 @@ class OnnxBackend:
         if runtime is None:
             why = "weights changed since" if path.exists() else "first use at this size"
             self.log(f"ONNX Runtime: exporting {path} ({why}; cached for the next runs)")
+            check_writable(path.parent)  # the cache sits next to the model: a read-only folder is named
             export_onnx(self.model, hw, path, flag="--backend onnxruntime", metadata={HASH_KEY: self.source_hash})
             runtime = OnnxRuntimeForm(path, self.threads, self.provider)
         self.sessions[hw] = runtime
