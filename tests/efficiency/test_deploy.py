@@ -132,14 +132,14 @@ def test_export_onnx_with_all_is_refused(tmp_path):
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "e.csv").exists()
 
 
-def test_compiled_forms_are_not_cut_off_by_dynamos_graph_limit(monkeypatch):
+def test_compiled_forms_are_not_cut_off_by_dynamos_graph_limit():
     """Every compiled form of Fast-SCNN shares fast_scnn.Model.forward: 3 precisions at 3 input shapes are 9 graphs,
     past dynamo's default of 8 per function, after which it would silently run the form uncompiled."""
     import torch._dynamo.config as dynamo_config
 
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
-    deploy.DeployForm(fast_scnn.Model().eval(), torch.device("cpu"), torch.float32, compile=True)  # compiles lazily
-    assert dynamo_config.recompile_limit >= 3 * 3 * 2
+    with dynamo_config.patch(recompile_limit=8):  # its default, restored afterwards
+        deploy.DeployForm(fast_scnn.Model().eval(), torch.device("cpu"), torch.float32, compile=True)  # lazy compile
+        assert dynamo_config.recompile_limit >= 3 * 3 * 2
 
 
 def test_onnx_metadata_is_written_into_the_file(tmp_path):

@@ -150,11 +150,11 @@ def csv_rows(
 SHEET_COLUMNS = (
     ("model", "model"),
     ("resolution", "HxW"),
-    ("backend", "backend"),
     ("params", "params"),
     ("macs", "GMACs"),
     ("flops", "GFLOPs"),
     ("dtype", "deploy"),
+    ("backend", "backend"),
     ("latency_ms_plain", "plain ms"),
     ("latency_ms_deploy", "deploy ms"),
     ("speedup", "speed-up"),
