@@ -293,8 +293,8 @@ def cluster():
         yield running
 
 
-def submit(cluster, repo: Path, script: str, *args: str) -> list[tuple[int, str, str, str]]:
-    result = cluster.run(["bash", str(repo / script), *args], cwd=repo, env=stage_env())
+def submit(cluster, repo: Path, script: str, *args: str, env: dict | None = None) -> list[tuple[int, str, str, str]]:
+    result = cluster.run(["bash", str(repo / script), *args], cwd=repo, env=stage_env(env))
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = _submitted(result.stdout)
     assert jobs, result.stdout

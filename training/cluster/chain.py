@@ -33,8 +33,9 @@ from training.cluster import runs as registry
 from training.errors import EXIT_PREEMPTED, UserError, run_cli
 
 JOBSCRIPTS = {"jobscript_slurm.sh": False, "jobscript_slurm_distillation.sh": True}  # name -> for student runs
-IDENTITY = ("experiment_id", "profile", "init_from", "run", "stage")  # dests that name one stage
-IDENTITY_WORDS = {"--experiment-id", "--profile", "--previous-model-path", "--model-path", "--run", "--stage"}
+# the destinations of the flags that name one stage (without the script's parser: the flag's name as argparse's)
+IDENTITY = {"experiment_id", "profile", "init_from", "run", "stage"}
+IDENTITY |= {"previous_model_path", "model_path", "previous_student_model_path"}
 
 
 def log(message: str) -> None:
@@ -89,12 +90,10 @@ class Flags:
         self.parser, self.script = parser, script
 
     def dest(self, word: str) -> str:
-        """The destination of a flag word (`--model-path` -> init_from); the word itself without a parser."""
+        """The destination of a flag word (`--model-path` -> init_from; without the parser: model_path)."""
         name = word.split("=", 1)[0]
-        if self.parser is None:
-            return name
-        action = self.parser._option_string_actions.get(name)
-        return action.dest if action else name
+        action = self.parser._option_string_actions.get(name) if self.parser is not None else None
+        return action.dest if action else name[2:].replace("-", "_")
 
     def check_name(self, where: str, name: str) -> None:
         if self.parser is None or f"--{name}" in self.parser._option_string_actions:
@@ -128,14 +127,14 @@ class Flags:
         return by_dest
 
     def _given_by_words(self, extra: list[str]) -> dict[str, list[str]]:
-        by_name: dict[str, list[str]] = {}
+        by_dest: dict[str, list[str]] = {}
         current = None
         for word in extra:
             if word.startswith("--"):
-                current = word.split("=", 1)[0]
+                current = self.dest(word)
             if current is not None:
-                by_name.setdefault(current, []).append(word)
-        return by_name
+                by_dest.setdefault(current, []).append(word)
+        return by_dest
 
     def validate(self, where: str, argv: list[str], world_size: int) -> list[str]:
         """Parse and check a stage's command line as the stage will; returns the warnings it gives."""
@@ -162,6 +161,7 @@ class StageJob:
     profile: str
     flags: list[str]  # the stage's flags for the training script, each once
     once: list[str]  # one-shot flags: the first run of this stage's job only
+    teacher: str | None = None  # a student's teacher model
 
 
 def plan_stages(run: registry.Run, first: int, last: int, teacher: str | None, extra: list[str], flags: Flags):
@@ -170,20 +170,20 @@ def plan_stages(run: registry.Run, first: int, last: int, teacher: str | None, e
     once_dests = {dest for dest in given if dest in registry.ONE_SHOT}
     if last > first:
         for dest in given:
-            if dest in IDENTITY or dest in IDENTITY_WORDS:
+            if dest in IDENTITY:
                 word = given[dest][0].split("=", 1)[0]
                 raise UserError(
                     f"-- {word}: names one stage, but this chain has stages {first}-{last} (expected it in "
                     f"{run.where}'s stage entries, or one stage: --from-stage K --to-stage K)"
                 )
-    for dest in given:
-        if dest in ("trained_teacher_model_path", registry.TEACHER_FLAG):
-            raise UserError(f"-- {registry.TEACHER_FLAG}: the chain's teacher is set by --teacher PATH")
+    if "trained_teacher_model_path" in given:
+        raise UserError(f"-- {registry.TEACHER_FLAG}: the chain's teacher is set by --teacher PATH")
     once = [word for dest in once_dests for word in given[dest]]
     user = [word for word in extra if word not in once]
+    models = models_folder(run, given)
     jobs = []
     for number in range(first, last + 1):
-        stage_flags = run.stage_flags(number, teacher)
+        stage_flags = run.stage_flags(number, teacher, models)
         for name in stage_flags:
             if name not in ("run", "stage"):
                 flags.check_name(f"{run.where}: stage {number}", name)
@@ -195,9 +195,21 @@ def plan_stages(run: registry.Run, first: int, last: int, teacher: str | None, e
                 registry.format_value(stage_flags["profile"]),
                 registry.flag_words(kept) + user,
                 once if number == first else [],
+                stage_flags.get(registry.TEACHER_FLAG[2:]),
             )
         )
     return jobs
+
+
+def models_folder(run: registry.Run, given: dict[str, list[str]]) -> str:
+    """Where the stages write their models: models/, or <output dir>/models with --output-dir (after --, or in the
+    run's flags), so that a stage starts from the previous stage's model there."""
+    words = given.get("output_dir")
+    if words:
+        output_dir = words[-1].split("=", 1)[1] if "=" in words[-1] else words[-1]
+    else:
+        output_dir = str(run.flags.get("output-dir", "."))
+    return "models" if output_dir in (".", "./", "") else f"{output_dir.rstrip('/')}/models"
 
 
 def job_arguments(root: Path, jobscript: str, main: str, job: StageJob) -> list[str]:
@@ -449,17 +461,18 @@ def check_inputs(options, run: registry.Run, first: int) -> str | None:
     teacher = options.teacher
     if teacher is not None and not os.path.isabs(teacher):
         teacher = os.path.abspath(teacher)  # the jobs run in the repository: a path given from elsewhere
+    models = models_folder(run, Flags(None, run.script).given(options.extra))
     if run.kind.student and not options.dry_run:
-        path = teacher or run.teacher_model()
+        path = teacher or run.teacher_model(models)
         if not (root / path).is_file():
             raise UserError(
                 f"teacher checkpoint {path} not found (run {run.number} distils from it; train its teacher run "
                 f"first or pass --teacher PATH)"
             )
-    if first > 1 and not options.dry_run and not (root / run.previous_model(first)).is_file():
+    previous = run.previous_model(first, models)
+    if first > 1 and not options.dry_run and not (root / previous).is_file():
         raise UserError(
-            f"previous checkpoint {run.previous_model(first)} not found (--from-stage {first} starts from stage "
-            f"{first - 1}'s model)"
+            f"previous checkpoint {previous} not found (--from-stage {first} starts from stage {first - 1}'s model)"
         )
     return teacher
 
@@ -488,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     for line in [note] * bool(note) + [f"warning: {warning}" for warning in warnings]:
         print(line, file=sys.stderr)
     what = f"run {run.number} ({run.script} via {run.kind.main}"
-    what += f", teacher {teacher or run.teacher_model()}" if run.kind.student else ""
+    what += f", teacher {jobs[0].teacher}" if run.kind.student else ""
     what += f"): stages {first}-{last}"
     if options.local:
         return run_local(options, run, jobs, what)

@@ -115,17 +115,17 @@ class Run:
         own = self.stages[stage - 1].get("experiment-id")
         return str(own) if own is not None else experiment_id(self.number, stage)
 
-    def model_path(self, stage: int) -> str:
-        return f"models/{self.experiment_id(stage)}.pth"
+    def model_path(self, stage: int, models: str = "models") -> str:
+        return f"{models}/{self.experiment_id(stage)}.pth"
 
-    def previous_model(self, stage: int) -> str:
-        return "none" if stage == 1 else self.model_path(stage - 1)
+    def previous_model(self, stage: int, models: str = "models") -> str:
+        return "none" if stage == 1 else self.model_path(stage - 1, models)
 
-    def teacher_model(self) -> str | None:
-        """The teacher run's last model (relative to the repository), for students."""
+    def teacher_model(self, models: str = "models") -> str | None:
+        """The teacher run's last model (relative to the repository, or in `models`), for students."""
         if self.teacher_of is None:
             return None
-        return self.teacher_of.model_path(len(self.teacher_of.stages))
+        return self.teacher_of.model_path(len(self.teacher_of.stages), models)
 
     def label(self) -> str:
         """How reports name the run: its number, script and weight decay."""
@@ -133,17 +133,17 @@ class Run:
         decay_text = f"weight decay {format_value(decay)}" if decay else "no weight decay"
         return f"run {self.number} ({self.script}, {decay_text})"
 
-    def stage_flags(self, stage: int, teacher: str | None = None) -> dict[str, object]:
-        """The stage's flags from the run file, by name without '--': what links the stages (previous model,
-        teacher), replaced by the run's `flags`, replaced by the stage's own keys. Printed in the order: place in the
-        run, the stage's keys, the run's, the links."""
+    def stage_flags(self, stage: int, teacher: str | None = None, models: str = "models") -> dict[str, object]:
+        """The stage's flags from the run file, by name without '--': what links the stages (the previous model,
+        the teacher, in the folder `models`), replaced by the run's `flags`, replaced by the stage's own keys; in the
+        order: place in the run, the stage's keys, the run's, the links."""
         if not 1 <= stage <= len(self.stages):
             raise UserError(f"{self.where}: no stage {stage} (expected a stage 1-{len(self.stages)})")
         entry = self.stages[stage - 1]
         place = {"run": self.number, "stage": stage, "experiment-id": self.experiment_id(stage)}
-        links = {self.kind.previous_flag[2:]: self.previous_model(stage)}
+        links = {self.kind.previous_flag[2:]: self.previous_model(stage, models)}
         if self.kind.student:
-            links[TEACHER_FLAG[2:]] = self.teacher_model()
+            links[TEACHER_FLAG[2:]] = self.teacher_model(models)
         values = {**place, **links, **self.flags, **entry}
         if teacher is not None:  # --teacher PATH: a command-line value
             values[TEACHER_FLAG[2:]] = teacher

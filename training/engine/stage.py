@@ -85,10 +85,12 @@ RESULT_INDEPENDENT = {
 
 class StopRequest:
     """SIGTERM/SIGUSR1 (Slurm's warning before a time limit) ask the stage to save and stop after this step;
-    a second signal exits at once (the last saved state stays valid)."""
+    a second signal exits at once (the last saved state stays valid), with the preempted exit code once the state
+    is saved (an srun step ends its other tasks with SIGTERM when the first one exits)."""
 
     def __init__(self):
         self.signum = 0
+        self.saved = False
         self.previous = {}
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             self.previous[sig] = signal.signal(sig, self._handle)
@@ -96,7 +98,7 @@ class StopRequest:
     def _handle(self, signum, _frame):
         if self.signum:
             print(f"second signal {signal.Signals(signum).name}: exiting at once", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
+            os._exit(EXIT_PREEMPTED if self.saved else 128 + signum)
         self.signum = signum
         print(f"{signal.Signals(signum).name} received: saving the state after this step", file=sys.stderr, flush=True)
 
@@ -418,8 +420,9 @@ class Stage:
             images_seen += images.shape[0] * self.dist.world_size
             if bar is not None:
                 bar.update(1)
-            # without DDP the stop flag is a host value, checked every step; under DDP it travels with the check
-            local_stop = not self.dist.enabled and stop.signum != 0
+            # the stop flag is read every step, under DDP from every process by a host all-reduce: a cancel's SIGTERM
+            # leaves KillWait seconds (Slurm's default 30) for the save, less than CHECK_EVERY steps may take
+            local_stop = distributed.any_process_on_host(stop.signum != 0)
             if not (self.step % CHECK_EVERY == 0 or self.step == self.steps or local_stop):
                 continue
             first_bad, bad_loss, any_stop, loss = monitor.check(stop.signum != 0, self.dist.enabled)
@@ -443,6 +446,8 @@ class Stage:
             bar.close()
         if stopped:
             self.save_state(self.elapsed + time.perf_counter() - start_time)
+            distributed.barrier()  # no process exits (which ends an srun step) before the state is saved
+            stop.saved = True
             return False
         self.throughput = images_seen / max(time.perf_counter() - tick, 1e-9)
         return True
