@@ -604,7 +604,7 @@ def test_local_chain_runs_stages_in_order_and_stops_at_a_failure(repo_copy, demo
     assert "train_dice.py" in out and "init: random" in out
     assert (repo_copy / "models" / f"{eid(5, 1)}.pth").is_file()
     assert f"{eid(5, 2)} failed with exit code 3" in out
-    assert f"EXPERIMENT_ID={eid(5, 3)}" not in out  # the later stages were not run
+    assert f"--experiment-id {eid(5, 3)}" not in out  # the later stages were not run
     assert sorted(p.name for p in (repo_copy / "models").glob("*.pth")) == [f"{eid(5, 1)}.pth"]
     assert load_state(repo_copy, eid(5, 1))["init_from"] == "none"
 
@@ -631,8 +631,10 @@ def test_local_from_stage_uses_the_previous_checkpoint(repo_copy, demo_data):
     out = result.stdout + result.stderr
     assert result.returncode == 2, out  # the stage refuses the missing data dir (its exit 2), nothing trained
     assert "/nonexistent/cityscapes" in out
-    assert f"EXPERIMENT_ID={eid(2, 5)} PROFILE=5 WEIGHT_DECAY=1e-4" in out
-    assert f"PREVIOUS_MODEL_PATH=models/{eid(2, 4)}.pth" in out
+    assert (
+        f"stage: running: bash main.sh --run 2 --stage 5 --experiment-id {eid(2, 5)} --profile 5 --weight-decay 1e-4 "
+        f"--previous-model-path models/{eid(2, 4)}.pth --epochs 1 "
+    ) in out
     assert f"{eid(2, 5)} failed with exit code 2" in out
     assert not (repo_copy / "models" / f"{eid(2, 5)}.pth").exists()
 
@@ -659,7 +661,8 @@ def test_slurm_run1_chain_five_stages(cluster, run1_chain):
     )
     assert sorted(p.name for p in (repo / "models").glob("*.pth")) == [f"{eid(1, s)}.pth" for s in range(1, 6)]
     for stage, log in enumerate(logs, start=1):
-        assert f"EXPERIMENT_ID={eid(1, stage)} PROFILE={stage} WEIGHT_DECAY=0" in log
+        assert f"--run 1 --stage {stage} --experiment-id {eid(1, stage)} --profile {stage} --previous-model-path" in log
+        assert "--weight-decay" not in log  # run 1: the recipe's (0)
         # the cache, built in the job (its pool forked after the stage's signal handlers), at every profile (at 5 it
         # saves the PNG decoding)
         assert "cache: writing 2 train" in log and "cache: writing 1 val" in log, log

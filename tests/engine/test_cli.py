@@ -20,8 +20,10 @@ def distillation_args(*argv: str):
 
 @pytest.mark.parametrize("kd_loss", ["kl", "cwd"])
 @pytest.mark.parametrize("temperature", ["1", "1.0", "4", "10"])
-def test_usual_temperatures_train_without_a_word(kd_loss, temperature):
+def test_usual_temperatures_train_without_a_word(kd_loss, temperature, capsys):
     # T = 1 is CWD's own Cityscapes setting (and DIST's default); the original's KL used 4
+    check_args(distillation_args("--kd-loss", kd_loss, "--temperature", temperature))
+    assert capsys.readouterr().err == ""
     warnings = []
     check_args(distillation_args("--kd-loss", kd_loss, "--temperature", temperature), warn=warnings.append)
     assert warnings == []
