@@ -80,6 +80,8 @@ RESULT_INDEPENDENT = {
     "skip_nonfinite",
     "epochs",
     "compile",
+    "run",  # where the stage belongs in its run file (the chain's --run/--stage): a hand resume may leave them out
+    "stage",
 }
 
 
