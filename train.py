@@ -9,6 +9,8 @@ stage 1 from random weights ('none'). The best epoch by validation mIoU goes to 
 Run the same command again to resume an interrupted stage; see README.md for the curriculum on SLURM.
 """
 
+from torch import nn
+
 from training.engine.cli import add_previous_model_args
 from training.engine.stage import stage_main
 from training.errors import run_cli
@@ -25,12 +27,16 @@ PROFILES = {
 PROFILE = "low"  # the active profile; --profile overrides it
 
 
-def make_loss(args, device):
-    def loss(logits, images, target):
+class Loss(nn.Module):
+    """Cross-entropy over the non-void pixels."""
+
+    def forward(self, logits, images, target):
         ce = cross_entropy(logits, target)
         return ce, {"train_loss": ce}
 
-    return loss
+
+def make_loss(args, device) -> nn.Module:
+    return Loss()
 
 
 def main(argv=None):

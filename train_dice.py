@@ -6,6 +6,8 @@ over the classes present in the batch, void pixels excluded (training/losses.py)
     python train_dice.py --profile low --experiment-id fastscnn-training-experiment-21
 """
 
+from torch import nn
+
 from training.engine.cli import add_dice_args, add_previous_model_args
 from training.engine.stage import stage_main
 from training.errors import run_cli
@@ -22,13 +24,21 @@ PROFILES = {
 PROFILE = "low"  # the active profile; --profile overrides it
 
 
-def make_loss(args, device):
-    def loss(logits, images, target):
+class Loss(nn.Module):
+    """CE + w * Dice."""
+
+    def __init__(self, dice_weight: float):
+        super().__init__()
+        self.dice_weight = dice_weight
+
+    def forward(self, logits, images, target):
         ce, dice = cross_entropy(logits, target), dice_loss(logits, target)
-        total = ce + args.dice_loss_weight * dice
+        total = ce + self.dice_weight * dice
         return total, {"train_ce_loss": ce, "train_dice_loss": dice, "train_loss": total}
 
-    return loss
+
+def make_loss(args, device) -> nn.Module:
+    return Loss(args.dice_loss_weight)
 
 
 def main(argv=None):

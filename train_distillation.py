@@ -13,7 +13,7 @@ gradients, and is never saved; the best student goes to models/<experiment-id>.p
 from training.engine.cli import add_distillation_args
 from training.engine.stage import stage_main
 from training.errors import run_cli
-from training.losses import distillation_loss, kd_part_name
+from training.losses import DistillationLoss
 from training.models.build import load_teacher
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
@@ -27,17 +27,9 @@ PROFILES = {
 PROFILE = "low"  # the active profile; --profile overrides it
 
 
-def make_loss(args, device):
-    teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path).to(device)
-
-    def loss(logits, images, target):
-        total, ce, kd = distillation_loss(
-            logits, teacher(images), target, args.temperature, args.alpha, kd_loss=args.kd_loss
-        )
-        return total, {"train_total_loss": total, "train_ce_loss": ce, kd_part_name(args.kd_loss): kd}
-
-    loss.teacher = teacher  # the stage puts it in the student's memory format and AMP dtype
-    return loss
+def make_loss(args, device) -> DistillationLoss:
+    teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path)
+    return DistillationLoss(teacher, args.temperature, args.alpha, args.kd_loss)
 
 
 def main(argv=None):

@@ -10,7 +10,7 @@ distillation term and the teacher, train_dice.py for the Dice term.
 from training.engine.cli import add_dice_args, add_distillation_args
 from training.engine.stage import stage_main
 from training.errors import run_cli
-from training.losses import dice_loss, distillation_loss, kd_part_name
+from training.losses import DistillationLoss, dice_loss
 from training.models.build import load_teacher
 
 # name: ((image width, image height), (patch width, patch height)); images are resized, then patches cropped
@@ -24,24 +24,23 @@ PROFILES = {
 PROFILE = "low"  # the active profile; --profile overrides it
 
 
-def make_loss(args, device):
-    teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path).to(device)
+class Loss(DistillationLoss):
+    """alpha * kd + (1 - alpha) * CE against the teacher, + w * Dice."""
 
-    def loss(logits, images, target):
-        kd_total, ce, kd = distillation_loss(
-            logits, teacher(images), target, args.temperature, args.alpha, kd_loss=args.kd_loss
-        )
+    def __init__(self, teacher, temperature: float, alpha: float, kd_loss: str, dice_weight: float):
+        super().__init__(teacher, temperature, alpha, kd_loss)
+        self.dice_weight = dice_weight
+
+    def forward(self, logits, images, target):
+        total, parts = super().forward(logits, images, target)
         dice = dice_loss(logits, target)
-        total = kd_total + args.dice_loss_weight * dice
-        return total, {
-            "train_total_loss": total,
-            "train_ce_loss": ce,
-            kd_part_name(args.kd_loss): kd,
-            "train_dice_loss": dice,
-        }
+        total = total + self.dice_weight * dice
+        return total, {**parts, "train_total_loss": total, "train_dice_loss": dice}
 
-    loss.teacher = teacher  # the stage puts it in the student's memory format and AMP dtype
-    return loss
+
+def make_loss(args, device) -> DistillationLoss:
+    teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path)
+    return Loss(teacher, args.temperature, args.alpha, args.kd_loss, args.dice_loss_weight)
 
 
 def main(argv=None):

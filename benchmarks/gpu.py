@@ -8,9 +8,9 @@ Training, for profiles 1, 3 and 5 and each of fp32 / --amp / --amp --channels-la
 full step (the training loader with --num-workers workers, uint8 batches, colour jitter and normalisation on the
 device, forward, backward, optimizer) and of the same step on one batch already on the device (the GPU's ceiling:
 where the full step is lower, the loader is the limit), with the peak GPU memory of the step. The step is the
-stage's own (`training.engine.stage.Stage.train_step`), built from the scripts' command line, in a temporary directory.
+stage's own (`training.engine.loop.train_step`), built from the scripts' command line, in a temporary directory.
 Inference at 1024x2048, batch 1: FPS of the plain model (eval, fp32), the deploy form (BatchNorm folded,
-channels_last, fp16 on CUDA: `training.efficiency.measure.DeployForm`) and the deploy form replayed as a CUDA graph,
+channels_last, fp16 on CUDA: `training.efficiency.deploy.DeployForm`) and the deploy form replayed as a CUDA graph,
 with their peak memory.
 
 Without --data-dir a demo data set at 2048x1024 is generated in a temporary directory first (--quick: 256x128 and
@@ -38,6 +38,7 @@ from input_pipeline import Repeated  # noqa: E402
 import train  # noqa: E402
 from training.data.dataset import EpochSampler, make_loader  # noqa: E402
 from training.engine.cli import add_previous_model_args, get_args_parser  # noqa: E402
+from training.engine.loop import train_step  # noqa: E402
 from training.engine.step_monitor import StepMonitor  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 
@@ -73,7 +74,7 @@ def peak_mib(device: torch.device) -> str:
 
 
 def build_stage(data_dir: Path, profile: str, variant: list[str], opts):
-    from training.engine.stage import Stage
+    from training.engine.build import build_stage
 
     argv = [
         "--data-dir",
@@ -96,7 +97,7 @@ def build_stage(data_dir: Path, profile: str, variant: list[str], opts):
     parser = get_args_parser("benchmark", "low")
     add_previous_model_args(parser)  # train.py's flags: random initial weights
     args = parser.parse_args(argv)
-    return Stage(args, opts.profiles, lambda device: train.make_loss(args, device), script="benchmarks/gpu.py")
+    return build_stage(args, opts.profiles, train.make_loss, script="benchmarks/gpu.py")
 
 
 def time_steps(stage, batches, steps: int, warmup: int) -> tuple[float, float]:
@@ -106,14 +107,14 @@ def time_steps(stage, batches, steps: int, warmup: int) -> tuple[float, float]:
     iterator = iter(batches)
     start = time.perf_counter()
     for _ in range(warmup):
-        stage.train_step(*next(iterator), monitor)
+        train_step(stage, *next(iterator), monitor)
     synchronize(stage.device)
     warm = time.perf_counter() - start
     images = 0
     start = time.perf_counter()
     for _ in range(steps):
         batch = next(iterator)
-        stage.train_step(*batch, monitor)
+        train_step(stage, *batch, monitor)
         images += batch[0].shape[0]
     synchronize(stage.device)
     monitor.check(False, False)  # a non-finite step would make the figure meaningless: read it once at the end
@@ -163,7 +164,8 @@ def _repeat(batch):
 
 def inference_rows(opts) -> list[tuple]:
     import fast_scnn
-    from training.efficiency.measure import DeployForm, choose_deploy_dtype, measure_latency
+    from training.efficiency.deploy import DeployForm, choose_deploy_dtype
+    from training.efficiency.latency import measure_latency
 
     device = torch.device(opts.device)
     height, width = opts.resolution

@@ -4,7 +4,7 @@
     python benchmarks/input_pipeline.py --data-dir /tmp/demo --profile 1 --num-workers 2 --batches 20 \
         --baseline original
 
-The training loader is built as the stage builds it (`training/engine/stage.py`: the dataset with its per-profile cache,
+The training loader is built as the stage builds it (`training/engine/build.py`: the dataset with its per-profile cache,
 `training.data.transforms.train_pipeline`, the photometric ops' parameters drawn per sample, `EpochSampler`,
 `make_loader`): workers ship uint8 images and masks, and the photometric ops (colour jitter), float conversion and
 normalisation run on the training device, timed separately on a batch (`--photometric workers` applies them in the

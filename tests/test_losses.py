@@ -221,3 +221,49 @@ def test_cwd_in_distillation_loss_total_and_gradients():
     assert teacher.grad is None and student.grad.abs().sum() > 0
     _, _, kd_same = distillation_loss(student, student.detach().clone(), target, 4.0, 0.5, kd_loss="cwd")
     assert abs(kd_same.item()) < 1e-6
+
+
+def test_each_script_s_loss_is_a_module_of_the_contract_functions(tmp_path):
+    """make_loss(args, device) of the four scripts: an nn.Module whose forward(logits, images, target) gives
+    (total, {name: value}) from the contract functions; a distillation loss owns its teacher."""
+    import argparse
+
+    import fast_scnn
+    import train
+    import train_dice
+    import train_distillation
+    import train_distillation_dice
+    from training.losses import DistillationLoss
+
+    torch.manual_seed(0)
+    torch.save(fast_scnn.Model().state_dict(), tmp_path / "teacher.pth")
+    args = argparse.Namespace(
+        teacher_arch="fast_scnn",
+        trained_teacher_model_path=str(tmp_path / "teacher.pth"),
+        temperature=2.0,
+        alpha=0.3,
+        kd_loss="kl",
+        dice_loss_weight=0.7,
+    )
+    images, logits = torch.randn(2, 3, 64, 128), torch.randn(2, 19, 64, 128)
+    target = torch.randint(0, 19, (2, 64, 128))
+    target[:, :4] = VOID
+    ce, dice = cross_entropy(logits, target), dice_loss(logits, target)
+    losses = {m.__name__: m.make_loss(args, torch.device("cpu")) for m in (train, train_dice, train_distillation)}
+    losses["train_distillation_dice"] = train_distillation_dice.make_loss(args, torch.device("cpu"))
+    assert all(isinstance(loss, torch.nn.Module) for loss in losses.values())
+    assert [isinstance(loss, DistillationLoss) for loss in losses.values()] == [False, False, True, True]
+
+    total, parts = losses["train"](logits, images, target)
+    assert torch.equal(total, ce) and list(parts) == ["train_loss"]
+    total, parts = losses["train_dice"](logits, images, target)
+    assert torch.allclose(total, ce + 0.7 * dice) and list(parts) == ["train_ce_loss", "train_dice_loss", "train_loss"]
+
+    teacher_logits = losses["train_distillation"].teacher(images)
+    kd_total, kd_ce, kd = distillation_loss(logits, teacher_logits, target, 2.0, 0.3)
+    total, parts = losses["train_distillation"](logits, images, target)
+    assert torch.allclose(total, kd_total) and torch.allclose(parts["train_kd_loss"], kd)
+    assert list(parts) == ["train_total_loss", "train_ce_loss", "train_kd_loss"]
+    total, parts = losses["train_distillation_dice"](logits, images, target)
+    assert torch.allclose(total, kd_total + 0.7 * dice) and torch.allclose(parts["train_ce_loss"], kd_ce)
+    assert list(parts) == ["train_total_loss", "train_ce_loss", "train_kd_loss", "train_dice_loss"]

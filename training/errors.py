@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 EXIT_USAGE = 2  # bad input: nothing was written
 EXIT_PREEMPTED = 75  # stopped by SIGTERM/SIGUSR1 after saving its state (sysexits EX_TEMPFAIL): run again to resume
-EXIT_NONFINITE = 3  # a NaN or infinite loss stopped the stage; the last good state is kept
+EXIT_NONFINITE = 3  # a NaN or infinite loss stopped the stage; the last good state is kept (none before epoch 1 ends)
 
 
 class UserError(Exception):
@@ -21,11 +21,21 @@ class NonFiniteLossError(UserError):
     exit_code = EXIT_NONFINITE
 
 
+class Preempted(Exception):
+    """A stop signal ended the stage after its state was saved (the stage has said so): exit 75, and the same
+    command resumes. Not an error: nothing more is printed."""
+
+    exit_code = EXIT_PREEMPTED
+
+
 def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> None:
-    """Run `main(argv)`; a UserError becomes one line on stderr and its exit code (a traceback only with --debug)."""
+    """Run `main(argv)`; a UserError becomes one line on stderr and its exit code (a traceback only with --debug),
+    a stop by a signal (Preempted) its exit code 75."""
     args = sys.argv[1:] if argv is None else argv
     try:
         main(args)
+    except Preempted as stop:
+        sys.exit(stop.exit_code)
     except UserError as error:
         if "--debug" in args:
             traceback.print_exc()

@@ -1,4 +1,5 @@
-"""evaluate_efficiency.py and training.efficiency.measure: counts, BatchNorm folding, deploy form, CSV rows, errors."""
+"""evaluate_efficiency.py and training/efficiency/ (counting, latency, measure, sheet): counts, BatchNorm folding,
+deploy form, CSV rows, errors."""
 
 from __future__ import annotations
 
@@ -14,8 +15,11 @@ from conftest import REPO, run_script
 from torch import nn
 
 import fast_scnn
-from training.efficiency import measure as eff
+from training.data.classes import CITYSCAPES, folder_class_set
+from training.efficiency import allocator, counting, latency, measure, sheet
+from training.efficiency import deploy as deploy_forms
 from training.errors import UserError
+from training.models.card import profile_entry, write_card
 from training.profiles import PROFILES, resolve_profile
 
 HW = (64, 128)
@@ -56,8 +60,8 @@ def model_with_batchnorm_statistics(seed: int = 0) -> nn.Module:
 
 def test_params_are_the_true_count():
     model = fast_scnn.Model()
-    cost = eff.measure_cost(model, HW)
-    assert cost.params == sum(p.numel() for p in model.parameters()) == eff.count_parameters(model)
+    cost = counting.measure_cost(model, HW)
+    assert cost.params == sum(p.numel() for p in model.parameters()) == counting.count_parameters(model)
 
 
 def test_macs_equal_a_direct_thop_call_and_flops_are_twice_that():
@@ -65,7 +69,7 @@ def test_macs_equal_a_direct_thop_call_and_flops_are_twice_that():
 
     model = fast_scnn.Model().eval()
     direct, _ = thop.profile(copy.deepcopy(model), inputs=(torch.randn(1, 3, *HW),), verbose=False)
-    cost = eff.measure_cost(model, HW)
+    cost = counting.measure_cost(model, HW)
     assert cost.macs == int(direct)
     assert cost.flops == 2 * cost.macs
     # the cross-check is there; for Fast-SCNN the counters agree within 10% (thop adds BatchNorm, flop_counter not)
@@ -94,7 +98,7 @@ class Toy(nn.Module):
 
 
 def test_cross_check_warns_and_names_what_thop_cannot_see():
-    cost = eff.measure_cost(Toy(), (16, 16))
+    cost = counting.measure_cost(Toy(), (16, 16))
     assert cost.macs == 3 * 8 * 16 * 16  # the 1x1 conv only
     assert cost.flops_flop_counter == 2 * (3 + 27) * 8 * 16 * 16
     assert cost.warning and "FunctionalConv" in cost.warning and "thop cannot see" in cost.warning
@@ -103,7 +107,7 @@ def test_cross_check_warns_and_names_what_thop_cannot_see():
 def test_folded_model_matches_the_unfolded_one():
     model = model_with_batchnorm_statistics()
     folded = copy.deepcopy(model)
-    count = eff.fold_batchnorm(folded)
+    count = deploy_forms.fold_batchnorm(folded)
     assert count == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) > 40
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
     x = torch.randn(2, 3, *HW)
@@ -114,20 +118,20 @@ def test_folded_model_matches_the_unfolded_one():
 
 def test_fold_needs_eval_mode():
     with pytest.raises(ValueError):
-        eff.fold_batchnorm(fast_scnn.Model().train())
+        deploy_forms.fold_batchnorm(fast_scnn.Model().train())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_deploy_form_agrees_with_plain(dtype):
     model = model_with_batchnorm_statistics()
-    deploy = eff.DeployForm(model, torch.device("cpu"), dtype)
+    deploy = deploy_forms.DeployForm(model, torch.device("cpu"), dtype)
     assert "BatchNorm folded" in deploy.describe() and "channels_last" in deploy.describe()
     x = torch.randn(1, 3, *HW)
     with torch.no_grad():
         out = deploy(deploy.prepare(x))
     assert out.shape == (1, 19, *HW)
     if dtype == torch.float32:
-        assert eff.agreement(model, deploy, [x]) >= eff.AGREEMENT_THRESHOLD
+        assert measure.agreement(model, deploy, [x]) >= measure.AGREEMENT_THRESHOLD
 
 
 @pytest.mark.slow
@@ -136,10 +140,10 @@ def test_compiled_deploy_form_freezes_weights_and_agrees_with_plain():
     from torch._dynamo.utils import counters
 
     model = model_with_batchnorm_statistics()
-    deploy = eff.DeployForm(model, torch.device("cpu"), torch.float32, compile=True)
+    deploy = deploy_forms.DeployForm(model, torch.device("cpu"), torch.float32, compile=True)
     assert "torch.compile" in deploy.describe()
     counters.clear()
-    assert eff.agreement(model, deploy, [torch.randn(1, 3, 32, 64)]) >= eff.AGREEMENT_THRESHOLD
+    assert measure.agreement(model, deploy, [torch.randn(1, 3, 32, 64)]) >= measure.AGREEMENT_THRESHOLD
     if torch.backends.mkldnn.is_available():
         # frozen weights are what lets inductor prepack every conv for oneDNN (and fuse its ReLU / residual add);
         # without freezing the compiled graph calls the plain aten convolution
@@ -150,7 +154,7 @@ def test_compiled_deploy_form_freezes_weights_and_agrees_with_plain():
 
 def test_mixed_form_runs_only_the_context_branch_in_bf16():
     model = model_with_batchnorm_statistics()
-    deploy = eff.DeployForm(model, torch.device("cpu"), torch.bfloat16, scope="context")
+    deploy = deploy_forms.DeployForm(model, torch.device("cpu"), torch.bfloat16, scope="context")
     assert deploy.precision == "mixed-bf16" and "global_feature_extractor, fp32 elsewhere" in deploy.describe()
     seen = {}
 
@@ -184,9 +188,12 @@ def test_mixed_form_runs_only_the_context_branch_in_bf16():
 
 def test_a_model_without_context_branch_has_no_mixed_form():
     plain = nn.Sequential(nn.Conv2d(3, 19, 1)).eval()
-    assert eff.context_branch(plain) is None and eff.context_branch(fast_scnn.Model()) == "global_feature_extractor"
+    assert (
+        deploy_forms.context_branch(plain) is None
+        and deploy_forms.context_branch(fast_scnn.Model()) == "global_feature_extractor"
+    )
     with pytest.raises(ValueError, match="no context branch"):
-        eff.DeployForm(plain, torch.device("cpu"), torch.bfloat16, scope="context")
+        deploy_forms.DeployForm(plain, torch.device("cpu"), torch.bfloat16, scope="context")
 
 
 @pytest.mark.parametrize(
@@ -204,8 +211,8 @@ def test_deploy_precision_steps_down_until_predictions_agree(monkeypatch, agreem
         tried.append(deploy.precision)
         return agreements[deploy.precision]
 
-    monkeypatch.setattr(eff, "agreement", fake_agreement)
-    result = eff.evaluate_model(
+    monkeypatch.setattr(measure, "agreement", fake_agreement)
+    result = measure.evaluate_model(
         fast_scnn.Model(),
         [HW],
         torch.device("cpu"),
@@ -219,21 +226,23 @@ def test_deploy_precision_steps_down_until_predictions_agree(monkeypatch, agreem
     assert tried == ["bf16", "mixed-bf16", "fp32"][: tried.index(chosen) + 1]
     assert result.precision == chosen and result.agreement == agreements[chosen]
     assert result.rejected_precision == rejected and (result.sizes[0].rejected is not None) == bool(rejected)
-    (row,) = eff.csv_rows(result, "m", "fast_scnn", resolve_profile("low"), torch.device("cpu"), 2, "glibc", "d", "c")
+    (row,) = sheet.csv_rows(result, "m", "fast_scnn", resolve_profile("low"), torch.device("cpu"), 2, "glibc", "d", "c")
     assert row["dtype"] == chosen and row["rejected_dtype"] == rejected
 
 
 def test_deploy_dtype_choices():
     cpu = torch.device("cpu")
-    assert eff.choose_deploy_dtype(cpu, "mixed-bf16")[:2] == (torch.bfloat16, "context")
-    assert eff.choose_deploy_dtype(cpu, "fp16")[:2] == (torch.float16, "all")
-    assert eff.choose_deploy_dtype(cpu, "auto")[0] == (torch.bfloat16 if eff.native_bf16_cpu() else torch.float32)
+    assert deploy_forms.choose_deploy_dtype(cpu, "mixed-bf16")[:2] == (torch.bfloat16, "context")
+    assert deploy_forms.choose_deploy_dtype(cpu, "fp16")[:2] == (torch.float16, "all")
+    assert deploy_forms.choose_deploy_dtype(cpu, "auto")[0] == (
+        torch.bfloat16 if deploy_forms.native_bf16_cpu() else torch.float32
+    )
 
 
 def test_reduced_precision_falls_back_to_fp32_when_predictions_change(monkeypatch):
-    monkeypatch.setattr(eff, "AGREEMENT_THRESHOLD", 1.01)  # nothing passes: the fallback must happen
+    monkeypatch.setattr(measure, "AGREEMENT_THRESHOLD", 1.01)  # nothing passes: the fallback must happen
     logged = []
-    result = eff.evaluate_model(
+    result = measure.evaluate_model(
         fast_scnn.Model(),
         [HW],
         torch.device("cpu"),
@@ -249,12 +258,12 @@ def test_reduced_precision_falls_back_to_fp32_when_predictions_change(monkeypatc
     assert result.accuracy is None and [size.hw for size in result.sizes] == [HW]
     # the rejected bf16 form is still timed alongside, for reference
     assert result.rejected_dtype == torch.bfloat16 and result.sizes[0].rejected.runs == 1
-    (row,) = eff.csv_rows(result, "m", "fast_scnn", resolve_profile("low"), torch.device("cpu"), 2, "glibc", "d", "c")
+    (row,) = sheet.csv_rows(result, "m", "fast_scnn", resolve_profile("low"), torch.device("cpu"), 2, "glibc", "d", "c")
     assert row["dtype"] == "fp32" and row["rejected_dtype"] == "bf16" and float(row["rejected_latency_ms"]) > 0
 
 
 def test_one_row_per_measured_size():
-    result = eff.evaluate_model(
+    result = measure.evaluate_model(
         fast_scnn.Model(),
         [HW, (32, 64)],
         torch.device("cpu"),
@@ -266,7 +275,7 @@ def test_one_row_per_measured_size():
         log=lambda _: None,
     )
     profile = resolve_profile("low")
-    rows = eff.csv_rows(result, "m", "fast_scnn", profile, torch.device("cpu"), 2, "glibc", "2026-01-01", "cmd")
+    rows = sheet.csv_rows(result, "m", "fast_scnn", profile, torch.device("cpu"), 2, "glibc", "2026-01-01", "cmd")
     assert [row["resolution"] for row in rows] == ["64x128", "32x64"]
     assert (
         3 * rows[1]["macs"] < rows[0]["macs"] <= 4 * rows[1]["macs"]
@@ -277,35 +286,35 @@ def test_one_row_per_measured_size():
 
 def test_latency_statistics():
     calls = []
-    result = eff.measure_latency(
+    result = latency.measure_latency(
         {"a": (calls.append, 1), "b": (calls.append, 2)}, torch.device("cpu"), runs=5, min_seconds=0, warmup=2
     )
     assert calls[:4] == [1, 1, 2, 2] and calls[4:6] == [1, 2]  # warm-up, then interleaved
-    for latency in result.values():
-        assert latency.runs == 5
-        assert latency.percentile_ms(10) <= latency.median_ms <= latency.percentile_ms(90)
-    assert eff.Latency([1.0, 2.0, 3.0, 4.0, 5.0]).percentile_ms(90) == pytest.approx(4.6)
+    for timed in result.values():
+        assert timed.runs == 5
+        assert timed.percentile_ms(10) <= timed.median_ms <= timed.percentile_ms(90)
+    assert latency.Latency([1.0, 2.0, 3.0, 4.0, 5.0]).percentile_ms(90) == pytest.approx(4.6)
 
 
 @pytest.mark.parametrize("text,expected", [("1024x2048", (1024, 2048)), (" 64X128 ", (64, 128))])
 def test_parse_resolution(text, expected):
-    assert eff.parse_resolution(text) == expected
+    assert measure.parse_resolution(text) == expected
 
 
 @pytest.mark.parametrize("text", ["0x128", "64", "64x-1", "axb", "64x128x3", "64.5x128"])
 def test_parse_resolution_rejects(text):
     with pytest.raises(UserError, match="expected HxW with positive integers"):
-        eff.parse_resolution(text)
+        measure.parse_resolution(text)
 
 
 def test_allocator_is_described():
-    text = eff.describe_allocator()
+    text = allocator.describe_allocator()
     assert text.startswith("glibc") if platform.libc_ver()[0] == "glibc" else text
 
 
 def test_resolutions_csv_is_generated_from_the_profiles(tmp_path):
     shipped = REPO / "measurements" / "resolutions.csv"
-    assert shipped.read_text(encoding="utf-8") == eff.resolutions_csv_text(), (
+    assert shipped.read_text(encoding="utf-8") == sheet.resolutions_csv_text(), (
         "measurements/resolutions.csv is stale: run python evaluate_efficiency.py --write-resolutions"
     )
     with open(shipped, newline="") as file:
@@ -362,10 +371,10 @@ def test_run_on_tiny_data_writes_one_well_formed_row(tiny_cityscapes, checkpoint
     assert row["device"] == "cpu" and row["dtype"] in ("fp32", "bf16", "mixed-bf16") and row["date"]
     for key in NUMERIC + ACCURACY:
         float(row[key])
-    assert int(row["params"]) == eff.count_parameters(fast_scnn.Model())
+    assert int(row["params"]) == counting.count_parameters(fast_scnn.Model())
     assert int(row["flops"]) == 2 * int(row["macs"])
     assert 0 <= float(row["miou"]) <= 1 and 0 <= float(row["pixel_accuracy"]) <= 1
-    assert float(row["agreement"]) >= eff.AGREEMENT_THRESHOLD
+    assert float(row["agreement"]) >= measure.AGREEMENT_THRESHOLD
     assert "--current-model-path" in row["command"] and row["eval_size"] == "576x288"
     if platform.libc_ver()[0] == "glibc":
         assert "MALLOC_MMAP_THRESHOLD_" in row["allocator"] and "set by the tool" in row["allocator"]
@@ -447,12 +456,113 @@ def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, checkpoints):
 
 
 def test_sheet_shows_one_aligned_line_per_row_with_giga_macs():
-    row = {key: "" for key, _ in eff.SHEET_COLUMNS}
+    row = {key: "" for key, _ in sheet.SHEET_COLUMNS}
     rows = [
         {**row, "model": "a", "macs": "7147000000", "flops": "14294000000", "dtype": "mixed-bf16"},
         {**row, "model": "longer-name", "macs": "566000000", "flops": "1132000000", "dtype": "fp32"},
     ]
-    lines = eff.format_sheet(rows).splitlines()
+    lines = sheet.format_sheet(rows).splitlines()
     assert len(lines) == 3 and lines[0].split()[:4] == ["model", "HxW", "params", "GMACs"]
     assert len({len(line) for line in lines}) == 1  # columns padded to one width
     assert lines[1].split()[:4] == ["a", "7.15", "14.29", "mixed-bf16"] and lines[2].split()[1] == "0.57"
+
+
+def test_accuracy_per_gflop_only_where_the_accuracy_was_predicted_at_that_size():
+    """Issue 21 item 11: the mIoU is predicted at the profile's image size, single-scale; dividing it by the GFLOPs
+    of another --resolution (or by a single forward's GFLOPs under TTA) mixes two sizes."""
+    profile = resolve_profile("low")  # image 576x288: hw (288, 576)
+    result = measure.evaluate_model(
+        fast_scnn.Model(),
+        [profile.image_hw, HW],
+        torch.device("cpu"),
+        torch.float32,
+        agreement_images=1,
+        runs=1,
+        min_seconds=0,
+        warmup=0,
+        log=lambda _: None,
+    )
+    scores = {"miou": 0.5, "mean_dice": 0.6, "pixel_accuracy": 0.9}
+    result.accuracies = {"none": scores, "flip": scores}
+    rows = sheet.csv_rows(result, "m", "fast_scnn", profile, torch.device("cpu"), 2, "glibc", "d", "c")
+    by_key = {(row["resolution"], row["tta"]): row for row in rows}
+    assert set(by_key) == {("288x576", "none"), ("288x576", "flip"), ("64x128", "none"), ("64x128", "flip")}
+    own = by_key[("288x576", "none")]
+    gflops = int(own["flops"]) / 1e9
+    assert float(own["miou_per_gflop"]) == pytest.approx(0.5 / gflops, rel=1e-5)
+    assert float(own["dice_per_gflop"]) == pytest.approx(0.6 / gflops, rel=1e-5)
+    for key in (("64x128", "none"), ("64x128", "flip"), ("288x576", "flip")):
+        row = by_key[key]
+        assert row["miou"] == "0.500000"  # the accuracy is still shown, with its eval_size
+        assert row["miou_per_gflop"] == "" and row["dice_per_gflop"] == "", key
+
+
+# ---------------------------------------------------------------------------------------- the model card's defaults
+
+
+def model_with_card(path, profile: str, classes=CITYSCAPES, seed: int = 0):
+    """A model and its card as the stage writes them (training/models/card.py), at a profile of the table."""
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(fast_scnn.Model(n_classes=classes.num_classes).state_dict(), path)
+    card = {"experiment_id": path.stem, "script": "train.py", "arch": "fast_scnn"}
+    card |= {"profile": profile_entry(resolve_profile(profile)), "classes": classes.to_dict()}
+    write_card(path, card)
+
+
+@pytest.mark.slow
+def test_a_model_is_measured_at_the_profile_its_card_records(tmp_path):
+    model_with_card(tmp_path / "models" / "demo.pth", "medium")
+    result = run_script(
+        "evaluate_efficiency.py", "--model-path", "models/demo.pth", "--data-dir", "none", *FAST, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "model card models/demo.json" in result.stdout and "profile 2 'medium'" in result.stdout
+    (row,) = read_rows(tmp_path / "measurements" / "efficiency.csv")  # --output-dir defaults to the current folder
+    assert (row["model"], row["profile"], row["resolution"]) == ("demo", "medium", "384x768")
+
+    out = tmp_path / "elsewhere"
+    result = run_script(
+        "evaluate_efficiency.py",
+        *("--model-path", "models/demo.pth", "--data-dir", "none", "--profile", "low", "--output-dir", str(out)),
+        *FAST,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--profile low overrides it" in result.stdout
+    (row,) = read_rows(out / "measurements" / "efficiency.csv")
+    assert (row["profile"], row["resolution"]) == ("low", "288x576")
+    assert len(read_rows(tmp_path / "measurements" / "efficiency.csv")) == 1  # the first sheet is left alone
+
+
+@pytest.mark.slow
+def test_the_cards_classes_build_the_model_and_other_classes_are_not_scored_on_cityscapes(tmp_path):
+    colours = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255))
+    five = folder_class_set(("road", "car", "tree", "sky", "person"), colours, 255, None, "test")
+    model_with_card(tmp_path / "five.pth", "low", five)
+    out = tmp_path / "sheet.csv"
+    result = run_script(
+        "evaluate_efficiency.py",
+        "--model-path",
+        "five.pth",
+        "--data-dir",
+        "none",
+        "--output-csv",
+        str(out),
+        *FAST,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    (row,) = read_rows(out)
+    assert int(row["params"]) == counting.count_parameters(fast_scnn.Model(n_classes=5))
+    assert row["resolution"] == "288x576" and "folder: 5 classes" in result.stdout
+    result = run_script("evaluate_efficiency.py", "--model-path", "five.pth", "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "expected --data-dir none" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert len(read_rows(out)) == 1
+
+
+@pytest.mark.slow
+def test_models_without_a_card_are_cityscapes_models_with_a_note(all_without_data):
+    result, rows = all_without_data
+    assert result.stdout.count("note: no model card") == 2 and "cityscapes: 19 classes" in result.stdout

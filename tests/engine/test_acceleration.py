@@ -1,5 +1,5 @@
-"""training/engine/acceleration.py: --amp's dtype choice (native bf16 only), the teacher's form, and the make_loss hook
-that lets the stage reach the teacher (issue 14)."""
+"""training/engine/acceleration.py: --amp's dtype choice (native bf16 only), the teacher's form, and the distillation
+loss module that owns the teacher the stage prepares (issue 14)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import train_distillation
 from fast_scnn import Model
 from training.engine import acceleration
 from training.engine.acceleration import amp_dtype, prepare_teacher
+from training.losses import DistillationLoss
 from training.models.build import FrozenTeacher
 
 
@@ -48,10 +49,17 @@ def test_teacher_is_channels_last_and_pre_cast():
     assert agree > 0.9
 
 
-def test_distillation_loss_exposes_its_teacher(tmp_path):
+def test_distillation_loss_owns_its_teacher(tmp_path):
     torch.save(Model().state_dict(), tmp_path / "teacher.pth")
     args = argparse.Namespace(
-        teacher_arch="fast_scnn", trained_teacher_model_path=str(tmp_path / "teacher.pth"), temperature=4.0, alpha=0.5
+        teacher_arch="fast_scnn",
+        trained_teacher_model_path=str(tmp_path / "teacher.pth"),
+        temperature=4.0,
+        alpha=0.5,
+        kd_loss="kl",
     )
     loss = train_distillation.make_loss(args, torch.device("cpu"))
-    assert isinstance(loss.teacher, FrozenTeacher)
+    # a declared part of the loss module (what the stage prepares), not an attribute of a closure
+    assert isinstance(loss, DistillationLoss) and isinstance(loss.teacher, FrozenTeacher)
+    assert dict(loss.named_children()) == {"teacher": loss.teacher}
+    assert not any(p.requires_grad for p in loss.parameters())

@@ -194,7 +194,7 @@ def test_two_process_stage_writes_once_and_validates_exactly(odd_val_cityscapes,
     assert result.returncode == 0, result.stdout + result.stderr
     assert "device cpu x 2" in result.stdout and result.stdout.count("epoch 1/1 |") == 1  # rank 0 prints
 
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["ddp.pth", "init.pth"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["ddp.json", "ddp.pth", "init.pth"]
     assert sorted(p.name for p in (tmp_path / "checkpoints" / "ddp").iterdir()) == [
         "history.csv",
         "preview-epoch-001.png",
@@ -268,7 +268,11 @@ def test_two_process_distillation_stage(odd_val_cityscapes, tmp_path):
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "device cpu x 2" in result.stdout and "train_kd_loss" in result.stdout
-    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["ddp-student.pth", "teacher.pth"]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "ddp-student.json",
+        "ddp-student.pth",
+        "teacher.pth",
+    ]
     fast_scnn.Model().load_state_dict(torch.load(tmp_path / "models" / "ddp-student.pth", weights_only=True))
     rows = durations(tmp_path)
     assert len(rows) == 1 and rows[0]["processes"] == "2" and rows[0]["script"] == "train_distillation.py"

@@ -57,6 +57,21 @@ def test_rows_replace_later_epochs_and_the_header_grows(tmp_path):
     assert not path.exists() and read_history(path) == []
 
 
+def test_truncate_puts_back_the_state_s_row_that_a_kill_lost(tmp_path):
+    path = tmp_path / "history.csv"
+    record_epoch(path, {"epoch": 1, "train_loss": 2.5})
+    # killed after the state of epoch 2 was saved (with its row), before the history's rename
+    truncate(path, 2, {"epoch": 2, "train_loss": 2.0, "valid_miou": 0.25})
+    assert read_history(path) == [
+        {"epoch": "1", "train_loss": "2.5", "valid_miou": ""},
+        {"epoch": "2", "train_loss": "2.0", "valid_miou": "0.25"},
+    ]
+    truncate(path, 2, {"epoch": 2, "train_loss": 9.0})  # the file has the row: it is kept as written
+    assert [r["train_loss"] for r in read_history(path)] == ["2.5", "2.0"]
+    truncate(path, 1, {"epoch": 1, "train_loss": 2.5})  # rows after the state's epoch still go
+    assert [r["epoch"] for r in read_history(path)] == ["1"]
+
+
 def test_values_are_written_exactly(tmp_path):
     path = tmp_path / "history.csv"
     value = 0.1 + 0.2  # 0.30000000000000004: a rounded cell would not read back to the logged number

@@ -23,6 +23,7 @@ import pytest
 import torch
 from conftest import REPO, run_script
 from PIL import Image
+from resume_checks import assert_same_final_state
 from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
 
 import fast_scnn
@@ -144,6 +145,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_previous_files_and_resume_i
     difference = max_abs_difference(models / f"{ID}.pth", baseline[0] / "models" / f"{ID}.pth")
     print(f"resume after SIGKILL between epochs 1 and 2: max abs difference {difference}")
     assert difference <= 1e-6
+    assert_same_final_state(tmp_path, baseline[0], ID)  # the last epoch's model, optimizer, scheduler, history
 
 
 @pytest.mark.slow
@@ -176,13 +178,7 @@ def test_sigterm_mid_epoch_saves_exits_75_and_resumes_exactly(baseline, tiny_cit
     difference = max_abs_difference(tmp_path / "models" / f"{ID}.pth", baseline[0] / "models" / f"{ID}.pth")
     print(f"resume after SIGTERM at epoch 2, step {saved['step']}: max abs difference {difference}")
     assert difference <= 1e-6
-    final = torch.load(tmp_path / "checkpoints" / ID / "state.pth", weights_only=True)
-    reference = torch.load(baseline[0] / "checkpoints" / ID / "state.pth", weights_only=True)
-    assert (final["epoch"], final["best_epoch"], final["best_miou"]) == (
-        reference["epoch"],
-        reference["best_epoch"],
-        reference["best_miou"],
-    )
+    assert_same_final_state(tmp_path, baseline[0], ID)  # the last epoch's model, optimizer, scheduler, history
 
 
 def test_resume_with_other_arguments_is_refused_and_allowed_with_restart(

@@ -25,6 +25,7 @@ import fast_scnn
 from training.errors import UserError
 from training.losses import distillation_loss
 from training.models.build import build_model, load_teacher, load_weights
+from training.models.card import read_card
 
 COMMON = ("--epochs", "1", "--batch-size", "2", "--num-workers", "0")
 IMAGE_WIDTH = {"low": 576, "medium": 768}
@@ -155,6 +156,16 @@ def test_stage_writes_loadable_model_state_row_and_preview(stages, experiment):
     assert row["image_size"] == f"{IMAGE_WIDTH[profile]}x{IMAGE_HEIGHT[profile]}"
     assert 0 <= float(row["best_miou"]) <= 1 and float(row["wall_time_s"]) > 0
     assert abs(float(row["best_miou"]) - state["best_miou"]) < 1e-4
+
+    card = read_card(work / "models" / f"{experiment}.pth")  # the model card beside the model
+    assert (card["script"], card["profile"]["name"], card["profile"]["image_size"]) == (
+        script,
+        profile,
+        row["image_size"],
+    )
+    assert card["best"]["epoch"] == card["last"]["epoch"] == 1 and card["best"]["miou"] == pytest.approx(
+        state["best_miou"]
+    )
 
     previews = sorted((work / "checkpoints" / experiment).glob("preview-epoch-*.png"))
     assert [p.name for p in previews] == ["preview-epoch-001.png"]

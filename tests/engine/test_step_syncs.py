@@ -17,7 +17,7 @@ from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse f
 
 import train
 from demo.dataset import make_demo_dataset
-from training.engine import stage as stage_module
+from training.engine import loop
 
 SYNC_METHODS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "nonzero", "cpu")
 STEPS = 20  # steps per epoch: 40 images, batch 2
@@ -54,17 +54,17 @@ def count_syncs(monkeypatch, data_dir, *extra: str) -> tuple[list[int], int]:
 
     for name in SYNC_METHODS:
         monkeypatch.setattr(torch.Tensor, name, counted(name))
-    train_epoch = stage_module.Stage.train_epoch
+    train_epoch = loop.train_epoch
 
-    def counted_epoch(self, *args, **kwargs):
+    def counted_epoch(*args, **kwargs):
         per_epoch.append(0)
         counting[0] = True
         try:
-            return train_epoch(self, *args, **kwargs)
+            return train_epoch(*args, **kwargs)
         finally:
             counting[0] = False
 
-    monkeypatch.setattr(stage_module.Stage, "train_epoch", counted_epoch)
+    monkeypatch.setattr(loop, "train_epoch", counted_epoch)
     code = run_in_process(
         train,
         ["--data-dir", str(data_dir), "--epochs", "2", "--batch-size", "2", "--num-workers", "0", *extra],
@@ -83,4 +83,4 @@ def test_training_step_reads_the_device_at_most_once_per_check(forty_images, tmp
     budget = math.ceil(STEPS / CHECK_EVERY) + 1
     print(f"host syncs per epoch of {STEPS} steps: {per_epoch} ({per_epoch[0] / STEPS:.2f} per step; budget {budget})")
     assert all(count <= budget for count in per_epoch), per_epoch
-    assert stage_module.CHECK_EVERY <= 20
+    assert loop.CHECK_EVERY <= 20

@@ -1,4 +1,4 @@
-"""training/evaluation/scoring.py: full-resolution scoring, TTA, the label-id export, the full-resolution label cache.
+"""training/evaluation/ (scoring, tta, export): full-resolution scoring, TTA, the label-id export, the label cache.
 
 The slow tests train a small model on demo images larger than the profile and check, end to end, that the stage's
 best mIoU, evaluate_efficiency.py's `miou` and the official Cityscapes evaluator (cityscapesscripts) run on the
@@ -24,7 +24,7 @@ from torch import nn
 
 from demo.dataset import TEST_CITIES, make_demo_dataset
 from training.data.dataset import CityscapesSegmentation, read_train_ids, val_transform
-from training.evaluation import scoring as evaluation
+from training.evaluation import export, scoring, tta
 from training.metrics import ConfusionMatrix
 from training.profiles import resolve_profile
 
@@ -39,11 +39,11 @@ def test_upsampled_scores_are_bilinear_by_hand():
     # one row, two source pixels -> four: align_corners=False samples the source at x = (i + 0.5) / 2 - 0.5,
     # i.e. -0.25 (clamped to 0), 0.25, 0.75, 1.25 (clamped to the last pixel)
     logits = torch.tensor([[[0.0, 4.0]], [[2.0, 2.0]]])  # 2 classes x 1 x 2
-    up = evaluation.upsample(logits, (1, 4))
+    up = scoring.upsample(logits, (1, 4))
     assert torch.allclose(up[0, 0], torch.tensor([0.0, 1.0, 3.0, 4.0]))
     assert torch.allclose(up[1, 0], torch.tensor([2.0, 2.0, 2.0, 2.0]))
     assert up.argmax(0).tolist() == [[1, 1, 0, 0]]  # class 1 wins where class 0 is below 2
-    assert evaluation.upsample(logits, (1, 2)) is not None and torch.equal(evaluation.upsample(logits, (1, 2)), logits)
+    assert scoring.upsample(logits, (1, 2)) is not None and torch.equal(scoring.upsample(logits, (1, 2)), logits)
 
 
 def test_scorer_counts_at_the_labels_own_size_and_keeps_differing_sizes():
@@ -51,7 +51,7 @@ def test_scorer_counts_at_the_labels_own_size_and_keeps_differing_sizes():
     logits = torch.randn(2, 19, 8, 16)
     labels = [torch.randint(0, 19, (32, 64), dtype=torch.uint8), torch.randint(0, 19, (24, 40), dtype=torch.uint8)]
     labels[0][:4] = 255  # void rows are skipped
-    scorer = evaluation.Scorer(19, loss=True)
+    scorer = scoring.Scorer(19, loss=True)
     kept = {}
     scorer.update([logits], labels, keep=lambda i, p: kept.setdefault(i, p))
     expected = ConfusionMatrix(19)
@@ -73,11 +73,11 @@ def test_a_perfect_profile_size_prediction_is_not_perfect_at_full_resolution():
     label = torch.zeros(64, 128, dtype=torch.uint8)
     label[:, 61:63] = 5  # a 2-pixel pole
     label[40:, :] = 0
-    small = evaluation.nearest(label, (16, 32))  # the old score: labels nearest-resized to the profile size
+    small = scoring.nearest(label, (16, 32))  # the old score: labels nearest-resized to the profile size
     logits = F.one_hot(small.long(), 19).permute(2, 0, 1).float() * 10
-    at_profile, at_full = evaluation.Scorer(19), evaluation.Scorer(19)
+    at_profile, at_full = scoring.Scorer(19), scoring.Scorer(19)
     at_profile.add(logits, small)
-    at_full.add(evaluation.upsample(logits, (64, 128)), label)
+    at_full.add(scoring.upsample(logits, (64, 128)), label)
     assert at_profile.compute()["miou"] == 1.0
     assert at_full.compute()["miou"] < 0.9
 
@@ -94,9 +94,9 @@ def test_flip_tta_is_the_mean_softmax_of_the_image_and_its_mirror():
     torch.manual_seed(1)
     x = torch.randn(2, 3, 8, 16)
     model = Asymmetric()
-    views = evaluation.forward_views(model, x, "flip")
+    views = tta.forward_views(model, x, "flip")
     assert len(views) == 2
-    got = evaluation.scores_at(views, 1, (16, 32))
+    got = scoring.scores_at(views, 1, (16, 32))
     plain = F.interpolate(model(x), size=(16, 32), mode="bilinear", align_corners=False)[1]
     mirrored = F.interpolate(model(x.flip(-1)), size=(16, 32), mode="bilinear", align_corners=False)[1].flip(-1)
     assert torch.allclose(got, (plain.softmax(0) + mirrored.softmax(0)) / 2, atol=1e-6)
@@ -108,7 +108,7 @@ def test_multiscale_views_are_the_mmseg_ratios_and_ratio_one_is_the_validation_t
 
     profile = resolve_profile("low")
     image = tv_tensors.Image(torch.randint(0, 256, (3, 512, 1024), dtype=torch.uint8))
-    views = evaluation.MultiScaleViews(profile)(image)
+    views = tta.MultiScaleViews(profile)(image)
     assert [tuple(v.shape[-2:]) for v in views] == [
         (144, 288),
         (216, 432),
@@ -118,30 +118,30 @@ def test_multiscale_views_are_the_mmseg_ratios_and_ratio_one_is_the_validation_t
         (504, 1008),
     ]
     assert torch.equal(views[2], val_transform(profile)(image))
-    batch = evaluation.collate([(views, torch.zeros(4, 4)), (views, torch.zeros(5, 5))])
+    batch = scoring.collate([(views, torch.zeros(4, 4)), (views, torch.zeros(5, 5))])
     assert len(batch[0]) == 6 and batch[0][0].shape == (2, 3, 144, 288) and len(batch[1]) == 2
-    assert len(evaluation.forward_views(Asymmetric(), batch[0], "multiscale")) == 12
+    assert len(tta.forward_views(Asymmetric(), batch[0], "multiscale")) == 12
 
 
 def test_train_ids_map_back_to_the_cityscapes_label_ids():
     for c in CLASSES:
         if 0 <= c.train_id < 255:
-            assert int(evaluation.TRAIN_ID_TO_LABEL_ID[c.train_id]) == c.id
-    assert set(evaluation.TRAIN_ID_TO_LABEL_ID[:19].tolist()) == TRAIN_LABEL_IDS
+            assert int(export.TRAIN_ID_TO_LABEL_ID[c.train_id]) == c.id
+    assert set(export.TRAIN_ID_TO_LABEL_ID[:19].tolist()) == TRAIN_LABEL_IDS
 
 
 def test_export_writes_label_id_pngs_and_overlays(tmp_path):
     source = tmp_path / "frankfurt_000000_000019_leftImg8bit.png"
     Image.fromarray(np.full((6, 8, 3), 200, np.uint8)).save(source)
     prediction = torch.arange(48).reshape(6, 8) % 19
-    export = evaluation.PredictionExport(
+    writer = export.PredictionExport(
         tmp_path / "out", [Path("frankfurt") / source.name], [str(source)], tmp_path / "out_overlay"
     )
-    export.write(0, prediction)
+    writer.write(0, prediction)
     with Image.open(tmp_path / "out" / "frankfurt" / source.name) as png:
         assert (png.format, png.mode, png.size) == ("PNG", "L", (8, 6))
         ids = np.asarray(png)
-    assert ids.tolist() == evaluation.TRAIN_ID_TO_LABEL_ID[prediction].tolist()
+    assert ids.tolist() == export.TRAIN_ID_TO_LABEL_ID[prediction].tolist()
     assert read_train_ids(str(tmp_path / "out" / "frankfurt" / source.name)).tolist() == prediction.tolist()
     with Image.open(tmp_path / "out_overlay" / "frankfurt" / "frankfurt_000000_000019_leftImg8bit_overlay.jpg") as jpg:
         assert jpg.size == (8, 6)

@@ -39,6 +39,12 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
         help="names models/<id>.pth, checkpoints/<id>/ and the W&B run",
     )
     add(
+        "--output-dir",
+        default=".",
+        help="folder that holds the stage's models/, checkpoints/ and measurements/ (the current folder by default); "
+        "relative paths given to other flags, e.g. --previous-model-path, stay relative to the current folder",
+    )
+    add(
         "--profile",
         default=default_profile,
         help="resolution profile: name or number 1-5 (see the table in the script)",

@@ -1,10 +1,10 @@
 """checkpoints/<id>/history.csv: one row per finished epoch of a stage, with every value the stage logs.
 
-The file is rewritten atomically at each epoch (training/files.py), right after the resumable state: a row
-of an epoch the state does not hold (a file left by an earlier run, or `--restart`) is dropped by `truncate` at the
-start of the stage, and a rerun's row replaces any row of its epoch or later. After a stop by a signal and a
-rerun the file holds each epoch once (a SIGKILL in the instant between the state's rename and the history's would
-lose that epoch's row). The header is the union of the rows' keys in order of
+The file is rewritten atomically at each epoch (training/files.py), right after the resumable state, which holds
+the same row: at the start of the stage `truncate` drops the rows of epochs the state does not hold (a file left by
+an earlier run, or `--restart`) and puts back the state's row if the file lacks it (a kill between the two writes),
+and a rerun's row replaces any row of its epoch or later. After a stop by a signal or a kill and a rerun, the file
+holds each epoch once. The header is the union of the rows' keys in order of
 first appearance: values that only some epochs have (a class seen late, loss parts other code adds) get a column
 when they first come, and earlier rows keep an empty cell there.
 """
@@ -67,14 +67,16 @@ def record_epoch(path: str | Path, values: dict) -> None:
     _write(Path(path), rows + [row])
 
 
-def truncate(path: str | Path, last_epoch: int) -> None:
+def truncate(path: str | Path, last_epoch: int, last_row: dict | None = None) -> None:
     """Drop the rows after `last_epoch` (the epoch a resumed state holds; 0 for a stage started afresh), and the
-    temporaries of killed writes."""
+    temporaries of killed writes; add `last_row` (the state's row of `last_epoch`) where the file lacks it."""
     path = Path(path)
     remove_stale_temporaries(path)  # what a writer killed before its rename left behind
     rows = read_history(path)
     kept = [row for row in rows if int(row["epoch"]) <= last_epoch]
-    if len(kept) != len(rows):
+    if last_row and int(last_row["epoch"]) == last_epoch and not any(int(r["epoch"]) == last_epoch for r in kept):
+        record_epoch(path, last_row)
+    elif len(kept) != len(rows):
         if kept:
             _write(path, kept)
         else:

@@ -7,8 +7,9 @@ schedule (power 0.9, min lr 1e-4), two auxiliary heads with weight 0.4 each, its
 
 The recipe's flags default to None on the command line: a flag given explicitly wins over the recipe, and
 `resolve_recipe` fills in the rest. The one rule of precedence for every setting: the command line > the run file's
-stage entry > the run file's `flags` (runs/, passed as flags by the chain) > the recipe > the script's defaults. The resolved values are the arguments the state file records, so a resume with
-another recipe or another explicit value is refused like any other changed argument.
+stage entry > the run file's `flags` (runs/, passed as flags by the chain) > the recipe > the script's defaults.
+The resolved values are the arguments the state file records, so a resume with another recipe or another explicit
+value is refused like any other changed argument.
 """
 
 from __future__ import annotations

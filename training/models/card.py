@@ -2,14 +2,15 @@
 
 The `.pth` stays a plain state_dict (what `fast_scnn.Model(...).load_state_dict` accepts); the card says how it was
 made and how to use it: the script, run and stage, the profile (name, number, image and patch size as "WxH"
-strings), the classes (names, palette, void value, data set), the arguments that shaped the weights, the model it
-started from with its content hash, the best and last validation metrics with their protocol, and the code's git
-commit. Both files are written atomically (training/files.py), the card after the weights.
+strings), the classes (`ClassSet.to_dict()`: data set, names, palette, void), the arguments that shaped the
+weights, the model it started from with its content hash, the best and last validation metrics with their
+protocol, and the code's git commit. Both files are written atomically (training/files.py), the card after the weights.
 
 Keys (version 1; readers must accept extra keys):
     version, experiment_id, script, arch, run (int | None), stage (int | None),
     profile: {name, number, image_size "WxH", patch_size "WxH"},
-    classes: {dataset, names [str], palette [[r, g, b]], void int},
+    classes: training.data.classes.ClassSet.to_dict() = {dataset, classes [names], palette [[r, g, b]]
+             (+ void, void_colour for a folder data set)},
     args: {flag: value} (the arguments that change the weights),
     init_from: {path, sha256} | None,
     best: {epoch, miou, mean_dice, pixel_accuracy}, last: {epoch, miou, mean_dice, pixel_accuracy},

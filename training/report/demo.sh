@@ -6,7 +6,7 @@
 # taught by the teacher's stage 2), the efficiency of both final models (the teacher's also exported to ONNX and
 # timed at 1024x2048), then `python -m training.report` -> WORKDIR/measurements/report.md and graphs/.
 set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 work="${1:?usage: bash training/report/demo.sh WORKDIR [EPOCHS]}"
 epochs="${2:-6}"
 python="${PYTHON:-python}"

@@ -1,0 +1,190 @@
+"""The documentation: README.md is a short front door that states CI's test command, every topic page under docs/
+is reachable from it and starts with a paragraph, and every relative link in the Markdown files resolves.
+
+Links are checked as GitHub renders them: `[text](path)`, `![alt](path)` and `[label]: path` definitions outside
+code (fenced blocks and inline code spans), resolved against the linking file's folder; a `#anchor` must name a
+heading of the target Markdown file under GitHub's slug rules (text content lowercased, punctuation other than `-`
+and `_` removed, each space turned into `-`, a repeated slug suffixed `-1`, `-2`, ...) or an explicit
+`<a id=...>`/`<a name=...>`. Links with a scheme (https:, mailto:) are not followed.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from urllib.parse import unquote
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+README = REPO / "README.md"
+README_LIMIT_BYTES = 12 * 1024
+TEST_COMMAND = ".venv/bin/python -m pytest -q tests"
+FOLDER_READMES = ["benchmarks/README.md", "models/README.md", "slurms/README.md", "measurements/README.md"]
+
+FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+CODE_SPAN = re.compile(r"(`+)(.+?)\1")
+INLINE_LINK = re.compile(r"!?\[((?:[^\[\]]|\[[^\]]*\])*)\]\(\s*<?([^)\s>]*)>?(?:\s+(?:\"[^\"]*\"|'[^']*'))?\s*\)")
+LINK_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)")
+ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:\s+(.*?))?(?:\s+#+)?\s*$")
+HTML_ANCHOR = re.compile(r"<a\s[^>]*\b(?:id|name)\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
+SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def markdown_files() -> list[Path]:
+    """The Markdown files whose links are checked: README.md, docs/*.md and the folders' READMEs."""
+    files = [README, *sorted((REPO / "docs").glob("*.md"))]
+    return files + [REPO / name for name in FOLDER_READMES if (REPO / name).exists()]
+
+
+def prose_lines(text: str) -> list[str]:
+    """The lines outside fenced code blocks, with inline code spans removed."""
+    lines, fence = [], None
+    for line in text.splitlines():
+        match = FENCE.match(line)
+        if fence is None and match:
+            fence = match.group(1)
+        elif fence is not None and match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
+            fence = None
+        elif fence is None:
+            lines.append(CODE_SPAN.sub("", line))
+    return lines
+
+
+def links(text: str) -> list[str]:
+    """Every link target of a Markdown text (inline links, images, link definitions), outside code."""
+    found = []
+    for line in prose_lines(text):
+        found += [target for _label, target in INLINE_LINK.findall(line)]
+        definition = LINK_DEFINITION.match(line)
+        if definition:
+            found.append(definition.group(1))
+    return found
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading's Markdown text (the text content, not the markup)."""
+    text = re.sub(r"!?\[((?:[^\[\]]|\[[^\]]*\])*)\]\([^)]*\)", r"\1", heading)  # a link counts by its text
+    text = re.sub(r"<[^>]+>", "", text)  # inline HTML
+    text = CODE_SPAN.sub(lambda m: m.group(2), text).replace("*", "")  # code spans, emphasis markers
+    text = re.sub(r"[^\w\- ]", "", text.lower())
+    return text.replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """The anchors a Markdown text offers: its headings' slugs (repeats suffixed -1, -2, ...) and HTML anchors."""
+    found: set[str] = set()
+    seen: dict[str, int] = {}
+    fence = None
+    for line in text.splitlines():
+        match = FENCE.match(line)
+        if fence is None and match:
+            fence = match.group(1)
+            continue
+        if fence is not None:
+            if match and match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence):
+                fence = None
+            continue
+        found.update(HTML_ANCHOR.findall(line))
+        heading = ATX_HEADING.match(line)
+        if heading:
+            base = slug(heading.group(2) or "")
+            count = seen.get(base, 0)
+            seen[base] = count + 1
+            found.add(base if count == 0 else f"{base}-{count}")
+    return found
+
+
+def broken_links(path: Path, repo: Path = REPO) -> list[str]:
+    """The links of the Markdown file `path` that do not resolve, each with the reason."""
+    broken = []
+    for target in links(path.read_text(encoding="utf-8")):
+        if not target or SCHEME.match(target):
+            continue
+        file_part, _, anchor = target.partition("#")
+        resolved = (path.parent / unquote(file_part)).resolve() if file_part else path.resolve()
+        if not resolved.is_relative_to(repo.resolve()):
+            broken.append(f"{target}: outside the repository")
+        elif not resolved.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and resolved.suffix == ".md" and unquote(anchor) not in anchors(resolved.read_text("utf-8")):
+            broken.append(f"{target}: no heading with anchor #{anchor} in {resolved.relative_to(repo.resolve())}")
+    return broken
+
+
+# --- the checker itself, against hand-written expectations
+
+
+def test_slug_follows_github_rules():
+    assert slug("Quick start") == "quick-start"
+    assert slug("Measuring efficiency: `evaluate_efficiency.py`") == "measuring-efficiency-evaluate_efficiencypy"
+    assert slug("Bad input, as refused (messages from real runs)") == "bad-input-as-refused-messages-from-real-runs"
+    assert slug("SLURM and preemption") == "slurm-and-preemption"
+    assert slug("uint8 batches -- and **bold** [a link](x.md)") == "uint8-batches----and-bold-a-link"
+
+
+def test_repeated_headings_get_numbered_anchors_and_code_is_not_a_heading():
+    text = '# Title\n## Notes\n```bash\n# not a heading\n```\n## Notes\n<a id="row-1"></a>\n'
+    assert anchors(text) == {"title", "notes", "notes-1", "row-1"}
+
+
+def test_links_outside_code_are_found_and_links_in_code_are_not():
+    text = (
+        "See [a](docs/a.md#x) and ![img](pic.png 'title'), not `[b](b.md)`.\n"
+        "```\n[c](c.md)\n```\n"
+        "[d]: docs/d.md\n"
+        "[e](https://example.org) [f](#local)\n"
+    )
+    assert links(text) == ["docs/a.md#x", "pic.png", "docs/d.md", "https://example.org", "#local"]
+
+
+def test_a_missing_file_a_missing_anchor_and_an_escape_are_reported(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "page.md").write_text("# Page\n## Real section\n", encoding="utf-8")
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "[ok](docs/page.md#real-section) [self](#top) [gone](docs/none.md) [bad](docs/page.md#unreal)"
+        " [out](../elsewhere.md) [web](https://example.org/x.md)\n# Top\n",
+        encoding="utf-8",
+    )
+    assert broken_links(readme, repo=tmp_path) == [
+        "docs/none.md: no such file",
+        "docs/page.md#unreal: no heading with anchor #unreal in docs/page.md",
+        "../elsewhere.md: outside the repository",
+    ]
+
+
+# --- the repository's documentation
+
+
+def test_readme_is_a_front_door_of_at_most_12_kib():
+    size = README.stat().st_size
+    assert size <= README_LIMIT_BYTES, f"README.md is {size} bytes; move detail to docs/ (limit {README_LIMIT_BYTES})"
+
+
+def test_readme_states_the_test_command_that_ci_runs():
+    ci_commands = [
+        line.strip() for line in (REPO / ".ci" / "run").read_text().splitlines() if line.startswith(".venv/bin/python")
+    ]
+    assert ci_commands == [TEST_COMMAND]
+    assert TEST_COMMAND in README.read_text(encoding="utf-8")
+
+
+def test_every_docs_page_is_linked_from_the_readme():
+    readme_targets = {target.partition("#")[0] for target in links(README.read_text(encoding="utf-8"))}
+    pages = sorted(path.relative_to(REPO).as_posix() for path in (REPO / "docs").glob("*.md"))
+    assert pages, "docs/ holds no page"
+    assert [page for page in pages if page not in readme_targets] == []
+
+
+@pytest.mark.parametrize("page", sorted((REPO / "docs").glob("*.md")), ids=lambda path: path.name)
+def test_each_docs_page_starts_with_a_title_and_a_paragraph(page: Path):
+    lines = page.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("# "), f"{page.name}: first line is not a title"
+    first = next(line for line in lines[1:] if line.strip())
+    assert not re.match(r"\s*([#|`>*-]|\d+\.)", first), f"{page.name}: the title is not followed by a paragraph"
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda path: path.relative_to(REPO).as_posix())
+def test_every_relative_link_resolves(path: Path):
+    assert broken_links(path) == []

@@ -1,0 +1,157 @@
+"""What evaluate_efficiency.py does with its models: load each with its card, measure it, print and append rows.
+
+Each model is measured at the profile its card records (training/evaluation/trained.py; `--profile` overrides, no
+card: the default with a note): the accuracy is predicted at that profile's image size, and cost and latency are
+measured there and at every `--resolution`. Rows go to the efficiency sheet model by model, so an interrupted
+`--all` keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from training.data.classes import describe
+from training.efficiency import deploy
+from training.efficiency.allocator import describe_allocator
+from training.efficiency.counting import count_parameters
+from training.efficiency.measure import evaluate_model, measured_sizes, parse_resolution
+from training.efficiency.sheet import csv_rows, format_sheet
+from training.engine.distributed import device_name
+from training.errors import UserError
+from training.evaluation.scoring import accuracy_sets, describe_scoring, format_scores
+from training.evaluation.trained import TrainedModel, load_trained, predicts_cityscapes, read_trained
+from training.files import append_csv_row
+from training.profiles import Profile
+
+
+def model_paths(args) -> list[Path]:
+    if args.model:
+        return [Path(args.model)]
+    folder = Path(args.all)
+    paths = sorted(folder.glob("*.pth")) if folder.is_dir() else []
+    if not paths:
+        raise UserError(f"--all {folder}: " + ("no .pth files in it" if folder.is_dir() else "no such directory"))
+    return paths
+
+
+def load_models(args, device: torch.device, with_data: bool) -> list[tuple[TrainedModel, nn.Module]]:
+    """Every model, read with its card and loaded: every input is checked before anything is measured or written."""
+    models = []
+    for path in model_paths(args):
+        trained = read_trained(path, args.arch, args.profile)
+        if with_data and not predicts_cityscapes(trained.classes):
+            raise UserError(
+                f"{path}: predicts {describe(trained.classes)}, and the accuracy here is scored on Cityscapes' val "
+                f"split; expected --data-dir none (cost and latency only) for this model"
+            )
+        model = load_trained(trained, device, "--all" if args.all else "--current-model-path")
+        models.append((trained, model))
+    return models
+
+
+def export_onnx_form(model: nn.Module, path: str, hw: tuple[int, int], threads: int | None, log=print):
+    """Write the ONNX file (fp32, BatchNorm folded, static `hw`) and open it under ONNX Runtime, to be checked and
+    timed beside the other forms."""
+    folded = deploy.export_onnx(model, hw, path)
+    log(
+        f"wrote {path}: fp32, {folded} BatchNorm folded, input 'image' 1x3x{hw[0]}x{hw[1]} (static), output 'logits' "
+        f"(torch.onnx.export dynamo=True)"
+    )
+    return deploy.OnnxRuntimeForm(path, threads)
+
+
+@dataclass
+class Session:
+    """What every model of one run is measured with."""
+
+    args: object
+    device: torch.device
+    command: str
+    csv_path: Path
+    dtype: torch.dtype
+    scope: str
+    threads: int | None
+    allocator: str
+    sets: dict  # profile -> (val set, {tta mode: data set}); built once per profile
+
+    def accuracy_sets(self, profile: Profile):
+        if str(self.args.data_dir).lower() == "none":
+            return None, {}
+        if profile not in self.sets:
+            args = self.args
+            self.sets[profile] = accuracy_sets(args.data_dir, profile, args.tta, args.val_resolution)
+        return self.sets[profile]
+
+
+def print_accuracies(result, trained: TrainedModel, val_resolution: str, log=print) -> None:
+    """The per-class table and the scores line of every TTA mode."""
+    profile = trained.profile
+    scoring = describe_scoring(val_resolution, profile)
+    for tta, acc in result.accuracies.items():
+        seen = f"{result.val_images} images seen at {profile.image_size[0]}x{profile.image_size[1]}"
+        log(format_scores(acc, trained.classes.names, "val", f"{seen}, scored at {scoring}, tta {tta}"))
+
+
+def measure_one(session: Session, trained: TrainedModel, model: nn.Module, log=print) -> list[dict]:
+    """Measure one model, print its figures, append its rows to the sheet; returns the rows."""
+    args, profile = session.args, trained.profile
+    params = count_parameters(model)
+    log(f"\n== {trained.path} ({trained.arch}): {params:,} parameters ({params * 4 / 2**20:.2f} MB fp32)")
+    log(f"{trained.note}\n{profile.describe()}")
+    onnx = None
+    if args.export_onnx:  # at the first --resolution (the profile's image size without one)
+        hw = parse_resolution(args.resolution[0]) if args.resolution else profile.image_hw
+        onnx = export_onnx_form(model, args.export_onnx, hw, session.threads, log)
+    val_set, sets = session.accuracy_sets(profile)
+    result = evaluate_model(
+        model,
+        measured_sizes(profile, args.resolution),
+        session.device,
+        session.dtype,
+        val_set,
+        args.compile,
+        args.agreement_images,
+        args.batch_size,
+        args.num_workers,
+        args.latency_runs,
+        args.min_seconds,
+        args.warmup,
+        trained.classes.num_classes,
+        fallback=args.deploy_dtype == "auto",
+        log=log,
+        scope=session.scope,
+        onnx=onnx,
+        accuracy_sets=sets,
+    )
+    print_accuracies(result, trained, args.val_resolution, log)
+    date = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
+    context = (session.device, session.threads, session.allocator, date, session.command)
+    rows = csv_rows(result, trained.path.stem, trained.arch, profile, *context, val_resolution=args.val_resolution)
+    session.csv_path.parent.mkdir(parents=True, exist_ok=True)
+    for row in rows:  # written model by model: an interrupted --all keeps what it measured
+        append_csv_row(session.csv_path, row)
+    return rows
+
+
+def measure_models(args, models, device: torch.device, csv_path: Path, command: str, log: Callable = print) -> list:
+    """Measure every model into the sheet at `csv_path`; prints the sheet of this run's rows at the end."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype, scope, why = deploy.choose_deploy_dtype(device, args.deploy_dtype)
+    threads = torch.get_num_threads() if device.type == "cpu" else None
+    session = Session(args, device, command, csv_path, dtype, scope, threads, describe_allocator(), {})
+    log(f"device {device} ({device_name(device)}) | deploy: {why}")
+    if threads:
+        log(f"CPU latency with {threads} threads (torch.get_num_threads), allocator: {session.allocator}")
+    rows = []
+    for trained, model in models:
+        rows += measure_one(session, trained, model, log)
+    log("\n" + format_sheet(rows))
+    log(f"appended {len(rows)} row(s) to {csv_path}")
+    return rows

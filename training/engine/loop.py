@@ -1,0 +1,204 @@
+"""The epoch loop of a built stage (training/engine/build.py): train, validate, record, epoch after epoch.
+
+Randomness is a function of the seed, epoch and step (data/dataset.py and `step_seed`), so on the CPU a resumed stage
+ends exactly where an uninterrupted one would (bit for bit: model, optimizer, scheduler, history). On CUDA it resumes
+at the same step with the same data, but not bit-exactly: cuDNN's benchmark choice of kernels and atomic-add kernels
+are not deterministic.
+
+A stop signal (signals.py) saves the state after the current step and ends the stage with `Preempted` (exit 75: run
+the same command to resume). A non-finite loss ends it with NonFiniteLossError (exit 3) unless --skip-nonfinite.
+
+Test hook: FASTSCNN_TEST_NAN_AT_STEP=N makes the loss of the N-th training step of the stage (1-based, counted over
+epochs: epoch e, step s is N = (e - 1) * steps_per_epoch + s) NaN, to test the handling of non-finite losses.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import torch
+from torch import nn
+
+from training.data.dataset import NUM_CLASSES, denormalize
+from training.engine import distributed
+from training.engine.records import Records
+from training.engine.signals import StopRequest
+from training.engine.step_monitor import CHECK_EVERY, StepMonitor, skip_nonfinite_update
+from training.engine.tracking import Tracker
+from training.errors import NonFiniteLossError, Preempted
+from training.evaluation.scoring import Scorer, nearest
+from training.models.auxiliary import auxiliary_loss
+
+
+def train(stage, stop: StopRequest) -> dict:
+    """Run the stage from where its state is to its last epoch; returns its summary."""
+    records = Records(stage)
+    records.restore_missing_model()
+    if stage.saved is not None and stage.progress.epoch >= stage.args.epochs:
+        return records.already_complete()
+    records.start()
+    try:
+        epochs_run = run_epochs(stage, stop, records)
+    except (NonFiniteLossError, Preempted):
+        records.close()
+        raise
+    return records.finish(epochs_run)
+
+
+def run_epochs(stage, stop: StopRequest, records: Records) -> int:
+    """The epochs from the saved position to --epochs; returns how many ran."""
+    progress, epochs_run = stage.progress, 0
+    while progress.epoch < stage.args.epochs:
+        epoch_start = time.perf_counter()
+        throughput = train_epoch(stage, stop, records.tracker)
+        if throughput is None:
+            records.stopped(stop.name)
+            distributed.barrier()  # no process exits (which ends an srun step) before the state is saved
+            stop.saved = True
+            raise Preempted()
+        metrics, preview = validate(stage)
+        sums = progress.epoch_sums
+        improved = progress.end_epoch(metrics, stage.model)
+        epochs_run += 1
+        records.epoch(metrics, sums, preview, improved, time.perf_counter() - epoch_start, throughput)
+    return epochs_run
+
+
+def train_epoch(stage, stop: StopRequest, tracker: Tracker) -> float | None:
+    """Train from the saved (epoch, step) to the end of the epoch; the epoch's images/s, or None when stopped by a
+    signal (the loss sums so far are in `stage.progress.epoch_sums`).
+
+    The host reads the device every CHECK_EVERY steps, at the end of the epoch and before saving on a stop
+    (`StepMonitor.check`): the first non-finite step of the epoch, the stop flag of every process, the loss for the
+    progress bar and W&B. The stop flag itself is read every step (under DDP from every process, on the host)."""
+    progress = stage.progress
+    stage.trained.train()
+    stage.train_sampler.set_epoch(progress.epoch, start=progress.step * stage.args.batch_size)
+    bar = _progress_bar(stage)
+    monitor = StepMonitor(stage.device, progress.epoch_sums)
+    tick, images_seen, stopped = time.perf_counter(), 0, False
+    for images, target, params in stage.train_loader:
+        train_step(stage, images, target, params, monitor)
+        images_seen += images.shape[0] * stage.dist.world_size
+        if bar is not None:
+            bar.update(1)
+        # the stop flag is read every step, under DDP from every process by a host all-reduce: a cancel's SIGTERM
+        # leaves KillWait seconds (Slurm's default 30) for the save, less than CHECK_EVERY steps may take
+        local_stop = distributed.any_process_on_host(stop.signum != 0)
+        if not (progress.step % CHECK_EVERY == 0 or progress.step == stage.steps or local_stop):
+            continue
+        first_bad, bad_loss, any_stop, loss = monitor.check(stop.signum != 0, stage.dist.enabled)
+        if first_bad is not None and not stage.args.skip_nonfinite:
+            if bar is not None:
+                bar.close()
+            raise _nonfinite_error(stage, first_bad, bad_loss)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_seen / max(time.perf_counter() - tick, 1e-9):.1f}")
+        if stage.main:
+            tracker.log({"train_loss_step": loss, "learning_rate": stage.optimizer.param_groups[0]["lr"]})
+        if any_stop or local_stop:
+            stopped = True
+            break
+    progress.epoch_sums = monitor.epoch_sums()
+    if bar is not None:
+        bar.close()
+    return None if stopped else images_seen / max(time.perf_counter() - tick, 1e-9)
+
+
+def _progress_bar(stage):
+    """A tqdm bar on an interactive terminal of the main process, else None."""
+    if not (stage.main and sys.stderr.isatty()):
+        return None
+    from tqdm import tqdm
+
+    progress = stage.progress
+    return tqdm(
+        total=stage.steps,
+        initial=progress.step,
+        desc=f"epoch {progress.epoch + 1}/{stage.args.epochs}",
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def _nonfinite_error(stage, first_bad: int, bad_loss: float) -> NonFiniteLossError:
+    """The stop on a non-finite loss, saying what is left: a stage that has not finished an epoch keeps no state
+    (its provisional state is removed, training/engine/stage.py); else the last saved one."""
+    if stage.provisional_state:
+        kept = "no state was kept: the stage had not finished an epoch, so the same command starts it afresh"
+    else:
+        kept = f"the last good state is kept in {stage.paths.state}"
+    return NonFiniteLossError(
+        f"loss is {bad_loss} at epoch {stage.progress.epoch + 1}, step {first_bad}; stopped, {kept} "
+        f"(use --skip-nonfinite to skip such steps, or lower --lr)"
+    )
+
+
+def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
+    # Dropout randomness of a step depends only on where it is in the stage: exact resume without saving RNG streams.
+    return (seed * 1_000_003 + epoch * 10_007 + step) * 64 + rank
+
+
+def train_batch_to_device(stage, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor):
+    """A training batch as the loader ships it (uint8 images and train ids, photometric parameters on the CPU) ->
+    the model's input on the device: augmented, normalised float images and int64 targets."""
+    images = stage.photometric.apply(
+        images.to(stage.device, non_blocking=True),
+        params,
+        stage.memory_format,
+        augment=not stage.photometric_in_worker,
+    )
+    return images, target.to(stage.device, non_blocking=True).long()
+
+
+def train_step(stage, images: torch.Tensor, target: torch.Tensor, params: torch.Tensor, monitor: StepMonitor) -> None:
+    """One optimizer step on a loader batch; queues work only (no host read of a device value)."""
+    progress, args = stage.progress, stage.args
+    images, target = train_batch_to_device(stage, images, target, params)
+    torch.manual_seed(step_seed(args.seed, progress.epoch, progress.step, stage.dist.rank))
+    with stage.autocast():
+        logits = stage.trained(images)
+        aux_logits = ()
+        if isinstance(logits, tuple):  # Fast-SCNN with auxiliary heads, in training mode
+            logits, *aux_logits = logits
+        loss, parts = stage.loss_fn(logits, images, target)
+        if aux_logits:
+            aux = auxiliary_loss(aux_logits, target, args.aux_weight)
+            loss, parts = loss + aux, {**parts, "train_aux_loss": aux}
+    if stage.nan_at_step == progress.epoch * stage.steps + progress.step + 1:
+        loss = loss * float("nan")
+    stage.optimizer.zero_grad(set_to_none=True)
+    stage.scaler.scale(loss).backward()
+    if args.grad_clip > 0:
+        stage.scaler.unscale_(stage.optimizer)
+        nn.utils.clip_grad_norm_(stage.model.parameters(), args.grad_clip)
+    # the update is masked on the device where the loss or a gradient is non-finite (also without --skip-nonfinite:
+    # the stage then stops at the next check, and nothing after the bad step is saved)
+    good = skip_nonfinite_update(stage.optimizer, stage.scaler, torch.isfinite(loss.detach()))
+    stage.scheduler.step()
+    progress.step += 1
+    monitor.record(progress.step, loss, parts, good)
+
+
+@torch.no_grad()
+def validate(stage) -> tuple[dict, tuple | None]:
+    """Loss and metrics on the whole validation split (each image counted once over all processes), scored by
+    `training.evaluation.scoring` at the labels' own size (or the profile's with --val-resolution profile); and the
+    preview images (image, labels, prediction) of the first batch."""
+    stage.trained.eval()
+    # Without --sync-bn each process has updated its own BatchNorm statistics: validate with the main process's,
+    # those of the model that is saved.
+    distributed.broadcast_buffers(stage.model)
+    scorer = Scorer(NUM_CLASSES, stage.device, loss=True)
+    preview, count = None, stage.args.previews
+    for images, targets in stage.val_loader:
+        images = images.to(stage.device, non_blocking=True).contiguous(memory_format=stage.memory_format)
+        # fp32 even under --amp: the figure is that of the saved fp32 model, as evaluate_efficiency.py scores it
+        logits = stage.model(images).float()
+        scorer.update([logits], targets)
+        if preview is None and count > 0:
+            labels = torch.stack([nearest(target, images.shape[-2:]) for target in targets[:count]])
+            preview = (denormalize(images[:count]).cpu(), labels, logits[:count].argmax(1).cpu())
+    scorer.all_reduce()
+    return scorer.compute(), preview
