@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from training.data.dataset import NUM_CLASSES, CityscapesSegmentation, EpochSampler, make_loader, val_transform  # noqa: E402
+from training.data.photometric import to_model_input  # noqa: E402
 from training.errors import run_cli  # noqa: E402
 from training.evaluation import scoring as evaluation  # noqa: E402
 from training.models.build import build_model, load_weights  # noqa: E402
@@ -34,7 +35,7 @@ def one_pass(model, loader, device) -> tuple[float, float]:
     start = time.perf_counter()
     with torch.no_grad():
         for images, targets in loader:
-            logits = model(images.to(device)).float()
+            logits = model(to_model_input(images, device)).float()
             if device.type == "cuda":
                 torch.cuda.synchronize()
             tick = time.perf_counter()
@@ -53,6 +54,9 @@ def main(argv=None):
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--cache-dir", default=None, help="where the cache goes (default: $FASTSCNN_CACHE_DIR, else beside the data)"
+    )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     profile = resolve_profile(args.profile)
@@ -63,7 +67,12 @@ def main(argv=None):
     loaders = {}
     for mode in evaluation.VAL_RESOLUTIONS:
         dataset = CityscapesSegmentation(
-            args.data_dir, "val", val_transform(profile), profile=profile, full_labels=mode == "full"
+            args.data_dir,
+            "val",
+            val_transform(profile),
+            profile=profile,
+            full_labels=mode == "full",
+            cache_dir=args.cache_dir,
         )
         loaders[mode] = make_loader(
             dataset,

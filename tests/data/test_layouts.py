@@ -273,7 +273,9 @@ def test_mask_modes(tmp_path):
     with pytest.raises(UserError, match="deep.png: a mask of PNG mode 'I;16'; expected 8-bit class indices"):
         read_mask(tmp_path / "deep.png", CAMVID)
     Image.fromarray(np.zeros((2, 2, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(UserError, match="rgb.png: a colour \\(RGB\\) mask; expected a single-channel 8-bit PNG of cityscapes ids"):
+    with pytest.raises(
+        UserError, match="rgb.png: a colour \\(RGB\\) mask; expected a single-channel 8-bit PNG of cityscapes ids"
+    ):
         read_mask(tmp_path / "rgb.png", CITYSCAPES)
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(UserError, match="broken.png: cannot read the mask"):

@@ -143,14 +143,15 @@ def test_build_in_a_process_pool(tiny_cityscapes, tmp_path):
     serial = tmp_path / "serial"
     build_log(tiny_cityscapes, "train", DOWN, serial, workers=1)
     for name in ("images.npy", "labels.npy"):
-        a = np.load(tmp_path / "pool" / profile_key(DOWN) / "train" / name)
-        b = np.load(serial / profile_key(DOWN) / "train" / name)
+        a = np.load(cache_of(tiny_cityscapes, tmp_path / "pool") / name)
+        b = np.load(cache_of(tiny_cityscapes, serial) / name)
         assert np.array_equal(a, b)
 
 
 # ------------------------------------------------------------------------------------------- stale and partial
 def cache_of(root, cache_dir, split="train") -> Path:
-    return Path(cache_dir) / profile_key(DOWN) / split
+    """Where a split's cache at DOWN goes with --cache-dir `cache_dir` (one folder per data set in it)."""
+    return cache_module.cache_locations(root, cache_dir)[0] / profile_key(DOWN) / split
 
 
 def test_stale_cache_is_rebuilt_when_a_source_changes(tiny_cityscapes, tmp_path):
@@ -225,7 +226,7 @@ def dead_pid() -> int:
 def test_only_stale_temporaries_of_other_builders_are_removed(tiny_cityscapes, tmp_path):
     """Builders on several nodes may share a cache where locks do not reach across nodes (Lustre localflock): a
     builder removes the leftovers of killed builders only, never the files another live builder is writing."""
-    directory = tmp_path / profile_key(DOWN) / "train"
+    directory = cache_of(tiny_cityscapes, tmp_path)
     directory.mkdir(parents=True)
     host = socket.gethostname()
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])

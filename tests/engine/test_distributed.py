@@ -20,7 +20,7 @@ from conftest import REPO
 from small_profile import SMALL_PROFILES, one_thread  # noqa: F401 (an autouse fixture)
 
 import fast_scnn
-from training.data.dataset import IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, val_transform
+from training.data.dataset import IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, to_model_input, val_transform
 from training.engine import distributed
 from training.metrics import ConfusionMatrix
 from training.profiles import resolve_profile
@@ -148,7 +148,7 @@ def evaluate_one_process(model_path, data_dir) -> ConfusionMatrix:
         with torch.no_grad():
             for index in range(len(dataset)):
                 image, target = dataset[index]
-                matrix.update(model(image.unsqueeze(0)).argmax(1)[0], target)
+                matrix.update(model(to_model_input(image.unsqueeze(0), "cpu")).argmax(1)[0], target)
     finally:
         torch.set_num_threads(threads)
     return matrix, dataset
@@ -167,7 +167,7 @@ def calibrated_model(data_dir, path) -> None:
         norm.momentum = None  # cumulative average
     dataset = CityscapesSegmentation(data_dir, "train", val_transform(resolve_profile("low", SMALL_PROFILES)))
     with torch.no_grad():
-        model.train()(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+        model.train()(to_model_input(torch.stack([dataset[i][0] for i in range(len(dataset))]), "cpu"))
     torch.save(model.state_dict(), path)
 
 

@@ -23,7 +23,7 @@ from small_profile import one_thread  # noqa: F401 (an autouse fixture)
 from torch import nn
 
 from demo.dataset import TEST_CITIES, make_demo_dataset
-from training.data.dataset import CityscapesSegmentation, read_train_ids, val_transform
+from training.data.dataset import CityscapesSegmentation, read_train_ids, to_model_input, val_transform
 from training.evaluation import export, scoring, tta
 from training.metrics import ConfusionMatrix
 from training.profiles import resolve_profile
@@ -159,7 +159,9 @@ def test_full_resolution_labels_cached_or_not_are_the_original_train_ids(tmp_pat
     )
     plain = CityscapesSegmentation(root, "val", val_transform(profile), full_labels=True, cache=False)
     assert cached.label_cache is not None and plain.label_cache is None
-    assert (tmp_path / "cache" / "labels-full" / "val" / "labels.npy").is_file()
+    assert (cached.label_cache.directory / "labels.npy").is_file() and cached.label_cache.directory.is_relative_to(
+        tmp_path / "cache"
+    )
     for index in range(3):
         (image_a, label_a), (image_b, label_b) = cached[index], plain[index]
         assert torch.equal(image_a, image_b) and image_a.shape == (3, 64, 128)
@@ -231,7 +233,7 @@ def calibrated_model(data: Path, path: Path) -> None:
         norm.momentum = None  # cumulative average
     dataset = CityscapesSegmentation(data, "train", val_transform(resolve_profile("low")), cache=False)
     with torch.no_grad():
-        model.train()(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+        model.train()(to_model_input(torch.stack([dataset[i][0] for i in range(len(dataset))]), "cpu"))
     torch.save(model.state_dict(), path)
 
 

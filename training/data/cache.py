@@ -7,8 +7,10 @@ For each profile and split the cache holds two uncompressed arrays, read through
                                     labels.npy   uint8 N x H x W train ids (void 255), resized by nearest neighbour
                                     manifest.json
 
-`<dir>` is `<data dir>/.cache` where the data dir is writable (or already holds a valid cache), else
-`data/cache/<data dir name>-<hash of its path>` under the working directory. The manifest records the cache version,
+`<dir>` is, in this order: `<--cache-dir DIR>/<data dir name>-<hash of its path>` (the scripts' flag, `cache_dir`
+here), else `$FASTSCNN_CACHE_DIR/<data dir name>-<hash>` (the flag wins over the variable; each holds one folder per
+data set), else `<data dir>/.cache` where the data dir is writable (or already holds a valid cache), else
+`data/cache/<data dir name>-<hash>` under the working directory. The manifest records the cache version,
 the torch/torchvision versions (the resize kernels), the profile, the split and every source file with its size and
 mtime; it is written last, with `"complete": true`, after the arrays are on disk. A build that was killed leaves no
 manifest or an incomplete one, and is redone; a changed source file (size or mtime) is re-read on the next start.
@@ -22,6 +24,14 @@ a builder's temporary files carry its host name and pid (`images.<host>.<pid>.tm
 only stale ones (of a dead process on its own host, or untouched for STALE_AFTER_S; a live builder touches its
 own every HEARTBEAT_S), never those of a builder still at work on another node.
 
+Room: before a build, the bytes it will write (computed exactly from the sample count and the sizes: N x 3 x H x W
+images and N x H x W labels, plus the .npy headers) are checked against the free space of the target file system
+(`check_room`, with a margin of ROOM_MARGIN for the manifests), and a cache that does not fit is refused with one
+line (UserError) before anything is created. The arrays are then preallocated (`posix_fallocate`), so a quota or a
+disk that fills meanwhile fails at once, and written with `pwrite`, never through a memory map: a full disk or quota
+is an OSError (ENOSPC, EDQUOT), where a write through a memory map is a SIGBUS that kills the writer. A write error, or
+a helper process that dies, ends the build with one line as well, and the split's half-built cache is removed.
+
 A cached sample is exactly the output of `training.data.images.resize(profile)` on the uncached one, and that resize is
 the first op of the training and validation transforms (a no-op on an image already at the size): cached and
 uncached samples are identical, augmentations included.
@@ -32,13 +42,19 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
+import math
 import os
 import re
+import shutil
 import socket
 import struct
 import sys
 import time
+from collections.abc import Iterable
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,9 +63,9 @@ import torchvision
 from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 
-from training.errors import UserError
-from training.data.workers import map_in_helpers
 from training.data.images import read_png, read_train_ids, resize
+from training.data.workers import map_in_helpers
+from training.errors import UserError
 from training.profiles import Profile
 
 CACHE_VERSION = 1
@@ -57,6 +73,12 @@ MANIFEST = "manifest.json"
 FALLBACK_DIR = Path("data/cache")  # relative to the working directory (the repository root for the scripts)
 STALE_AFTER_S = 3600  # a temporary file untouched this long belongs to a builder that is gone
 HEARTBEAT_S = 60  # how often a builder touches its temporary files
+ENV_CACHE_DIR = "FASTSCNN_CACHE_DIR"  # where caches go when --cache-dir is not given
+ROOM_MARGIN = 8 * 2**20  # beyond the arrays: the manifests (~1 MB for Cityscapes' train split), the lock, fs blocks
+WAYS_OUT = (
+    "put the cache elsewhere with --cache-dir DIR (or the environment variable FASTSCNN_CACHE_DIR=DIR), "
+    "or run without it with --no-cache"
+)
 _TEMPORARY = re.compile(r"^(?:images|labels|manifest\.json)\.(?:(?P<host>.+)\.)?(?P<pid>\d+)\.tmp(?:\.npy)?$")
 
 
@@ -64,13 +86,19 @@ def profile_key(profile: Profile) -> str:
     return f"{profile.name}-{profile.image_size[0]}x{profile.image_size[1]}"
 
 
+def _dataset_folder(root: Path) -> str:
+    """`<data dir name>-<hash of its path>`: one data set's folder in a cache folder shared by several."""
+    return f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:10]}"
+
+
 def cache_locations(root: str | Path, cache_dir: str | Path | None = None) -> list[Path]:
-    """Where a data set's cache may live, in order of preference."""
-    if cache_dir is not None:
-        return [Path(cache_dir)]
+    """Where a data set's cache may live, in order of preference: `cache_dir` (--cache-dir) or else the environment's
+    FASTSCNN_CACHE_DIR, that folder only (one data set's folder in it); neither: next to the data, then data/cache/."""
     root = Path(root).resolve()
-    digest = hashlib.sha1(str(root).encode()).hexdigest()[:10]
-    return [root / ".cache", (FALLBACK_DIR / f"{root.name}-{digest}").resolve()]
+    chosen = str(cache_dir) if cache_dir not in (None, "") else os.environ.get(ENV_CACHE_DIR, "")
+    if chosen:
+        return [Path(chosen).expanduser().resolve() / _dataset_folder(root)]
+    return [root / ".cache", (FALLBACK_DIR / _dataset_folder(root)).resolve()]
 
 
 def _source_stats(images: list[str], labels: list[str]) -> list[list[int]]:
@@ -79,6 +107,174 @@ def _source_stats(images: list[str], labels: list[str]) -> list[list[int]]:
         a, b = os.stat(image), os.stat(label)
         stats.append([a.st_size, a.st_mtime_ns, b.st_size, b.st_mtime_ns])
     return stats
+
+
+# ---------------------------------------------------------------------------------------------------------- room
+def _npy_header(shape: tuple[int, ...]) -> dict:
+    return {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": tuple(shape)}
+
+
+def npy_bytes(shape: tuple[int, ...]) -> int:
+    """The size of a uint8 .npy file of `shape` as the cache writes it: numpy's (padded) header, then the data."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, _npy_header(shape))
+    return header.tell() + math.prod(shape)
+
+
+def split_bytes(count: int, profile: Profile) -> int:
+    """Bytes of one split's cache at `profile`: uint8 images N x 3 x H x W and train ids N x H x W."""
+    height, width = profile.image_hw
+    return npy_bytes((count, 3, height, width)) + npy_bytes((count, height, width))
+
+
+def human_bytes(count: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+@dataclass(frozen=True)
+class CachePlan:
+    """One part of a cache: where it is (or would be written), and the bytes a build would write there now."""
+
+    directory: Path
+    needed: int  # 0: ready, only changed entries to re-read, or being written by another live process
+    what: str
+    ready: bool = False
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_room(plans: Iterable[CachePlan]) -> None:
+    """Refuse (UserError, one line) what the plans would write where it does not fit, ROOM_MARGIN included, in the
+    free space of its file system (the plans on one file system counted together). Nothing is created here."""
+    groups: dict[int, list[CachePlan]] = {}
+    for plan in plans:
+        if plan.needed > 0:
+            groups.setdefault(_nearest_existing(plan.directory).stat().st_dev, []).append(plan)
+    for group in groups.values():
+        needed = sum(plan.needed for plan in group) + ROOM_MARGIN
+        free = shutil.disk_usage(_nearest_existing(group[0].directory)).free
+        if needed > free:
+            parts = ", ".join(f"{plan.what} {human_bytes(plan.needed)}" for plan in group)
+            raise UserError(
+                f"cache {group[0].directory.parent.parent}: needs {human_bytes(needed)} ({parts}, "
+                f"{human_bytes(ROOM_MARGIN)} spare), {human_bytes(free)} free there; expected room for it: {WAYS_OUT}"
+            )
+
+
+def _writable(directory: Path) -> bool:
+    """Whether `directory` is a writable directory or can be created as one (nothing is created here)."""
+    existing = _nearest_existing(directory)
+    return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)
+
+
+def _target(candidates: list[Path]) -> Path:
+    """The first candidate where a cache can be written."""
+    directory = next((d for d in candidates if _writable(d)), None)
+    if directory is None:
+        raise UserError(
+            f"cache: cannot create any of {', '.join(map(str, candidates))} (expected a writable directory; {WAYS_OUT})"
+        )
+    return directory
+
+
+def _make_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(
+            f"cache {directory}: cannot create it ({error.strerror}); expected a writable place: {WAYS_OUT}"
+        ) from None
+
+
+def _being_built(directory: Path) -> bool:
+    """Whether a live builder (of this host, or recently active on another node) writes in `directory`: its files are
+    preallocated, so the room is taken already, and this process will wait for its result."""
+    now = time.time()
+    return directory.is_dir() and any(
+        _TEMPORARY.match(path.name) and not _is_stale(path, now) for path in directory.glob("*.tmp*")
+    )
+
+
+def _create_npy(path: Path, shape: tuple[int, ...]) -> None:
+    """An empty uint8 .npy file of `shape`, its blocks reserved: a disk or quota without room fails here, at once."""
+    with open(path, "wb") as file:
+        np.lib.format.write_array_header_1_0(file, _npy_header(shape))
+        size = file.tell() + math.prod(shape)
+        file.truncate(size)
+    if hasattr(os, "posix_fallocate"):  # Linux; elsewhere the writes report a full disk themselves
+        fd = os.open(path, os.O_RDWR)
+        try:
+            _preallocate(fd, size)
+        finally:
+            os.close(fd)
+
+
+def _preallocate(fd: int, size: int) -> None:
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # not supported here: write as is
+            raise
+
+
+class _Rows:
+    """Writes entries (along the first axis) of a uint8 .npy file with pwrite. A full disk or quota is an OSError
+    (ENOSPC, EDQUOT) here, where a write through a memory map would be a SIGBUS that kills the writing process."""
+
+    def __init__(self, path: str | Path):
+        array = np.load(path, mmap_mode="r")
+        self.offset, self.row_bytes = array.offset, math.prod(array.shape[1:])
+        del array
+        self.fd = os.open(path, os.O_WRONLY)
+
+    def write(self, index: int, row: np.ndarray) -> None:
+        data = memoryview(np.ascontiguousarray(row, dtype=np.uint8).reshape(-1))
+        if len(data) != self.row_bytes:
+            raise ValueError(f"an entry of {len(data)} bytes, expected {self.row_bytes}")
+        position = self.offset + index * self.row_bytes
+        while len(data):
+            written = os.pwrite(self.fd, data, position)
+            data, position = data[written:], position + written
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # a network file system reports a quota or I/O error here at the latest
+    finally:
+        os.close(fd)
+
+
+def _remove_split_cache(directory: Path) -> None:
+    for name in ("images.npy", "labels.npy", MANIFEST):
+        (directory / name).unlink(missing_ok=True)
+
+
+def _write_failure(directory: Path, error: BaseException) -> UserError:
+    """The one line of a build that failed writing (its half-built cache is removed by the caller); an error that
+    names a file outside the cache is the reading of a source file."""
+    filename = getattr(error, "filename", None)
+    if filename is not None and not Path(filename).resolve().is_relative_to(directory.resolve()):
+        return UserError(f"cannot read {filename}: {error.strerror or error}")
+    if isinstance(error, BrokenProcessPool):
+        cause = "a helper process writing it died (killed: out of memory, a SIGBUS of a full disk or quota, a signal)"
+    else:
+        name = errno.errorcode.get(getattr(error, "errno", None) or 0, "")
+        cause = f"{getattr(error, 'strerror', None) or error}" + (f" ({name})" if name else "")
+    return UserError(
+        f"cache {directory}: writing it failed: {cause}; the half-built cache was removed. Expected room for it: "
+        f"{WAYS_OUT}"
+    )
 
 
 class CachedSplit:
@@ -231,9 +427,7 @@ _worker_state: dict = {}
 
 def _init_worker(images_path: str, labels_path: str, profile: Profile, threads: int = 1) -> None:
     torch.set_num_threads(threads)
-    _worker_state.update(
-        images=np.load(images_path, mmap_mode="r+"), labels=np.load(labels_path, mmap_mode="r+"), resize=resize(profile)
-    )
+    _worker_state.update(images=_Rows(images_path), labels=_Rows(labels_path), resize=resize(profile))
 
 
 def _cache_one(task: tuple[int, str, str]) -> int:
@@ -241,8 +435,8 @@ def _cache_one(task: tuple[int, str, str]) -> int:
     image = tv_tensors.Image(read_png(image_path, ImageReadMode.RGB))
     mask = tv_tensors.Mask(read_train_ids(label_path))
     image, mask = _worker_state["resize"](image, mask)
-    _worker_state["images"][index] = image.numpy()
-    _worker_state["labels"][index] = mask.numpy()
+    _worker_state["images"].write(index, image.numpy())
+    _worker_state["labels"].write(index, mask.numpy())
     return index
 
 
@@ -278,14 +472,34 @@ def _fill(images_path: Path, labels_path: Path, tasks: list, profile: Profile, w
             chunks = [tasks[i : i + size] for i in range(0, len(tasks), size)]
             map_in_helpers(_cache_chunk, chunks, workers, done, initializer=_init_worker, initargs=args)
     finally:
+        for name in ("images", "labels"):
+            if name in _worker_state:
+                _worker_state[name].close()
         _worker_state.clear()
         bar.close()
     for path in (images_path, labels_path):  # the data on disk before the manifest that vouches for it
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _fsync(path)
+
+
+def _write_arrays(directory: Path, tasks: list, profile: Profile, workers: int, what: str, log) -> None:
+    """The whole split into new arrays, under temporary names until they are complete."""
+    count = len(tasks)
+    (directory / MANIFEST).unlink(missing_ok=True)
+    height, width = profile.image_hw
+    tmp = {name: directory / f"{name}.{_temporary_tag()}.tmp.npy" for name in ("images", "labels")}
+    try:
+        _create_npy(tmp["images"], (count, 3, height, width))
+        _create_npy(tmp["labels"], (count, height, width))
+        log(
+            f"cache: writing {count} {what} to {directory} ({workers} processes, "
+            f"{human_bytes(split_bytes(count, profile))}; once per profile)"
+        )
+        _fill(tmp["images"], tmp["labels"], tasks, profile, workers, f"caching {what}")
+        for name, path in tmp.items():  # readers of an older cache keep their (unlinked) files
+            os.replace(path, directory / f"{name}.npy")
+    finally:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
 
 
 def _build(
@@ -298,44 +512,27 @@ def _build(
     workers: int,
     log,
 ) -> None:
-    """Write the whole cache (stale is None) or re-read the changed entries; the manifest comes last."""
+    """Write the whole cache (stale is None) or re-read the changed entries; the manifest comes last. A write error
+    or a helper that dies: the split's cache is removed and the build ends with one line (UserError)."""
     count = len(images)
     stats = _source_stats(images, labels)  # taken before reading: a file changed meanwhile is caught next time
     what = f"{expected['split']} at {profile_key(profile)}"
     start = time.perf_counter()
-    if stale is None:
-        (directory / MANIFEST).unlink(missing_ok=True)
-        height, width = profile.image_hw
-        tmp = {name: directory / f"{name}.{_temporary_tag()}.tmp.npy" for name in ("images", "labels")}
-        np.lib.format.open_memmap(tmp["images"], "w+", np.uint8, (count, 3, height, width))
-        np.lib.format.open_memmap(tmp["labels"], "w+", np.uint8, (count, height, width))
-        log(
-            f"cache: writing {count} {what} to {directory} ({workers} processes, "
-            f"{count * 4 * height * width / 2**30:.2f} GiB; once per profile)"
-        )
-        try:
-            tasks = [(i, image, label) for i, (image, label) in enumerate(zip(images, labels))]
-            _fill(tmp["images"], tmp["labels"], tasks, profile, workers, f"caching {what}")
-            for name, path in tmp.items():  # readers of an older cache keep their (unlinked) files
-                os.replace(path, directory / f"{name}.npy")
-        finally:
-            for path in tmp.values():
-                path.unlink(missing_ok=True)
-    else:
-        _write_json(directory / MANIFEST, {**expected, "stats": _read_manifest(directory)["stats"], "complete": False})
-        log(f"cache: {len(stale)} of {count} source files of {what} changed; re-reading them into {directory}")
-        tasks = [(i, images[i], labels[i]) for i in stale]
-        _fill(directory / "images.npy", directory / "labels.npy", tasks, profile, workers, f"updating {what}")
-    _write_json(directory / MANIFEST, {**expected, "stats": stats, "complete": True})
-    log(f"cache: {what} ready in {time.perf_counter() - start:.1f} s")
-
-
-def _writable(directory: Path) -> bool:
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(directory, os.W_OK | os.X_OK)
+        if stale is None:
+            tasks = [(i, image, label) for i, (image, label) in enumerate(zip(images, labels))]
+            _write_arrays(directory, tasks, profile, workers, what, log)
+        else:
+            recorded = _read_manifest(directory)["stats"]
+            _write_json(directory / MANIFEST, {**expected, "stats": recorded, "complete": False})
+            log(f"cache: {len(stale)} of {count} source files of {what} changed; re-reading them into {directory}")
+            tasks = [(i, images[i], labels[i]) for i in stale]
+            _fill(directory / "images.npy", directory / "labels.npy", tasks, profile, workers, f"updating {what}")
+        _write_json(directory / MANIFEST, {**expected, "stats": stats, "complete": True})
+    except (OSError, BrokenProcessPool) as error:  # a full disk or quota, an I/O error, a helper that died
+        _remove_split_cache(directory)
+        raise _write_failure(directory, error) from None
+    log(f"cache: {what} ready in {time.perf_counter() - start:.1f} s")
 
 
 def _default_workers(count: int) -> int:
@@ -350,6 +547,27 @@ def _is_main_process() -> bool:
     from training.engine.distributed import detect
 
     return detect().is_main
+
+
+def _plan(
+    root: Path, split: str, images: list[str], labels: list[str], profile: Profile, cache_dir
+) -> tuple[CachePlan, dict, list[list[int]]]:
+    """(where the split's cache at `profile` is or would be written and what a build would write there, the manifest
+    expected, the sources' stats)."""
+    expected = _expected(root, split, images, labels, profile)
+    try:
+        stats = _source_stats(images, labels)
+    except OSError as error:
+        raise UserError(f"cannot read {error.filename}: {error.strerror}") from None
+    what = f"{split} at {profile_key(profile)}"
+    candidates = [base / profile_key(profile) / split for base in cache_locations(root, cache_dir)]
+    for directory in candidates:  # a valid cache anywhere (even read-only) is used as it is
+        if check_cache(directory, expected, stats, profile)[0] == "ok":
+            return CachePlan(directory, 0, what, ready=True), expected, stats
+    directory = _target(candidates)
+    update = check_cache(directory, expected, stats, profile)[0] == "stale"  # rewrites entries in place
+    needed = 0 if update or _being_built(directory) else split_bytes(len(images), profile)
+    return CachePlan(directory, needed, what), expected, stats
 
 
 def prepare_cache(
@@ -368,32 +586,25 @@ def prepare_cache(
     mode "auto" (the scripts') caches at every profile: below the sources' size it saves the decoding and the
     resize, at their size (profile 5 for Cityscapes) the decoding, ~40 ms of a 2048x1024 PNG against ~1 ms to read
     the uncompressed copy, which costs 8 MiB of disk per image there. "always" is the same (kept for callers).
+    A cache that does not fit is refused (UserError) before anything is created.
     """
     if log is None:
         log = (lambda message: print(message, flush=True)) if _is_main_process() else (lambda message: None)
     root = Path(root).resolve()
     if mode not in ("auto", "always"):
         raise ValueError(f"cache mode {mode!r}: expected 'auto' or 'always'")
-    expected = _expected(root, split, images, labels, profile)
-    try:
-        stats = _source_stats(images, labels)
-    except OSError as error:
-        raise UserError(f"cannot read {error.filename}: {error.strerror}") from None
-    subdir = Path(profile_key(profile)) / split
-    candidates = [base / subdir for base in cache_locations(root, cache_dir)]
-    for directory in candidates:  # a valid cache anywhere (even read-only) is used as it is
-        if check_cache(directory, expected, stats, profile)[0] == "ok":
-            return CachedSplit(directory, len(images))
-    directory = next((d for d in candidates if _writable(d)), None)
-    if directory is None:
-        raise UserError(
-            f"cache: cannot create any of {', '.join(map(str, candidates))} "
-            f"(expected a writable directory; or train with --no-cache)"
-        )
+    plan, expected, stats = _plan(root, split, images, labels, profile, cache_dir)
+    if plan.ready:
+        return CachedSplit(plan.directory, len(images))
+    check_room([plan])
+    directory = plan.directory
+    _make_directory(directory)
     with _locked(directory, log):
         status, stale = check_cache(directory, expected, stats, profile)  # another process may have built it
         if status != "ok":
             remove_stale_temporaries(directory)  # of builders that were killed; never a live one's (other nodes)
+            if status != "stale":  # again, under the lock: another builder may have failed meanwhile
+                check_room([CachePlan(directory, split_bytes(len(images), profile), plan.what)])
             todo = len(stale) if status == "stale" else len(images)
             _build(
                 directory,
@@ -408,10 +619,30 @@ def prepare_cache(
     return CachedSplit(directory, len(images))
 
 
+def plan_cache(
+    root: str | Path,
+    split: str,
+    images: list[str],
+    labels: list[str],
+    profile: Profile,
+    full_labels: bool = False,
+    cache_dir: str | Path | None = None,
+) -> list[CachePlan]:
+    """What caching one split at `profile` (and, with `full_labels`, its full-resolution labels) would write, for
+    `check_room` before anything is built."""
+    root = Path(root).resolve()
+    plans = [_plan(root, split, images, labels, profile, cache_dir)[0]]
+    if full_labels:
+        label_plan = _label_plan(root, split, labels, cache_dir)[0]
+        if label_plan is not None:
+            plans.append(label_plan)
+    return plans
+
+
 # ------------------------------------------------------------------------------ full-resolution labels (scoring)
-# Validation scores predictions at the labels' own resolution (training.evaluation.scoring). Decoding a 2048x1024 label PNG
-# and mapping it costs ~10 ms; the cached uint8 train ids are read in ~0.2 ms. The labels of a split are stored once,
-# whatever the profile, next to the profile caches:
+# Validation scores predictions at the labels' own resolution (training.evaluation.scoring). Decoding a 2048x1024 label
+# PNG and mapping it costs ~10 ms; the cached uint8 train ids are read in ~0.2 ms. The labels of a split are stored
+# once, whatever the profile, next to the profile caches:
 #
 #     <dir>/labels-full/<split>/labels.npy   uint8 N x H x W train ids (void 255) at the labels' own size
 #                               manifest.json
@@ -472,17 +703,12 @@ def _labels_ok(directory: Path, expected: dict, stats: list[list[int]]) -> bool:
     return labels.dtype == np.uint8 and labels.shape == (len(stats), height, width)
 
 
-def prepare_label_cache(
-    root: str | Path, split: str, labels: list[str], cache_dir: str | Path | None = None, log=None
-) -> CachedLabels | None:
-    """The split's train ids at the labels' own resolution, cached once; None where the labels differ in size
-    (then they are decoded per sample). A changed source file (size or mtime) rebuilds the whole cache."""
-    if log is None:
-        log = (lambda message: print(message, flush=True)) if _is_main_process() else (lambda message: None)
-    root = Path(root).resolve()
+def _label_plan(root: Path, split: str, labels: list[str], cache_dir) -> tuple[CachePlan | None, dict, list[list[int]]]:
+    """(where the split's full-resolution labels are or would be cached and what a build would write there, or None
+    where the labels differ in size; the manifest expected; the labels' stats)."""
     sizes = {png_size(label) for label in labels}
     if len(sizes) != 1:
-        return None
+        return None, {}, []
     ((width, height),) = sizes
     try:
         stats = _label_stats(labels)
@@ -495,43 +721,69 @@ def prepare_label_cache(
         "size": [width, height],
         "files": [os.path.relpath(label, root) for label in labels],
     }
+    what = f"{split} labels at {width}x{height}"
     candidates = [base / FULL_LABELS / split for base in cache_locations(root, cache_dir)]
     for directory in candidates:
         if _labels_ok(directory, expected, stats):
-            return CachedLabels(directory, len(labels))
-    directory = next((d for d in candidates if _writable(d)), None)
-    if directory is None:
-        raise UserError(
-            f"cache: cannot create any of {', '.join(map(str, candidates))} "
-            f"(expected a writable directory; or train with --no-cache)"
+            return CachePlan(directory, 0, what, ready=True), expected, stats
+    directory = _target(candidates)
+    needed = 0 if _being_built(directory) else npy_bytes((len(labels), height, width))
+    return CachePlan(directory, needed, what), expected, stats
+
+
+def _write_labels(directory: Path, expected: dict, labels: list[str], log) -> None:
+    """Decode every label into a new array (temporary name until complete), then the manifest. A write error: the
+    split's label cache is removed and the build ends with one line (UserError)."""
+    start = time.perf_counter()
+    (width, height), split = expected["size"], expected["split"]
+    shape = (len(labels), height, width)
+    (directory / MANIFEST).unlink(missing_ok=True)
+    stats = _label_stats(labels)  # taken before reading: a file changed meanwhile is caught next time
+    tmp = directory / f"labels.{_temporary_tag()}.tmp.npy"
+    try:
+        _create_npy(tmp, shape)
+        log(
+            f"cache: writing {len(labels)} {split} labels at {width}x{height} to {directory} "
+            f"({human_bytes(npy_bytes(shape))}; once per split, for full-resolution scoring)"
         )
+        rows = _Rows(tmp)
+        try:
+            for index, label in enumerate(labels):
+                rows.write(index, read_train_ids(label).numpy())
+        finally:
+            rows.close()
+        _fsync(tmp)
+        os.replace(tmp, directory / "labels.npy")
+        _write_json(directory / MANIFEST, {**expected, "stats": stats, "complete": True})
+    except OSError as error:  # a full disk or quota, an I/O error
+        _remove_split_cache(directory)
+        raise _write_failure(directory, error) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    log(f"cache: {split} labels ready in {time.perf_counter() - start:.1f} s")
+
+
+def prepare_label_cache(
+    root: str | Path, split: str, labels: list[str], cache_dir: str | Path | None = None, log=None
+) -> CachedLabels | None:
+    """The split's train ids at the labels' own resolution, cached once; None where the labels differ in size
+    (then they are decoded per sample). A changed source file (size or mtime) rebuilds the whole cache. A cache that
+    does not fit is refused (UserError) before anything is created."""
+    if log is None:
+        log = (lambda message: print(message, flush=True)) if _is_main_process() else (lambda message: None)
+    root = Path(root).resolve()
+    plan, expected, stats = _label_plan(root, split, labels, cache_dir)
+    if plan is None or plan.ready:
+        return None if plan is None else CachedLabels(plan.directory, len(labels))
+    check_room([plan])
+    directory = plan.directory
+    _make_directory(directory)
     with _locked(directory, log) as held:
         if not _labels_ok(directory, expected, stats):  # another process may have built it meanwhile
             if held:
                 for leftover in directory.glob("*.tmp*"):  # from a builder that was killed
                     leftover.unlink(missing_ok=True)
-            start = time.perf_counter()
-            (directory / MANIFEST).unlink(missing_ok=True)
-            log(
-                f"cache: writing {len(labels)} {split} labels at {width}x{height} to {directory} "
-                f"({len(labels) * width * height / 2**30:.2f} GiB; once per split, for full-resolution scoring)"
-            )
-            stats = _label_stats(labels)  # taken before reading: a file changed meanwhile is caught next time
-            tmp = directory / f"labels.{os.getpid()}.tmp.npy"
-            try:
-                array = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(labels), height, width))
-                for index, label in enumerate(labels):
-                    array[index] = read_train_ids(label).numpy()
-                array.flush()
-                del array
-                fd = os.open(tmp, os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-                os.replace(tmp, directory / "labels.npy")
-            finally:
-                tmp.unlink(missing_ok=True)
-            _write_json(directory / MANIFEST, {**expected, "stats": stats, "complete": True})
-            log(f"cache: {split} labels ready in {time.perf_counter() - start:.1f} s")
+            width, height = expected["size"]
+            check_room([CachePlan(directory, npy_bytes((len(labels), height, width)), plan.what)])
+            _write_labels(directory, expected, labels, log)
     return CachedLabels(directory, len(labels))

@@ -1,9 +1,9 @@
 """`python -m training.data.check --dataset camvid --data-dir data/camvid`: check a data set before training on it.
 
-Reads the layout and the class set, pairs every image with its mask of the same size, reads every mask (so an undeclared value shows
-now, not an hour into a job), and prints per split the number of pairs and the share of pixels per class, then the
-profile sizes for the data set's native size (`training.profiles.scale_profile`). Bad input: one `error:` line, exit
-code 2.
+Reads the layout and the class set, pairs every image with its mask of the same size, reads every mask (so an
+undeclared value shows now, not an hour into a job), and prints per split the number of pairs and the share of
+pixels per class, then the profile sizes for the data set's native size (`training.profiles.scale_profile`).
+Bad input: one `error:` line, exit code 2.
 """
 
 from __future__ import annotations

@@ -25,10 +25,7 @@ from torchvision.datasets import Cityscapes
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
-from training.data.cache import prepare_cache, prepare_label_cache
-from training.data.photometric import MEAN, STD, PhotometricPipeline, apply_in_worker
-from training.errors import UserError
-from training.data.workers import ignore_stop_signals
+from training.data.cache import check_room, plan_cache, prepare_cache, prepare_label_cache
 
 # the file readers and the label table live in a leaf module that the cache shares (no import circle)
 from training.data.images import (
@@ -43,6 +40,9 @@ from training.data.images import (
     read_train_ids,
     resize,
 )
+from training.data.photometric import MEAN, STD, PhotometricPipeline, apply_in_worker, to_model_input
+from training.data.workers import ignore_stop_signals
+from training.errors import UserError
 from training.profiles import Profile
 
 __all__ = [  # the names of training.data.images are re-exported: the data path's one entry point
@@ -57,10 +57,12 @@ __all__ = [  # the names of training.data.images are re-exported: the data path'
     "read_train_ids",
     "resize",
     "check_layout",
+    "split_files",
+    "check_cache_room",
     "CityscapesSegmentation",
-    "normalize",
     "train_transform",
     "val_transform",
+    "to_model_input",
     "denormalize",
     "EpochSampler",
     "make_loader",
@@ -84,8 +86,44 @@ def check_layout(root: str | Path, split: str) -> None:
             )
 
 
+def split_files(root: str | Path, split: str) -> tuple[list[str], list[str]]:
+    """The image and label files of a split (Cityscapes layout, fine annotations), checked to exist."""
+    check_layout(root, split)
+    files = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
+    if not files.images:
+        raise UserError(
+            f"--data-dir {root}: split '{split}' is empty (no *_leftImg8bit.png under leftImg8bit/{split}/)"
+        )
+    for image, (target,) in zip(files.images, files.targets):
+        if not Path(target).is_file():
+            raise UserError(f"image {image} has no label file (expected {target})")
+    return list(files.images), [targets[0] for targets in files.targets]
+
+
+def check_cache_room(
+    root: str | Path,
+    splits: dict[str, bool],
+    profile: Profile | None = None,
+    cache: bool | str = True,
+    cache_dir: str | Path | None = None,
+) -> None:
+    """Refuse (UserError, one line), before any is built, the caches of several splits that do not fit together
+    where they would be written. `splits`: split -> whether its full-resolution labels are cached too (validation);
+    `profile`, `cache` and `cache_dir` as the datasets get them (nothing to check without a profile or a cache)."""
+    if profile is None or not cache:
+        return
+    plans = []
+    for split, full_labels in splits.items():
+        images, labels = split_files(root, split)
+        plans += plan_cache(root, split, images, labels, profile, full_labels, cache_dir)
+    check_room(plans)
+
+
 class CityscapesSegmentation(Dataset):
-    """Cityscapes fine semantic segmentation: (normalised float image 3xHxW, int64 train-id mask HxW).
+    """Cityscapes fine semantic segmentation: (image 3xHxW as the transform leaves it, int64 train-id mask HxW).
+
+    With `val_transform` the image is uint8 (validation and evaluation: `to_model_input` makes the model's input on
+    the device, as `PhotometricPipeline.apply` does for training batches).
 
     Indices may be plain ints (validation) or (index, seed) pairs from `EpochSampler` (training): the sample's
     random transforms then run under that seed, independent of the worker process that loads it.
@@ -97,11 +135,12 @@ class CityscapesSegmentation(Dataset):
 
     With a `profile`, samples come from the per-profile cache (built on first use, rebuilt when stale; see
     `training.data.cache.prepare_cache`): `cache=True` (or "always") uses it at every profile (it saves the PNG
-    decoding even at the sources' own size), False never. `cache_dir` overrides where it is kept.
+    decoding even at the sources' own size), False never. `cache_dir` (--cache-dir; else $FASTSCNN_CACHE_DIR) chooses
+    where it is kept. A cache that does not fit there is refused (UserError) before anything is written.
 
-    `full_labels=True` (validation scored at the labels' own resolution, see `training.evaluation.scoring`): the transform
-    sees the image only, and the mask is the label's uint8 train ids at its original size (cached too, uint8,
-    where the image cache is used and all labels have one size).
+    `full_labels=True` (validation scored at the labels' own resolution, see `training.evaluation.scoring`): the
+    transform sees the image only, and the mask is the label's uint8 train ids at its original size (cached too,
+    uint8, where the image cache is used and all labels have one size).
     """
 
     def __init__(
@@ -116,23 +155,15 @@ class CityscapesSegmentation(Dataset):
         photometric_in_worker: bool = False,
         full_labels: bool = False,
     ):
-        check_layout(root, split)
-        files = Cityscapes(str(root), split=split, mode="fine", target_type="semantic")
-        if not files.images:
-            raise UserError(
-                f"--data-dir {root}: split '{split}' is empty (no *_leftImg8bit.png under leftImg8bit/{split}/)"
-            )
-        for image, (target,) in zip(files.images, files.targets):
-            if not Path(target).is_file():
-                raise UserError(f"image {image} has no label file (expected {target})")
         self.root, self.split = Path(root), split
-        self.images = list(files.images)
-        self.labels = [targets[0] for targets in files.targets]
+        self.images, self.labels = split_files(root, split)
         self.transform = transform
         self.photometric, self.photometric_in_worker = photometric, photometric_in_worker
         self.full_labels = full_labels
         self.cache = self.label_cache = None
         if profile is not None and cache:
+            # both parts refused together, before either is built, where they do not fit
+            check_room(plan_cache(self.root, split, self.images, self.labels, profile, full_labels, cache_dir))
             self.cache = prepare_cache(
                 self.root,
                 split,
@@ -194,10 +225,6 @@ class CityscapesSegmentation(Dataset):
         return views.as_subclass(torch.Tensor), mask
 
 
-def normalize() -> list[v2.Transform]:
-    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)]
-
-
 def train_transform(profile: Profile) -> v2.Transform:
     """The original's geometric augmentation, on uint8 in the loader workers: resize to the image size, horizontal
     flip, random crop. Its colour jitter follows on the training device (`training.data.photometric`), with
@@ -215,7 +242,9 @@ def train_transform(profile: Profile) -> v2.Transform:
 
 
 def val_transform(profile: Profile) -> v2.Transform:
-    return v2.Compose([resize(profile), *normalize()])
+    """The validation image: resized to the profile's image size, still uint8 (a quarter of the float32 bytes in the
+    loader's shared memory); the model's input is made on the device by `to_model_input`."""
+    return resize(profile)
 
 
 def denormalize(images: torch.Tensor) -> torch.Tensor:

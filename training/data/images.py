@@ -1,8 +1,8 @@
 """Reading the data set's files: PNG decoding, the Cityscapes label-id -> train-id table, and the profile resize.
 
-A leaf module (it imports no other module of the project's data path): the loaders (`training.data.dataset`), the cache
-that stores resized samples (`training.data.cache`) and the evaluation (`training.evaluation.scoring`) all read files and map
-labels the same way through it.
+A leaf module (it imports no other module of the project's data path): the loaders (`training.data.dataset`), the
+cache that stores resized samples (`training.data.cache`) and the evaluation (`training.evaluation.scoring`) all read
+files and map labels the same way through it.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 
 The loader workers ship each training sample as uint8 (image 3xHxW, train ids HxW: 4 bytes a pixel instead of the
 20 of a float image and an int64 mask) together with the random parameters of its photometric ops, drawn in the
-worker under the sample's seed (`training.data.dataset.EpochSampler`) right after the flip and the crop, in the order the
-original transform drew them. The training process then applies the ops to the whole batch, converts to float,
-normalises and sets the memory format (`PhotometricPipeline.apply`).
+worker under the sample's seed (`training.data.dataset.EpochSampler`) right after the flip and the crop, in the order
+the original transform drew them. The training process then applies the ops to the whole batch, converts to float,
+normalises and sets the memory format (`PhotometricPipeline.apply`). Validation and evaluation batches travel as uint8
+too; `to_model_input` makes their model input on the device.
 
 An op is a `PhotometricOp`: `draw()` returns its parameters for one sample as a float tensor of `num_params`
 values (runs in the worker, may use torch's global RNG, which the dataset seeds), `apply(x, params)` transforms a
@@ -199,6 +200,22 @@ class PhotometricPipeline:
         normalised with the data set's mean and std, in `memory_format`."""
         x = self.augment(images, params) if augment and self.ops else images.float()
         return normalize(x).contiguous(memory_format=memory_format)
+
+
+def to_model_input(images, device: torch.device | str, memory_format=torch.contiguous_format):
+    """uint8 images (N,3,H,W), as the validation and evaluation loaders ship them (or a tuple of such views, TTA),
+    -> the model's input on `device`: scaled to 0..1, normalised with the data set's mean and std, in `memory_format`.
+
+    The arithmetic is torchvision's `ToDtype(float32, scale=True)` then `Normalize` (a product with 1/255, where
+    `normalize` divides): the workers ran those before, and the scores stay what they were, bit for bit. Float images
+    are taken as the model's input already (moved only)."""
+    if isinstance(images, (tuple, list)):
+        return tuple(to_model_input(view, device, memory_format) for view in images)
+    x = images.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        mean, std, _ = _constants(x.device)
+        x = x.float().mul_(1.0 / 255).sub_(mean).div_(std)
+    return x.contiguous(memory_format=memory_format)
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

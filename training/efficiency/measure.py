@@ -85,8 +85,10 @@ def _verdict(agree: float) -> str:
 def agreement_inputs(val_set, hw: tuple[int, int], count: int) -> tuple[list[torch.Tensor], str]:
     """The first `count` validation images (one batch each), or seeded random inputs at `hw` without data."""
     if val_set is not None:
+        from training.data.photometric import to_model_input  # the val set's images are uint8
+
         count = min(count, len(val_set))
-        return [val_set[i][0].unsqueeze(0) for i in range(count)], f"{count} val images"
+        return [to_model_input(val_set[i][0].unsqueeze(0), "cpu") for i in range(count)], f"{count} val images"
     generator = torch.Generator().manual_seed(0)
     return (
         [torch.randn(1, 3, *hw, generator=generator) for _ in range(count)],

@@ -20,6 +20,7 @@ from training.data.dataset import (
     NUM_CLASSES,
     CityscapesSegmentation,
     EpochSampler,
+    check_cache_room,
     make_loader,
     num_train_batches_check,
     steps_per_epoch,
@@ -148,7 +149,8 @@ def _runtime(stage: Stage, profiles: dict) -> None:
 def _data(stage: Stage) -> None:
     """The train and val splits (layout checked here, before anything is written), and the resume's data checks."""
     args = stage.args
-    cache = {"profile": stage.profile, "cache": not args.no_cache}
+    cache = {"profile": stage.profile, "cache": not args.no_cache, "cache_dir": getattr(args, "cache_dir", None)}
+    check_cache_room(args.data_dir, {"train": False, "val": getattr(args, "val_resolution", "full") == "full"}, **cache)
     # Training samples travel as uint8 with their photometric parameters; the photometric ops, float conversion and
     # normalisation run on the training device (training/data/photometric.py). CPU-only with loader workers: the ops
     # run in the workers, in parallel with the step (measured faster there).

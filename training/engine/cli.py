@@ -96,6 +96,12 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
     add("--sync-bn", action="store_true", help="synchronise BatchNorm statistics across processes")
     add("--device", default="auto", choices=("auto", "cuda", "cpu"), help="auto = CUDA when available")
     add("--no-cache", action="store_true", help="always decode the full-size PNGs (no per-profile cache)")
+    add(
+        "--cache-dir",
+        default=None,
+        help="where the per-profile cache goes, one folder per data set inside (default: $FASTSCNN_CACHE_DIR, else "
+        "<data dir>/.cache, else ./data/cache); a cache that does not fit there is refused before it is built",
+    )
     add("--restart", action="store_true", help="ignore the resumable state in checkpoints/<id>/ and start afresh")
     add("--skip-nonfinite", action="store_true", help="skip steps whose loss is NaN/inf instead of stopping")
     add(

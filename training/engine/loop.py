@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from training.data.dataset import NUM_CLASSES, denormalize
+from training.data.dataset import NUM_CLASSES, to_model_input
 from training.engine import distributed
 from training.engine.records import Records
 from training.engine.signals import StopRequest
@@ -192,13 +192,12 @@ def validate(stage) -> tuple[dict, tuple | None]:
     distributed.broadcast_buffers(stage.model)
     scorer = Scorer(NUM_CLASSES, stage.device, loss=True)
     preview, count = None, stage.args.previews
-    for images, targets in stage.val_loader:
-        images = images.to(stage.device, non_blocking=True).contiguous(memory_format=stage.memory_format)
+    for images, targets in stage.val_loader:  # uint8 images: normalised on the device
         # fp32 even under --amp: the figure is that of the saved fp32 model, as evaluate_efficiency.py scores it
-        logits = stage.model(images).float()
+        logits = stage.model(to_model_input(images, stage.device, stage.memory_format)).float()
         scorer.update([logits], targets)
         if preview is None and count > 0:
             labels = torch.stack([nearest(target, images.shape[-2:]) for target in targets[:count]])
-            preview = (denormalize(images[:count]).cpu(), labels, logits[:count].argmax(1).cpu())
+            preview = (images[:count].clone(), labels, logits[:count].argmax(1).cpu())
     scorer.all_reduce()
     return scorer.compute(), preview

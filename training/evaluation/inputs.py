@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
-from training.data.dataset import normalize, read_png
+from training.data.dataset import read_png
 from training.errors import UserError
 from training.profiles import Profile
 
@@ -44,16 +44,15 @@ def read_image(path: str | Path) -> torch.Tensor:
 
 class KeepAspectResize:
     """Resize to the profile's image height, the width following the image's own aspect ratio (for photos that are
-    not 2:1), then normalise."""
+    not 2:1), still uint8 (`to_model_input` normalises it on the device)."""
 
     def __init__(self, profile: Profile):
         self.height = profile.image_hw[0]
-        self.normalize = v2.Compose(normalize())
 
     def __call__(self, image):
         height, width = image.shape[-2:]
         size = (self.height, max(1, round(self.height * width / height)))
-        return self.normalize(v2.functional.resize(image, list(size), antialias=True))
+        return v2.functional.resize(image, list(size), antialias=True)
 
 
 def list_images(folder: str | Path, flag: str, exclude: Path | None = None) -> list[Path]:

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from training.data.classes import describe
+from training.data.photometric import to_model_input
 from training.engine.distributed import device_name, pick_device
 from training.errors import UserError
 from training.evaluation.export import ClassIndexExport, PredictionExport, overlay_folder
@@ -169,7 +170,7 @@ def predict_frames(
     def flush():
         _sync(device)
         tick = time.perf_counter()
-        views = forward_views(model, torch.stack([x for _, x in pending]).to(device), tta)
+        views = forward_views(model, to_model_input(torch.stack([x for _, x in pending]), device), tta)
         predictions = [scores_at(views, i, tuple(f.image.shape[-2:])).argmax(0) for i, (f, _) in enumerate(pending)]
         predictions = [p.to("cpu", torch.uint8) for p in predictions]
         _sync(device)

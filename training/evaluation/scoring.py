@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from training.data.dataset import IGNORE_INDEX, NUM_CLASSES, val_transform
+from training.data.photometric import to_model_input
 from training.engine import distributed
 from training.errors import UserError
 from training.evaluation.tta import MultiScaleViews, forward_views
@@ -57,12 +58,6 @@ def collate(batch: list) -> tuple:
     if isinstance(images[0], tuple):
         return tuple(torch.stack(view) for view in zip(*images)), list(targets)
     return torch.stack(images), list(targets)
-
-
-def to_device(images, device: torch.device):
-    if isinstance(images, tuple):
-        return tuple(view.to(device, non_blocking=True) for view in images)
-    return images.to(device, non_blocking=True)
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -156,7 +151,7 @@ def evaluate_accuracy(
     scorer = Scorer(num_classes, device)
     seen = 0
     for images, targets in progress(loader):
-        views = forward_views(model, to_device(images, device), tta)
+        views = forward_views(model, to_model_input(images, device), tta)
         keep = (
             None if export is None else (lambda index, prediction, first=seen: export.write(first + index, prediction))
         )

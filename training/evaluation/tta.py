@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2
 
-from training.data.dataset import normalize, val_transform
+from training.data.dataset import val_transform
 from training.profiles import Profile
 
 TTA_MODES = ("none", "flip", "multiscale")
@@ -22,15 +22,12 @@ MULTISCALE_RATIOS = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)  # mmsegmentation's Citysc
 
 
 class MultiScaleViews:
-    """The image at each of `ratios` x the profile's size, each resized from the original and normalised (at ratio
-    1.0 exactly what `val_transform` gives)."""
+    """The image at each of `ratios` x the profile's size, each resized from the original, uint8 (at ratio 1.0
+    exactly what `val_transform` gives; `to_model_input` normalises them on the device)."""
 
     def __init__(self, profile: Profile, ratios: Sequence[float] = MULTISCALE_RATIOS):
         height, width = profile.image_hw
-        self.transforms = [
-            v2.Compose([v2.Resize((int(height * r + 0.5), int(width * r + 0.5)), antialias=True), *normalize()])
-            for r in ratios
-        ]
+        self.transforms = [v2.Resize((int(height * r + 0.5), int(width * r + 0.5)), antialias=True) for r in ratios]
 
     def __call__(self, image):
         return tuple(transform(image) for transform in self.transforms)
