@@ -3,9 +3,11 @@
     python evaluate_efficiency.py --model-path models/fastscnn-training-experiment-05.pth
     python evaluate_efficiency.py --all models/ --data-dir none --resolution 1024x2048 --compile
 
-Each model is measured at the profile its model card records (models/<id>.json beside the .pth): the classes and
-the image size come from the card; --profile overrides the profile; a model without a card is measured at
---profile (default highest) with Cityscapes' 19 classes, and a note says so.
+Each model is measured at the profile its model card records (models/<id>.json beside the .pth): the classes, the
+data set and the image size come from the card; --profile overrides the profile; a model without a card is measured
+at --profile (default highest) with Cityscapes' 19 classes, and a note says so. The accuracy is scored on the val
+split of the model's own data set (--dataset and --data-dir, by default the card's at ./data/<dataset>); a data set
+of other classes is refused.
 
 Reports parameters, thop MACs and FLOPs (= 2 x MACs, cross-checked with torch.utils.flop_counter), batch-1 latency of
 the plain model (eval, fp32, NCHW) and of the deploy form (BatchNorm folded, channels_last, bf16 autocast on CPUs with
@@ -49,7 +51,7 @@ def main(argv):
         return prediction.run_export(args)
     cli.check_args(args)
     device = pick_device(args.device)
-    with_data = str(args.data_dir).lower() != "none"
+    with_data = cli.with_data(args)
     models = tool.load_models(args, device, with_data)
     command = shlex.join(["python", Path(sys.argv[0]).name, *argv])
     tool.measure_models(args, models, device, csv_path, command)

@@ -1,4 +1,5 @@
-"""Predictions of a trained Fast-SCNN: class-index PNGs and colour overlays of images, or the Cityscapes export.
+"""Predictions of a trained Fast-SCNN: class-index PNGs and colour overlays of images or a video, or the Cityscapes
+export.
 
     python predict.py --model-path models/fastscnn-training-experiment-05.pth --input photos/ --output predictions/
 
@@ -8,15 +9,22 @@ predictions/<name>_overlay.jpg (--overlay DIR elsewhere, --no-overlay none). The
 profile's height, the width keeping the image's aspect ratio; images of one size are batched (--batch-size). It
 prints the frames per second it reached and the device.
 
+    python predict.py --model-path M --input clip.mp4 --output predictions/
+
+decodes a video file with PyAV (pip install av) and writes predictions/clip/000000.png ... (the class indices of
+every frame) and the annotated video predictions/clip_overlay.mp4 (H.264, the input's frame rate; --overlay DIR
+elsewhere, --no-overlay none).
+
     python predict.py --model-path M --data-dir data/cityscapes --export-predictions DIR [--split val|test]
 
 writes what the Cityscapes benchmark reads: one label-id PNG per image of the split at its own resolution,
 DIR/<city>/<city>_<seq>_<frame>_leftImg8bit.png, scored where the split has labels; --overlay adds colour overlays,
 --images FOLDER predicts a folder of photos into label-id PNGs instead of a split.
 
-The model card beside the model (models/<id>.json) gives its classes, architecture and profile; --profile overrides
-the profile. Without a card: Cityscapes' 19 classes and --profile (default highest), with a note. On Linux the tool
-restarts itself once with glibc malloc tuned (as evaluate_efficiency.py does).
+The model card beside the model (models/<id>.json) gives its classes, data set, architecture and profile; --profile
+overrides the profile (scaled to the model's data set, as in training). Without a card: Cityscapes' 19 classes and
+--profile (default highest), with a note. On Linux the tool restarts itself once with glibc malloc tuned (as
+evaluate_efficiency.py does).
 """
 
 import sys
@@ -29,7 +37,7 @@ if __name__ == "__main__":
 import argparse  # noqa: E402  (after the restart: torch is imported once, by the final process)
 
 from training.errors import UserError, run_cli  # noqa: E402
-from training.evaluation.cli import add_export_arguments, add_model_arguments  # noqa: E402
+from training.evaluation.cli import add_data_arguments, add_export_arguments, add_model_arguments  # noqa: E402
 from training.evaluation.tta import TTA_MODES  # noqa: E402
 
 
@@ -37,11 +45,11 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add_model_arguments(parser)
-    add("--input", metavar="PATH", help="an image (PNG/JPEG) or a folder of images to predict")
-    add("--output", metavar="DIR", help="with --input: where the class-index PNGs and overlays go")
-    add("--no-overlay", action="store_true", help="with --input: class-index PNGs only")
+    add("--input", metavar="PATH", help="an image (PNG/JPEG), a folder of images, or a video file to predict")
+    add("--output", metavar="DIR", help="with --input: where the class-index PNGs and overlays (or the video) go")
+    add("--no-overlay", action="store_true", help="with --input: class-index PNGs only (no overlays, no video)")
     add_export_arguments(parser)
-    add("--data-dir", default="./data/cityscapes", help="with --export-predictions: the Cityscapes root")
+    add_data_arguments(parser, "with --export-predictions: the Cityscapes root")
     add("--tta", default="none", choices=TTA_MODES, help="test-time augmentation (multiscale: split exports only)")
     add("--batch-size", type=int, default=4, help="images per forward pass")
     add("--num-workers", type=int, default=4, help="with --export-predictions: data-loading worker processes")

@@ -37,6 +37,7 @@ from input_pipeline import Repeated  # noqa: E402
 
 import train  # noqa: E402
 from training.data.dataset import EpochSampler, make_loader  # noqa: E402
+from training.data.layouts import DATASETS  # noqa: E402
 from training.engine.cli import add_previous_model_args, get_args_parser  # noqa: E402
 from training.engine.loop import train_step  # noqa: E402
 from training.engine.step_monitor import StepMonitor  # noqa: E402
@@ -77,6 +78,8 @@ def build_stage(data_dir: Path, profile: str, variant: list[str], opts):
     from training.engine.build import build_stage
 
     argv = [
+        "--dataset",
+        opts.dataset,
         "--data-dir",
         str(data_dir),
         "--profile",
@@ -215,7 +218,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="benchmarks/gpu.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--quick", action="store_true", help="tiny data, profiles and runs (a smoke test)")
-    parser.add_argument("--data-dir", default=None, help="Cityscapes root (default: a generated demo set)")
+    parser.add_argument("--data-dir", default=None, help="the data set's root (default: a generated demo set)")
+    parser.add_argument(
+        "--dataset", choices=DATASETS, default="cityscapes", help="its layout, as the scripts' (default cityscapes)"
+    )
     parser.add_argument("--profiles", default="1,3,5", help="profiles to train at (default 1,3,5)")
     parser.add_argument("--batch-size", type=int, default=None, help="default 32 (--quick: 2)")
     parser.add_argument("--num-workers", type=int, default=None, help="loader workers (default 8; --quick: 1)")
@@ -252,7 +258,12 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             count = max(4, opts.batch_size) if quick else 40
             data_dir = make_demo_dataset(
-                Path(work) / "demo", num_train=count, num_val=2, size=(256, 128) if quick else (2048, 1024), seed=0
+                Path(work) / "demo",
+                num_train=count,
+                num_val=2,
+                size=(256, 128) if quick else (2048, 1024),
+                seed=0,
+                layout=opts.dataset,
             )
             print(f"data: {count} demo images generated in {time.perf_counter() - start:.0f} s", flush=True)
         os.environ.setdefault("WANDB_MODE", "disabled")

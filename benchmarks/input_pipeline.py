@@ -49,6 +49,7 @@ from training.data.dataset import (  # noqa: E402
     label_lookup_table,  # noqa: E402
     make_loader,
 )
+from training.data.layouts import DATASETS, dataset_profile, native_size  # noqa: E402
 from training.data.photometric import PhotometricPipeline, apply_in_worker  # noqa: E402
 from training.data.transforms import train_pipeline  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
@@ -180,7 +181,13 @@ def time_photometric(
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(prog="benchmarks/input_pipeline.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data-dir", required=True, help="Cityscapes root (leftImg8bit/, gtFine/)")
+    parser.add_argument("--data-dir", required=True, help="the data set's root (Cityscapes: leftImg8bit/, gtFine/)")
+    parser.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="cityscapes",
+        help="its layout, as the scripts' --dataset (default cityscapes)",
+    )
     parser.add_argument("--profile", default="low", help="resolution profile, name or number (default low)")
     parser.add_argument("--num-workers", type=int, default=8, help="loader worker processes (default 8)")
     parser.add_argument("--batches", type=int, default=20, help="batches timed after the warm-up (default 20)")
@@ -231,7 +238,11 @@ def main(argv: list[str] | None = None) -> float:
                 f"--{name.replace('_', '-')} {value}: expected a whole number >= "
                 f"{0 if name in ('num_workers', 'warmup') else 1}"
             )
-    profile = resolve_profile(args.profile)
+    if args.baseline == "original" and args.dataset != "cityscapes":
+        raise UserError(
+            "--baseline original: re-creates the original's Cityscapes pipeline; expected --dataset cityscapes"
+        )
+    profile = dataset_profile(resolve_profile(args.profile), args.dataset, native_size(args.dataset, args.data_dir))
     warmup = args.warmup if args.warmup is not None else max(2, args.num_workers)
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -257,6 +268,7 @@ def main(argv: list[str] | None = None) -> float:
         cache_dir=args.cache_dir,
         photometric=photometric,
         photometric_in_worker=args.photometric == "workers",
+        dataset=args.dataset,
     )
     seconds = time.perf_counter() - start
     if dataset.cache is None:

@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from training.data.dataset import NUM_CLASSES, CityscapesSegmentation, EpochSampler, make_loader, val_transform  # noqa: E402
+from training.data.dataset import CityscapesSegmentation, EpochSampler, make_loader, val_transform  # noqa: E402
+from training.data.layouts import DATASETS, dataset_profile, native_size, open_dataset  # noqa: E402
 from training.data.photometric import to_model_input  # noqa: E402
 from training.errors import run_cli  # noqa: E402
 from training.evaluation import scoring as evaluation  # noqa: E402
@@ -28,9 +29,9 @@ from training.models.build import build_model, load_weights  # noqa: E402
 from training.profiles import resolve_profile  # noqa: E402
 
 
-def one_pass(model, loader, device) -> tuple[float, float]:
+def one_pass(model, loader, device, num_classes: int) -> tuple[float, float]:
     """(seconds of the whole pass, seconds of its scoring part: upsampling, argmax, counting, loss)."""
-    scorer = evaluation.Scorer(NUM_CLASSES, device, loss=True)
+    scorer = evaluation.Scorer(num_classes, device, loss=True)
     scoring = 0.0
     start = time.perf_counter()
     with torch.no_grad():
@@ -48,6 +49,7 @@ def one_pass(model, loader, device) -> tuple[float, float]:
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="data/demo_cityscapes")
+    parser.add_argument("--dataset", choices=DATASETS, default="cityscapes", help="its layout (as the scripts')")
     parser.add_argument("--profile", default="low")
     parser.add_argument("--model", default="none", help="a trained fast_scnn .pth (default: random weights)")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -59,8 +61,9 @@ def main(argv=None):
     )
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    profile = resolve_profile(args.profile)
-    model = build_model("fast_scnn", NUM_CLASSES)
+    profile = dataset_profile(resolve_profile(args.profile), args.dataset, native_size(args.dataset, args.data_dir))
+    classes = open_dataset(args.dataset, args.data_dir).classes
+    model = build_model("fast_scnn", classes.num_classes)
     if args.model != "none":
         load_weights(model, args.model, "fast_scnn", "--model")
     model.eval().to(device)
@@ -73,6 +76,7 @@ def main(argv=None):
             profile=profile,
             full_labels=mode == "full",
             cache_dir=args.cache_dir,
+            dataset=args.dataset,
         )
         loaders[mode] = make_loader(
             dataset,
@@ -87,7 +91,7 @@ def main(argv=None):
     scoring = {mode: [] for mode in loaders}
     for _ in range(args.rounds):
         for mode, loader in loaders.items():
-            total, part = one_pass(model, loader, device)
+            total, part = one_pass(model, loader, device, classes.num_classes)
             times[mode].append(total)
             scoring[mode].append(part)
     images = len(loaders["full"].dataset)

@@ -201,7 +201,7 @@ def bad_setup(tmp_path):
     [
         (["--input", "{tmp}/clash"], "--input: expected --output DIR"),
         (["--input", "{tmp}/clash", "--output", "{tmp}/o"], "a.jpg and a.png would both be written as a.png"),
-        (["--input", "{tmp}/clip.mp4", "--output", "{tmp}/o"], "video input is not supported yet"),
+        (["--input", "{tmp}/clip.mp4", "--output", "{tmp}/o"], "clip.mp4: cannot read the video (Invalid data"),
         (["--input", "{tmp}/nowhere", "--output", "{tmp}/o"], "no such file or folder"),
         (["--input", "{tmp}/empty", "--output", "{tmp}/o"], "no .png/.jpg/.jpeg files"),
         (["--input", "{tmp}/clash", "--output", "{tmp}/o", "--export-predictions", "{tmp}/o"], "exactly one of"),

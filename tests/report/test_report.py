@@ -272,3 +272,31 @@ def test_report_of_a_real_two_stage_run(tiny_cityscapes, tmp_path, monkeypatch, 
     (bars,) = per_epoch.containers
     with open(tmp_path / "measurements" / "durations.csv", newline="") as file:
         assert [b.get_height() for b in bars] == [float(row["s_per_epoch"]) for row in csv.DictReader(file)]
+
+
+def test_the_class_figures_name_the_classes_the_stage_trained_on(tmp_path):
+    """A stage of a folder data set: its state records its 5 classes; the report's confusion matrix and per-class
+    IoU are labelled with them (a state from before --dataset: Cityscapes' names)."""
+    from training.data.classes import folder_class_set
+
+    five = folder_class_set(("road", "car", "tree", "sky", "person"), ((1, 1, 1), (2, 2, 2), (3, 3, 3), (4, 4, 4),
+                                                                       (5, 5, 5)), 255, None, "test")  # fmt: skip
+    checkpoints, measurements = tmp_path / "checkpoints", tmp_path / "measurements"
+    record_epoch(checkpoints / "five-01" / "history.csv", {"profile": "low", "epoch": 1, "valid_miou": 0.5})
+    matrix = torch.diag(torch.tensor([4, 3, 0, 2, 1]))
+    matrix[2, 1] = 6  # every 'tree' pixel predicted 'car'
+    state = {"best_epoch": 1, "best_confusion_matrix": matrix, "classes": five.to_dict()}
+    torch.save(state, checkpoints / "five-01" / "state.pth")
+    written = report.build_report(checkpoints, measurements)
+    (record,) = report.load_stages(checkpoints)
+    assert record.class_names == ["road", "car", "tree", "sky", "person"]
+    ax = report.confusion_figure("five-01", matrix.numpy(), record.class_names).axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == record.class_names
+    bars_ax = report.class_iou_figure("five-01", matrix.numpy(), record.class_names).axes[0]
+    bars = {t.get_text(): p.get_height() for t, p in zip(bars_ax.get_xticklabels(), bars_ax.patches)}
+    assert bars == pytest.approx({"road": 1.0, "car": 3 / 9, "tree": 0.0, "sky": 1.0, "person": 1.0})
+    assert written["confusion"].exists() and written["class_iou"].exists()
+
+    del state["classes"]  # written before other data sets: Cityscapes' names where they fit the matrix
+    torch.save(state, checkpoints / "five-01" / "state.pth")
+    assert report.load_stages(checkpoints)[0].class_names == [f"class {i}" for i in range(5)]

@@ -64,6 +64,7 @@ from torchvision import tv_tensors
 from torchvision.io import ImageReadMode
 
 from training.data.images import read_png, read_train_ids, resize
+from training.data.layouts import SampleReader
 from training.data.workers import map_in_helpers
 from training.errors import UserError
 from training.profiles import Profile
@@ -425,15 +426,29 @@ def _locked(directory: Path, log):
 _worker_state: dict = {}
 
 
-def _init_worker(images_path: str, labels_path: str, profile: Profile, threads: int = 1) -> None:
+def read_sample(image_path: str, label_path: str, reader: SampleReader | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 image 3xHxW and train ids HxW from the files: Cityscapes' PNGs and label ids (no reader), or through
+    the layout's reader (CamVid, a folder)."""
+    if reader is None:
+        return read_png(image_path, ImageReadMode.RGB), read_train_ids(label_path)
+    return reader.image(image_path), reader.mask(label_path)
+
+
+def read_label(label_path: str, reader: SampleReader | None) -> torch.Tensor:
+    return read_train_ids(label_path) if reader is None else reader.mask(label_path)
+
+
+def _init_worker(
+    images_path: str, labels_path: str, profile: Profile, reader: SampleReader | None = None, threads: int = 1
+) -> None:
     torch.set_num_threads(threads)
-    _worker_state.update(images=_Rows(images_path), labels=_Rows(labels_path), resize=resize(profile))
+    _worker_state.update(images=_Rows(images_path), labels=_Rows(labels_path), resize=resize(profile), reader=reader)
 
 
 def _cache_one(task: tuple[int, str, str]) -> int:
     index, image_path, label_path = task
-    image = tv_tensors.Image(read_png(image_path, ImageReadMode.RGB))
-    mask = tv_tensors.Mask(read_train_ids(label_path))
+    image, mask = read_sample(image_path, label_path, _worker_state["reader"])
+    image, mask = tv_tensors.Image(image), tv_tensors.Mask(mask)
     image, mask = _worker_state["resize"](image, mask)
     _worker_state["images"].write(index, image.numpy())
     _worker_state["labels"].write(index, mask.numpy())
@@ -446,11 +461,19 @@ def _cache_chunk(tasks: list[tuple[int, str, str]]) -> int:
     return len(tasks)
 
 
-def _fill(images_path: Path, labels_path: Path, tasks: list, profile: Profile, workers: int, desc: str) -> None:
+def _fill(
+    images_path: Path,
+    labels_path: Path,
+    tasks: list,
+    profile: Profile,
+    workers: int,
+    desc: str,
+    reader: SampleReader | None = None,
+) -> None:
     from tqdm import tqdm
 
     bar = tqdm(total=len(tasks), desc=desc, unit="img", dynamic_ncols=True, disable=not sys.stderr.isatty())
-    args = (str(images_path), str(labels_path), profile)
+    args = (str(images_path), str(labels_path), profile, reader)
     touched = time.monotonic()
 
     def done(count: int) -> None:
@@ -481,7 +504,9 @@ def _fill(images_path: Path, labels_path: Path, tasks: list, profile: Profile, w
         _fsync(path)
 
 
-def _write_arrays(directory: Path, tasks: list, profile: Profile, workers: int, what: str, log) -> None:
+def _write_arrays(
+    directory: Path, tasks: list, profile: Profile, workers: int, what: str, log, reader: SampleReader | None = None
+) -> None:
     """The whole split into new arrays, under temporary names until they are complete."""
     count = len(tasks)
     (directory / MANIFEST).unlink(missing_ok=True)
@@ -494,7 +519,7 @@ def _write_arrays(directory: Path, tasks: list, profile: Profile, workers: int, 
             f"cache: writing {count} {what} to {directory} ({workers} processes, "
             f"{human_bytes(split_bytes(count, profile))}; once per profile)"
         )
-        _fill(tmp["images"], tmp["labels"], tasks, profile, workers, f"caching {what}")
+        _fill(tmp["images"], tmp["labels"], tasks, profile, workers, f"caching {what}", reader)
         for name, path in tmp.items():  # readers of an older cache keep their (unlinked) files
             os.replace(path, directory / f"{name}.npy")
     finally:
@@ -511,6 +536,7 @@ def _build(
     stale: list[int] | None,
     workers: int,
     log,
+    reader: SampleReader | None = None,
 ) -> None:
     """Write the whole cache (stale is None) or re-read the changed entries; the manifest comes last. A write error
     or a helper that dies: the split's cache is removed and the build ends with one line (UserError)."""
@@ -521,13 +547,14 @@ def _build(
     try:
         if stale is None:
             tasks = [(i, image, label) for i, (image, label) in enumerate(zip(images, labels))]
-            _write_arrays(directory, tasks, profile, workers, what, log)
+            _write_arrays(directory, tasks, profile, workers, what, log, reader)
         else:
             recorded = _read_manifest(directory)["stats"]
             _write_json(directory / MANIFEST, {**expected, "stats": recorded, "complete": False})
             log(f"cache: {len(stale)} of {count} source files of {what} changed; re-reading them into {directory}")
             tasks = [(i, images[i], labels[i]) for i in stale]
-            _fill(directory / "images.npy", directory / "labels.npy", tasks, profile, workers, f"updating {what}")
+            updating = f"updating {what}"
+            _fill(directory / "images.npy", directory / "labels.npy", tasks, profile, workers, updating, reader)
         _write_json(directory / MANIFEST, {**expected, "stats": stats, "complete": True})
     except (OSError, BrokenProcessPool) as error:  # a full disk or quota, an I/O error, a helper that died
         _remove_split_cache(directory)
@@ -550,11 +577,17 @@ def _is_main_process() -> bool:
 
 
 def _plan(
-    root: Path, split: str, images: list[str], labels: list[str], profile: Profile, cache_dir
+    root: Path,
+    split: str,
+    images: list[str],
+    labels: list[str],
+    profile: Profile,
+    cache_dir,
+    reader: SampleReader | None = None,
 ) -> tuple[CachePlan, dict, list[list[int]]]:
     """(where the split's cache at `profile` is or would be written and what a build would write there, the manifest
-    expected, the sources' stats)."""
-    expected = _expected(root, split, images, labels, profile)
+    expected, the sources' stats). A reader's class set is part of the manifest (none for Cityscapes)."""
+    expected = {**_expected(root, split, images, labels, profile), **(reader.manifest() if reader else {})}
     try:
         stats = _source_stats(images, labels)
     except OSError as error:
@@ -580,20 +613,22 @@ def prepare_cache(
     cache_dir: str | Path | None = None,
     workers: int | None = None,
     log=None,
+    reader: SampleReader | None = None,
 ) -> CachedSplit | None:
     """The cache of one split at `profile`, built or brought up to date first; None where it is not used.
 
     mode "auto" (the scripts') caches at every profile: below the sources' size it saves the decoding and the
     resize, at their size (profile 5 for Cityscapes) the decoding, ~40 ms of a 2048x1024 PNG against ~1 ms to read
     the uncompressed copy, which costs 8 MiB of disk per image there. "always" is the same (kept for callers).
-    A cache that does not fit is refused (UserError) before anything is created.
+    A cache that does not fit is refused (UserError) before anything is created. `reader` reads another data set's
+    files (CamVid, a folder; `training.data.layouts.SampleReader`), Cityscapes' are read as always without one.
     """
     if log is None:
         log = (lambda message: print(message, flush=True)) if _is_main_process() else (lambda message: None)
     root = Path(root).resolve()
     if mode not in ("auto", "always"):
         raise ValueError(f"cache mode {mode!r}: expected 'auto' or 'always'")
-    plan, expected, stats = _plan(root, split, images, labels, profile, cache_dir)
+    plan, expected, stats = _plan(root, split, images, labels, profile, cache_dir, reader)
     if plan.ready:
         return CachedSplit(plan.directory, len(images))
     check_room([plan])
@@ -615,6 +650,7 @@ def prepare_cache(
                 stale if status == "stale" else None,
                 workers if workers is not None else _default_workers(todo),
                 log,
+                reader,
             )
     return CachedSplit(directory, len(images))
 
@@ -627,13 +663,14 @@ def plan_cache(
     profile: Profile,
     full_labels: bool = False,
     cache_dir: str | Path | None = None,
+    reader: SampleReader | None = None,
 ) -> list[CachePlan]:
     """What caching one split at `profile` (and, with `full_labels`, its full-resolution labels) would write, for
     `check_room` before anything is built."""
     root = Path(root).resolve()
-    plans = [_plan(root, split, images, labels, profile, cache_dir)[0]]
+    plans = [_plan(root, split, images, labels, profile, cache_dir, reader)[0]]
     if full_labels:
-        label_plan = _label_plan(root, split, labels, cache_dir)[0]
+        label_plan = _label_plan(root, split, labels, cache_dir, reader)[0]
         if label_plan is not None:
             plans.append(label_plan)
     return plans
@@ -703,7 +740,9 @@ def _labels_ok(directory: Path, expected: dict, stats: list[list[int]]) -> bool:
     return labels.dtype == np.uint8 and labels.shape == (len(stats), height, width)
 
 
-def _label_plan(root: Path, split: str, labels: list[str], cache_dir) -> tuple[CachePlan | None, dict, list[list[int]]]:
+def _label_plan(
+    root: Path, split: str, labels: list[str], cache_dir, reader: SampleReader | None = None
+) -> tuple[CachePlan | None, dict, list[list[int]]]:
     """(where the split's full-resolution labels are or would be cached and what a build would write there, or None
     where the labels differ in size; the manifest expected; the labels' stats)."""
     sizes = {png_size(label) for label in labels}
@@ -720,6 +759,7 @@ def _label_plan(root: Path, split: str, labels: list[str], cache_dir) -> tuple[C
         "split": split,
         "size": [width, height],
         "files": [os.path.relpath(label, root) for label in labels],
+        **(reader.manifest() if reader else {}),
     }
     what = f"{split} labels at {width}x{height}"
     candidates = [base / FULL_LABELS / split for base in cache_locations(root, cache_dir)]
@@ -731,7 +771,7 @@ def _label_plan(root: Path, split: str, labels: list[str], cache_dir) -> tuple[C
     return CachePlan(directory, needed, what), expected, stats
 
 
-def _write_labels(directory: Path, expected: dict, labels: list[str], log) -> None:
+def _write_labels(directory: Path, expected: dict, labels: list[str], log, reader: SampleReader | None = None) -> None:
     """Decode every label into a new array (temporary name until complete), then the manifest. A write error: the
     split's label cache is removed and the build ends with one line (UserError)."""
     start = time.perf_counter()
@@ -749,7 +789,7 @@ def _write_labels(directory: Path, expected: dict, labels: list[str], log) -> No
         rows = _Rows(tmp)
         try:
             for index, label in enumerate(labels):
-                rows.write(index, read_train_ids(label).numpy())
+                rows.write(index, read_label(label, reader).numpy())
         finally:
             rows.close()
         _fsync(tmp)
@@ -764,7 +804,12 @@ def _write_labels(directory: Path, expected: dict, labels: list[str], log) -> No
 
 
 def prepare_label_cache(
-    root: str | Path, split: str, labels: list[str], cache_dir: str | Path | None = None, log=None
+    root: str | Path,
+    split: str,
+    labels: list[str],
+    cache_dir: str | Path | None = None,
+    log=None,
+    reader: SampleReader | None = None,
 ) -> CachedLabels | None:
     """The split's train ids at the labels' own resolution, cached once; None where the labels differ in size
     (then they are decoded per sample). A changed source file (size or mtime) rebuilds the whole cache. A cache that
@@ -772,7 +817,7 @@ def prepare_label_cache(
     if log is None:
         log = (lambda message: print(message, flush=True)) if _is_main_process() else (lambda message: None)
     root = Path(root).resolve()
-    plan, expected, stats = _label_plan(root, split, labels, cache_dir)
+    plan, expected, stats = _label_plan(root, split, labels, cache_dir, reader)
     if plan is None or plan.ready:
         return None if plan is None else CachedLabels(plan.directory, len(labels))
     check_room([plan])
@@ -785,5 +830,5 @@ def prepare_label_cache(
                     leftover.unlink(missing_ok=True)
             width, height = expected["size"]
             check_room([CachePlan(directory, npy_bytes((len(labels), height, width)), plan.what)])
-            _write_labels(directory, expected, labels, log)
+            _write_labels(directory, expected, labels, log, reader)
     return CachedLabels(directory, len(labels))

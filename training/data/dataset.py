@@ -1,9 +1,11 @@
-"""Cityscapes loading: label mapping, joint image/mask transforms, deterministic sampling and the loaders.
+"""Data set loading: label mapping, joint image/mask transforms, deterministic sampling and the loaders.
 
 Real Cityscapes and the built-in demo data set (`demo.dataset`) go through the same code:
 `torchvision.datasets.Cityscapes` (fine annotations, semantic targets) finds the files, PNGs are decoded with
 `torchvision.io` (faster than PIL), label ids are mapped to train ids by a 256-entry lookup table inside the dataset
 (so in the loader's worker processes), and images are resized on uint8 before any float conversion.
+`--dataset camvid|folder` reads the other layouts through `training.data.layouts` (pairs sorted by path, masks
+through the data set's class set), with the same transforms, cache and sampling.
 
 Given a profile, the dataset reads its samples from a per-profile cache (`training.data.cache`): images and train ids
 stored once, already resized to the profile's image size, as uncompressed arrays. The transforms start with that same
@@ -26,6 +28,7 @@ from torchvision.io import ImageReadMode
 from torchvision.transforms import v2
 
 from training.data.cache import check_room, plan_cache, prepare_cache, prepare_label_cache
+from training.data.classes import CITYSCAPES, ClassSet
 
 # the file readers and the label table live in a leaf module that the cache shares (no import circle)
 from training.data.images import (
@@ -40,6 +43,7 @@ from training.data.images import (
     read_train_ids,
     resize,
 )
+from training.data.layouts import SampleReader, check_sizes, open_dataset
 from training.data.photometric import MEAN, STD, PhotometricPipeline, apply_in_worker, to_model_input
 from training.data.workers import ignore_stop_signals
 from training.errors import UserError
@@ -58,6 +62,7 @@ __all__ = [  # the names of training.data.images are re-exported: the data path'
     "resize",
     "check_layout",
     "split_files",
+    "dataset_files",
     "check_cache_room",
     "CityscapesSegmentation",
     "train_transform",
@@ -100,27 +105,46 @@ def split_files(root: str | Path, split: str) -> tuple[list[str], list[str]]:
     return list(files.images), [targets[0] for targets in files.targets]
 
 
+def dataset_files(
+    root: str | Path, split: str, dataset: str = "cityscapes"
+) -> tuple[list[str], list[str], ClassSet, SampleReader | None]:
+    """(images, labels, class set, reader) of a split of `dataset`: Cityscapes' files in torchvision's order, read as
+    always (no reader); another layout's pairs (sorted by path, every mask the size of its image: headers only)
+    with the reader of its class set."""
+    if dataset == "cityscapes":
+        return (*split_files(root, split), CITYSCAPES, None)
+    layout = open_dataset(dataset, root)
+    pairs = layout.pairs(split)
+    for pair in pairs:
+        check_sizes(pair)
+    return [str(p.image) for p in pairs], [str(p.mask) for p in pairs], layout.classes, SampleReader(layout.classes)
+
+
 def check_cache_room(
     root: str | Path,
     splits: dict[str, bool],
     profile: Profile | None = None,
     cache: bool | str = True,
     cache_dir: str | Path | None = None,
+    dataset: str = "cityscapes",
 ) -> None:
     """Refuse (UserError, one line), before any is built, the caches of several splits that do not fit together
     where they would be written. `splits`: split -> whether its full-resolution labels are cached too (validation);
-    `profile`, `cache` and `cache_dir` as the datasets get them (nothing to check without a profile or a cache)."""
+    `profile`, `cache`, `cache_dir` and `dataset` as the datasets get them (nothing to check without a profile or a
+    cache)."""
     if profile is None or not cache:
         return
     plans = []
     for split, full_labels in splits.items():
-        images, labels = split_files(root, split)
-        plans += plan_cache(root, split, images, labels, profile, full_labels, cache_dir)
+        images, labels, _, reader = dataset_files(root, split, dataset)
+        plans += plan_cache(root, split, images, labels, profile, full_labels, cache_dir, reader)
     check_room(plans)
 
 
 class CityscapesSegmentation(Dataset):
-    """Cityscapes fine semantic segmentation: (image 3xHxW as the transform leaves it, int64 train-id mask HxW).
+    """Semantic segmentation of `dataset` (Cityscapes' fine labels by default; 'camvid' or 'folder' read through
+    `training.data.layouts`): (image 3xHxW as the transform leaves it, int64 train-id mask HxW). `classes` is the data
+    set's ClassSet. A `profile` for another data set than Cityscapes is the scaled one (`layouts.dataset_profile`).
 
     With `val_transform` the image is uint8 (validation and evaluation: `to_model_input` makes the model's input on
     the device, as `PhotometricPipeline.apply` does for training batches).
@@ -154,16 +178,18 @@ class CityscapesSegmentation(Dataset):
         photometric: PhotometricPipeline | None = None,
         photometric_in_worker: bool = False,
         full_labels: bool = False,
+        dataset: str = "cityscapes",
     ):
-        self.root, self.split = Path(root), split
-        self.images, self.labels = split_files(root, split)
+        self.root, self.split, self.dataset = Path(root), split, dataset
+        self.images, self.labels, self.classes, self.reader = dataset_files(root, split, dataset)
         self.transform = transform
         self.photometric, self.photometric_in_worker = photometric, photometric_in_worker
         self.full_labels = full_labels
         self.cache = self.label_cache = None
         if profile is not None and cache:
             # both parts refused together, before either is built, where they do not fit
-            check_room(plan_cache(self.root, split, self.images, self.labels, profile, full_labels, cache_dir))
+            plans = plan_cache(self.root, split, self.images, self.labels, profile, full_labels, cache_dir, self.reader)
+            check_room(plans)
             self.cache = prepare_cache(
                 self.root,
                 split,
@@ -172,9 +198,12 @@ class CityscapesSegmentation(Dataset):
                 profile,
                 mode="always" if cache == "always" else "auto",
                 cache_dir=cache_dir,
+                reader=self.reader,
             )
             if full_labels and self.cache is not None:
-                self.label_cache = prepare_label_cache(self.root, split, self.labels, cache_dir=cache_dir)
+                self.label_cache = prepare_label_cache(
+                    self.root, split, self.labels, cache_dir=cache_dir, reader=self.reader
+                )
 
     def __len__(self) -> int:
         return len(self.images)
@@ -183,7 +212,9 @@ class CityscapesSegmentation(Dataset):
         """The sample before the transform: uint8 image 3xHxW and uint8 train ids HxW (resized when cached)."""
         if self.cache is not None:
             return self.cache.read(index)
-        return read_png(self.images[index], ImageReadMode.RGB), read_train_ids(self.labels[index])
+        if self.reader is None:  # Cityscapes, read as always
+            return read_png(self.images[index], ImageReadMode.RGB), read_train_ids(self.labels[index])
+        return self.reader.image(self.images[index]), self.reader.mask(self.labels[index])
 
     def __getitem__(self, item):
         index, seed = item if isinstance(item, tuple) else (item, None)
@@ -213,12 +244,16 @@ class CityscapesSegmentation(Dataset):
         """(transformed image, or a tuple of views for test-time augmentation; uint8 train ids at the label's size)."""
         if self.cache is not None:
             image = self.cache.read(index)[0]
-        else:
+        elif self.reader is None:
             image = read_png(self.images[index], ImageReadMode.RGB)
+        else:
+            image = self.reader.image(self.images[index])
         if self.label_cache is not None:
             mask = self.label_cache.read(index)
-        else:
+        elif self.reader is None:
             mask = read_train_ids(self.labels[index])
+        else:
+            mask = self.reader.mask(self.labels[index])
         views = self.transform(tv_tensors.Image(image))
         if isinstance(views, (tuple, list)):
             return tuple(view.as_subclass(torch.Tensor) for view in views), mask

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torchvision
 from torchvision.datasets import Cityscapes
-from torchvision.io import ImageReadMode, decode_png
+from torchvision.io import ImageReadMode, decode_jpeg, decode_png
 from torchvision.transforms import v2
 
 from training.errors import UserError
@@ -62,6 +62,25 @@ def read_png(path: str, mode: ImageReadMode) -> torch.Tensor:
         raise UserError(f"cannot read PNG {path}: {error.strerror or error}") from None
     except RuntimeError:  # libpng's own words are internal ("decode_png.cpp:62, Internal error")
         raise UserError(f"cannot read PNG {path}: corrupt or truncated PNG data (expected an 8-bit PNG)") from None
+
+
+def read_rgb(path: str) -> torch.Tensor:
+    """Any image file of a data set (PNG, JPEG, BMP, TIFF, WebP) as uint8 RGB 3xHxW, as stored: EXIF orientation is
+    not applied, so an image keeps the size and orientation of its mask. A missing or corrupt file is a UserError."""
+    suffix = str(path).lower().rsplit(".", 1)[-1]
+    if suffix == "png":
+        return read_png(path, ImageReadMode.RGB)
+    try:
+        if suffix in ("jpg", "jpeg"):
+            return decode_jpeg(torchvision.io.read_file(path), mode=ImageReadMode.RGB)
+        from PIL import Image
+
+        with Image.open(path) as image:
+            return torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+    except OSError as error:
+        raise UserError(f"cannot read image {path}: {getattr(error, 'strerror', None) or error}") from None
+    except (RuntimeError, SyntaxError, ValueError):
+        raise UserError(f"cannot read image {path}: corrupt or truncated image data") from None
 
 
 def read_train_ids(path: str) -> torch.Tensor:

@@ -25,13 +25,16 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+import torch
 from PIL import Image
 
 from training.data.classes import CAMVID, CITYSCAPES, CLASSES_FILE, ClassSet, read_classes_file
+from training.data.images import read_rgb
 from training.errors import UserError
 from training.profiles import REFERENCE_SIZE, Profile, scale_profile
 
@@ -241,3 +244,42 @@ def most_common_size(images: Iterable[str | Path]) -> tuple[int, int]:
     if not sizes:
         raise ValueError("most_common_size: no images")
     return sizes.most_common(1)[0][0]
+
+
+def native_size(dataset: str, data_dir: str | Path) -> tuple[int, int]:
+    """The size (W, H) the profiles of `--dataset` at `--data-dir` are fractions of: Cityscapes' 2048x1024 (the
+    table's frame, whatever its files' size), another data set's most common training image size."""
+    if dataset == "cityscapes":
+        return REFERENCE_SIZE
+    return open_dataset(dataset, data_dir).native_size()
+
+
+def dataset_profile(profile: Profile, dataset: str, native: tuple[int, int]) -> Profile:
+    """The profile a stage (and a tool) uses on `dataset` of native size `native`: Cityscapes' table as written
+    (nothing changes for it), any other data set's scaled to its native size (`scale_profile`: never distorted)."""
+    if dataset == "cityscapes":
+        return profile
+    return scale_profile(profile, native)
+
+
+@dataclass(frozen=True)
+class SampleReader:
+    """How the training dataset and its cache read a CamVid or folder sample's files (picklable, for the loader and
+    cache workers): any image type of the layouts, its stored pixels as they are (no EXIF orientation, like the
+    masks), and masks through `read_mask` (values or colours; an undeclared value refused). Cityscapes has none:
+    its files are read as they always were (`training.data.images.read_png`, `read_train_ids`)."""
+
+    classes: ClassSet
+
+    def image(self, path: str) -> torch.Tensor:
+        """uint8 RGB 3xHxW."""
+        return read_rgb(path)
+
+    def mask(self, path: str) -> torch.Tensor:
+        """uint8 train ids HxW (void 255)."""
+        return torch.from_numpy(np.ascontiguousarray(read_mask(path, self.classes)))
+
+    def manifest(self) -> dict:
+        """What a cache built with this reader records besides its files: the class set (a changed classes.json,
+        e.g. another void value, rebuilds the cache). Cityscapes' caches record nothing more (they stay valid)."""
+        return {"classes": self.classes.to_dict()}

@@ -10,7 +10,7 @@ from training.efficiency import deploy
 from training.efficiency.measure import parse_resolution
 from training.efficiency.sheet import EFFICIENCY_CSV, RESOLUTIONS_CSV
 from training.errors import UserError
-from training.evaluation.cli import add_export_arguments, add_model_arguments
+from training.evaluation.cli import add_data_arguments, add_export_arguments, add_model_arguments
 from training.evaluation.tta import TTA_MODES
 from training.profiles import resolve_profile
 
@@ -62,7 +62,7 @@ def get_args_parser(description: str = "") -> argparse.ArgumentParser:
     add = parser.add_argument
     add_model_arguments(parser, many=True)
     add("--all", metavar="DIR", help="evaluate every .pth in DIR (sorted by name) into one table")
-    add("--data-dir", default="./data/cityscapes", help="Cityscapes root for accuracy on val, or 'none' (cost only)")
+    add_data_arguments(parser, "the data set whose val split scores the accuracy, or 'none' (cost and latency only)")
     add("--resolution", action="append", default=[], help="extra latency size HxW, e.g. 1024x2048 (repeatable)")
     _measuring_arguments(add)
     add_export_arguments(parser)  # forwarded to predict.py's code
@@ -99,6 +99,11 @@ def check_args(args) -> None:
         resolve_profile(args.profile)
     for text in args.resolution:
         parse_resolution(text)
+
+
+def with_data(args) -> bool:
+    """Whether the accuracy is scored: unless --data-dir none (no --data-dir: ./data/<the model's data set>)."""
+    return args.data_dir is None or str(args.data_dir).lower() != "none"
 
 
 def output_paths(args) -> tuple[Path, Path]:

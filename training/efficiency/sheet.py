@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from training.data.classes import CITYSCAPES, ClassSet
 from training.efficiency.measure import ModelResult, SizeResult
 from training.engine.distributed import device_name
 from training.profiles import PROFILES, Profile, resolve_profile
@@ -113,9 +114,11 @@ def csv_rows(
     date: str,
     command: str,
     val_resolution: str = "full",
+    classes: ClassSet = CITYSCAPES,
 ) -> list[dict]:
     """One row of measurements/efficiency.csv per measured size and TTA mode (accuracy cells empty without data;
-    the cost and latency, always single-scale batch 1, repeat on every TTA row)."""
+    the cost and latency, always single-scale batch 1, repeat on every TTA row). `classes`: the model's (the data
+    set its accuracy is scored on: `dataset`, and `classes`, their number)."""
     rows = []
     for size in result.sizes:
         for tta, acc in result.accuracies.items() or [("", {})]:
@@ -124,6 +127,8 @@ def csv_rows(
                     "model": model,
                     "arch": arch,
                     "profile": profile.name,
+                    "dataset": classes.dataset,
+                    "classes": classes.num_classes,
                     "resolution": f"{size.hw[0]}x{size.hw[1]}",
                     "device": device.type,
                     "device_name": device_name(device),

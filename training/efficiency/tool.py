@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.data.classes import describe
 from training.efficiency import deploy
 from training.efficiency.allocator import describe_allocator
 from training.efficiency.counting import count_parameters
@@ -25,9 +24,8 @@ from training.efficiency.sheet import csv_rows, format_sheet
 from training.engine.distributed import device_name
 from training.errors import UserError
 from training.evaluation.scoring import accuracy_sets, describe_scoring, format_scores
-from training.evaluation.trained import TrainedModel, load_trained, predicts_cityscapes, read_trained
+from training.evaluation.trained import TrainedModel, data_set_of, load_trained, read_trained
 from training.files import append_csv_row
-from training.profiles import Profile
 
 
 def model_paths(args) -> list[Path]:
@@ -41,15 +39,13 @@ def model_paths(args) -> list[Path]:
 
 
 def load_models(args, device: torch.device, with_data: bool) -> list[tuple[TrainedModel, nn.Module]]:
-    """Every model, read with its card and loaded: every input is checked before anything is measured or written."""
+    """Every model, read with its card and loaded, with the data set that scores it (its own: a data set of other
+    classes is refused): every input is checked before anything is measured or written."""
     models = []
     for path in model_paths(args):
         trained = read_trained(path, args.arch, args.profile)
-        if with_data and not predicts_cityscapes(trained.classes):
-            raise UserError(
-                f"{path}: predicts {describe(trained.classes)}, and the accuracy here is scored on Cityscapes' val "
-                f"split; expected --data-dir none (cost and latency only) for this model"
-            )
+        if with_data:
+            trained.dataset, trained.data_dir = data_set_of(trained, args.dataset, args.data_dir)
         model = load_trained(trained, device, "--all" if args.all else "--current-model-path")
         models.append((trained, model))
     return models
@@ -78,15 +74,18 @@ class Session:
     scope: str
     threads: int | None
     allocator: str
-    sets: dict  # profile -> (val set, {tta mode: data set}); built once per profile
+    sets: dict  # (data set, its folder, profile) -> (val set, {tta mode: data set}); built once each
 
-    def accuracy_sets(self, profile: Profile):
-        if str(self.args.data_dir).lower() == "none":
+    def accuracy_sets(self, trained: TrainedModel):
+        if trained.data_dir is None:
             return None, {}
-        if profile not in self.sets:
+        key = (trained.dataset, trained.data_dir, trained.profile)
+        if key not in self.sets:
             args = self.args
-            self.sets[profile] = accuracy_sets(args.data_dir, profile, args.tta, args.val_resolution)
-        return self.sets[profile]
+            self.sets[key] = accuracy_sets(
+                trained.data_dir, trained.profile, args.tta, args.val_resolution, trained.dataset
+            )
+        return self.sets[key]
 
 
 def print_accuracies(result, trained: TrainedModel, val_resolution: str, log=print) -> None:
@@ -108,7 +107,7 @@ def measure_one(session: Session, trained: TrainedModel, model: nn.Module, log=p
     if args.export_onnx:  # at the first --resolution (the profile's image size without one)
         hw = parse_resolution(args.resolution[0]) if args.resolution else profile.image_hw
         onnx = export_onnx_form(model, args.export_onnx, hw, session.threads, log)
-    val_set, sets = session.accuracy_sets(profile)
+    val_set, sets = session.accuracy_sets(trained)
     result = evaluate_model(
         model,
         measured_sizes(profile, args.resolution),
@@ -132,7 +131,15 @@ def measure_one(session: Session, trained: TrainedModel, model: nn.Module, log=p
     print_accuracies(result, trained, args.val_resolution, log)
     date = datetime.datetime.now().isoformat(sep=" ", timespec="seconds")
     context = (session.device, session.threads, session.allocator, date, session.command)
-    rows = csv_rows(result, trained.path.stem, trained.arch, profile, *context, val_resolution=args.val_resolution)
+    rows = csv_rows(
+        result,
+        trained.path.stem,
+        trained.arch,
+        profile,
+        *context,
+        val_resolution=args.val_resolution,
+        classes=trained.classes,
+    )
     session.csv_path.parent.mkdir(parents=True, exist_ok=True)
     for row in rows:  # written model by model: an interrupted --all keeps what it measured
         append_csv_row(session.csv_path, row)

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.data.classes import describe
 from training.data.dataset import (
-    NUM_CLASSES,
     CityscapesSegmentation,
     EpochSampler,
     check_cache_room,
@@ -26,6 +26,7 @@ from training.data.dataset import (
     steps_per_epoch,
     val_transform,
 )
+from training.data.layouts import dataset_profile, native_size
 from training.data.transforms import train_pipeline
 from training.engine import distributed
 from training.engine.acceleration import amp_dtype, compile_model, prepare_teacher
@@ -35,6 +36,7 @@ from training.engine.recipes import resolve_recipe
 from training.engine.records import StagePaths
 from training.engine.state import (
     Progress,
+    check_classes,
     check_data,
     check_resume_shape,
     data_fingerprint,
@@ -45,19 +47,21 @@ from training.engine.state import (
 )
 from training.errors import UserError
 from training.evaluation.scoring import collate
+from training.evaluation.trained import card_classes
 from training.files import check_writable, remove_stale_temporaries
 from training.losses import DistillationLoss
 from training.models.auxiliary import init_aux_heads
 from training.models.build import build_model, load_weights
-from training.models.card import card_path
+from training.models.card import card_path, read_card
 from training.profiles import resolve_profile
 
 
 class Stage:
     """Everything one stage trains with: built by `build_stage`, run by `training.engine.loop.train`.
 
-    args, script, profile, device, dist (processes), paths (StagePaths), saved (the state resumed from, or None),
-    inputs (the models it started from, with their hashes), data (the splits' fingerprints), train_set / val_set,
+    args, script, profile (scaled to the data set's size for other data sets than Cityscapes), device, dist
+    (processes), paths (StagePaths), saved (the state resumed from, or None), inputs (the models it started from,
+    with their hashes), classes (the data set's ClassSet), data (the splits' fingerprints), train_set / val_set,
     steps (per epoch), model (plain) and trained (DDP / compiled wrapper), loss_fn, optimizer, scheduler, scaler,
     progress (state.Progress), the loaders and samplers."""
 
@@ -130,7 +134,8 @@ def _runtime(stage: Stage, profiles: dict) -> None:
     args = stage.args
     stage.profile = resolve_profile(args.profile, profiles)
     args.profile = stage.profile.name
-    args.data_dir = str(Path(args.data_dir).expanduser().resolve())
+    args.dataset = getattr(args, "dataset", "cityscapes")
+    args.data_dir = str(Path(args.data_dir or f"./data/{args.dataset}").expanduser().resolve())
     if str(args.init_from).lower() != "none":
         args.init_from = str(Path(args.init_from).expanduser())
     stage.device = distributed.pick_device(args.device)
@@ -147,9 +152,17 @@ def _runtime(stage: Stage, profiles: dict) -> None:
 
 
 def _data(stage: Stage) -> None:
-    """The train and val splits (layout checked here, before anything is written), and the resume's data checks."""
+    """The train and val splits of --dataset (layout checked here, before anything is written) at the data set's
+    profile, its classes, and the resume's data checks."""
     args = stage.args
-    cache = {"profile": stage.profile, "cache": not args.no_cache, "cache_dir": getattr(args, "cache_dir", None)}
+    stage.native_size = native_size(args.dataset, args.data_dir)
+    stage.profile = dataset_profile(stage.profile, args.dataset, stage.native_size)
+    cache = {
+        "profile": stage.profile,
+        "cache": not args.no_cache,
+        "cache_dir": getattr(args, "cache_dir", None),
+        "dataset": args.dataset,
+    }
     check_cache_room(args.data_dir, {"train": False, "val": getattr(args, "val_resolution", "full") == "full"}, **cache)
     # Training samples travel as uint8 with their photometric parameters; the photometric ops, float conversion and
     # normalisation run on the training device (training/data/photometric.py). CPU-only with loader workers: the ops
@@ -171,11 +184,13 @@ def _data(stage: Stage) -> None:
     )
     num_train_batches_check(len(stage.train_set), args.batch_size, stage.dist.world_size)
     stage.steps = steps_per_epoch(len(stage.train_set), args.batch_size, stage.dist.world_size)
+    stage.classes = stage.train_set.classes
     stage.data = {
         split: data_fingerprint(args.data_dir, [*dataset.images, *dataset.labels])
         for split, dataset in (("train", stage.train_set), ("val", stage.val_set))
     }
     if stage.saved is not None:
+        check_classes(stage.saved, stage.classes, stage.paths.state)
         check_data(stage.saved, stage.data, stage.paths.state)
         check_resume_shape(stage.saved, stage.paths.state, stage.dist.world_size, stage.steps)
 
@@ -185,14 +200,44 @@ def _model(stage: Stage, make_loss) -> None:
     args = stage.args
     torch.manual_seed(args.seed)  # the same initial weights on every process
     arch = getattr(args, "arch", "fast_scnn")
-    stage.model = build_model(arch, NUM_CLASSES, aux=args.aux_weight > 0)
+    stage.model = build_model(arch, stage.classes.num_classes, aux=args.aux_weight > 0)
     if args.aux_weight > 0 and stage.saved is None:
         stage.aux_line = init_aux_heads(stage.model, args.init_from)
     if stage.saved is None and args.init_from.lower() != "none":
+        _check_classes(stage, init_flag(args), args.init_from)
         load_weights(stage.model, args.init_from, arch, init_flag(args))
+    teacher = getattr(args, "trained_teacher_model_path", None)
+    if teacher is not None:
+        _check_classes(stage, "--trained-teacher-model-path", teacher)
     stage.loss_fn = make_loss(args, stage.device)
     if not isinstance(stage.loss_fn, nn.Module):
         raise TypeError(f"{stage.script}: make_loss must return an nn.Module, got {type(stage.loss_fn).__name__}")
+    if isinstance(stage.loss_fn, DistillationLoss):  # a teacher without a card: built for its weights' classes
+        count = getattr(stage.loss_fn.teacher, "num_classes", None)
+        if count is not None and count != stage.classes.num_classes:
+            raise UserError(
+                f"--trained-teacher-model-path {teacher}: it was trained for {count} classes, expected "
+                f"{stage.classes.num_classes} (this stage trains on {describe(stage.classes)}, --dataset "
+                f"{args.dataset}); expected a teacher trained on the same classes"
+            )
+
+
+def _check_classes(stage: Stage, flag: str, path: str) -> None:
+    """A model the stage starts from or distils from must predict the data set's classes: those its model card
+    records (the same names in the same order). Without a card its weights are checked when they are loaded (the
+    number of classes of the head); a missing file is left to its loader."""
+    path = Path(path).expanduser()
+    if str(path).lower() in ("", "none") or not path.is_file():
+        return
+    card = read_card(path)
+    if card is None:
+        return
+    theirs = card_classes(card, card_path(path))
+    if not theirs.same_classes(stage.classes):
+        raise UserError(
+            f"{flag} {path}: a model of {describe(theirs)}; this stage trains on {describe(stage.classes)} "
+            f"(--dataset {stage.args.dataset}); expected a model trained on the same classes"
+        )
 
 
 def _place(stage: Stage) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from training.data.layouts import DATASETS
 from training.engine.optim import OPTIMIZERS, SCHEDULES
 from training.engine.recipes import RECIPES
 from training.errors import UserError
@@ -22,7 +23,14 @@ def _warn(line: str) -> None:
 def get_args_parser(description: str, default_profile: str, arch: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add = parser.add_argument
-    add("--data-dir", default="./data/cityscapes", help="Cityscapes root (leftImg8bit/, gtFine/)")
+    add(
+        "--dataset",
+        choices=DATASETS,
+        default="cityscapes",
+        help="the data set's layout and classes: cityscapes, camvid (SegNet's 11 classes) or folder (images/, "
+        "masks/, classes.json); see docs/datasets.md",
+    )
+    add("--data-dir", default=None, help="the data set's root (default ./data/<dataset>, e.g. ./data/cityscapes)")
     add("--batch-size", type=int, default=32, help="images per step and per process (per GPU under torchrun/srun)")
     add("--epochs", type=int, default=100, help="epochs of this stage")
     add(

@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from training.data.dataset import NUM_CLASSES, to_model_input
+from training.data.dataset import to_model_input
 from training.engine import distributed
 from training.engine.records import Records
 from training.engine.signals import StopRequest
@@ -190,7 +190,7 @@ def validate(stage) -> tuple[dict, tuple | None]:
     # Without --sync-bn each process has updated its own BatchNorm statistics: validate with the main process's,
     # those of the model that is saved.
     distributed.broadcast_buffers(stage.model)
-    scorer = Scorer(NUM_CLASSES, stage.device, loss=True)
+    scorer = Scorer(stage.classes.num_classes, stage.device, loss=True)
     preview, count = None, stage.args.previews
     for images, targets in stage.val_loader:  # uint8 images: normalised on the device
         # fp32 even under --amp: the figure is that of the saved fp32 model, as evaluate_efficiency.py scores it

@@ -27,8 +27,7 @@ from pathlib import Path
 
 import torch
 
-from training.data.classes import CITYSCAPES
-from training.data.dataset import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
+from training.data.dataset import IGNORE_INDEX
 from training.engine import distributed, history
 from training.engine.state import result_args, save_state, state_to_save
 from training.engine.tracking import Tracker
@@ -38,7 +37,7 @@ from training.evaluation.visualize import png_bytes, preview_grid
 from training.files import append_csv_row, save_bytes, save_torch
 from training.metrics import ConfusionMatrix, format_iou_table
 from training.models.auxiliary import without_aux_heads
-from training.models.card import git_commit, profile_entry, write_card
+from training.models.card import git_commit, profile_entry, size_text, write_card
 
 CODE = Path(__file__).resolve().parents[2]  # the checkout whose commit the card records
 
@@ -116,7 +115,7 @@ def write_epoch(files: EpochFiles, paths: StagePaths, writers: Writers = Writers
 # ----------------------------------------------------------------------------------------------- the model card
 def figures(matrix: torch.Tensor | None) -> dict:
     """mIoU, mean Dice, pixel accuracy of a saved confusion matrix (nan without one)."""
-    scores = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+    scores = ConfusionMatrix(matrix.shape[0] if matrix is not None else 1, IGNORE_INDEX)
     if matrix is not None:
         scores.matrix = matrix.to(torch.int64)
     values = scores.compute()
@@ -149,7 +148,8 @@ def model_card(stage, commit: str | None) -> dict:
         "run": _label(args, "run", "run_name"),
         "stage": _label(args, "stage", "stage_number"),
         "profile": profile_entry(stage.profile),
-        "classes": CITYSCAPES.to_dict(),  # the stage trains on Cityscapes' 19 train classes
+        "native_size": size_text(stage.native_size),
+        "classes": stage.classes.to_dict(),  # the data set's (--dataset): the tools need no class flag
         "args": result_args(args),
         "init_from": stage.inputs.get("init_from"),
         "best": _finite({"epoch": progress.best_epoch, **figures(progress.best_matrix)}),
@@ -236,7 +236,8 @@ class Records:
         stage, args, progress = self.stage, self.stage.args, self.stage.progress
         self.log(
             f"{stage.script}: {args.experiment_id} | {stage.profile.describe()} | {len(stage.train_set)} train / "
-            f"{len(stage.val_set)} val images from {args.data_dir} | device {stage.device} x "
+            f"{len(stage.val_set)} val images from {args.data_dir} ({stage.classes.dataset}, "
+            f"{stage.classes.num_classes} classes) | device {stage.device} x "
             f"{stage.dist.world_size} | batch {args.batch_size} per process, {stage.steps} steps/epoch",
             flush=True,
         )
@@ -274,7 +275,7 @@ class Records:
             "valid_miou": metrics["miou"],
             "valid_mean_dice": metrics["mean_dice"],
             "valid_pixel_accuracy": metrics["pixel_accuracy"],
-            **{f"valid_iou/{n}": v for n, v in zip(CLASS_NAMES, metrics["iou"]) if not math.isnan(v)},
+            **{f"valid_iou/{n}": v for n, v in zip(stage.classes.names, metrics["iou"]) if not math.isnan(v)},
         }
         progress.history_row = {
             "profile": stage.profile.name,
@@ -290,16 +291,20 @@ class Records:
                 history_row=progress.history_row,
                 best_model=progress.best_weights if improved else None,
                 card=self.card() if improved else None,
-                preview_png=png_bytes(preview_grid(*preview)) if improved and preview is not None else None,
+                preview_png=png_bytes(self._preview(preview)) if improved and preview is not None else None,
             ),
             self.paths,
         )
         self.log(self._epoch_line(metrics, means, sums, improved, seconds, throughput), flush=True)
         if improved:
-            self.log(format_iou_table(metrics["iou"], CLASS_NAMES), flush=True)
+            self.log(format_iou_table(metrics["iou"], stage.classes.names), flush=True)
             if preview is not None:
-                values["predictions"] = self.tracker.image(preview_grid(*preview), "image | label | prediction")
+                values["predictions"] = self.tracker.image(self._preview(preview), "image | label | prediction")
         self.tracker.log({k: v for k, v in values.items() if v is not None})
+
+    def _preview(self, preview):
+        """image | ground truth | prediction, in the data set's colours."""
+        return preview_grid(*preview, palette=self.stage.classes.palette_table())
 
     def _epoch_line(self, metrics, means, sums, improved, seconds, throughput) -> str:
         skipped = sums.get("skipped_steps", 0)

@@ -8,7 +8,8 @@ when:
   - an argument that changes the weights differs (all but RESULT_INDEPENDENT; --epochs too unless the schedule is
     constant);
   - the data set differs: not its path (a data set moved, or staged to node-local scratch by a job, resumes) but its
-    files: the relative paths and byte sizes of every image and label of the train and val splits;
+    files: the relative paths and byte sizes of every image and label of the train and val splits; and its classes
+    (a folder data set's classes.json edited: other names, colours or void);
   - a model the stage started from changed: the content hash (sha256) of --previous-model-path (or
     --previous-student-model-path) and of the distillation teacher is recorded when the stage starts; a file with
     other bytes at that path is refused (--restart trains the stage again from it). A file no longer there is not
@@ -28,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from training.data.classes import CITYSCAPES, ClassSet
 from training.errors import UserError
 from training.files import save_torch
 from training.models.auxiliary import aux_heads_state, without_aux_heads
@@ -170,6 +172,19 @@ def check_data(state: dict, fingerprint: dict, state_path: Path) -> None:
             )
 
 
+def check_classes(state: dict, classes: ClassSet, state_path: Path) -> None:
+    """Refuse a resume on a data set of other classes than the saved state's (`ClassSet.to_dict()`; a state without
+    the entry was written before other data sets existed: Cityscapes)."""
+    saved = state.get("classes") or CITYSCAPES.to_dict()
+    if saved != classes.to_dict():
+        raise UserError(
+            f"{state_path}: saved for the classes of {saved.get('dataset')} ({len(saved.get('classes', []))}: "
+            f"{', '.join(saved.get('classes', []))[:80]}), but the data set now has {classes.dataset}'s "
+            f"({classes.num_classes}: {', '.join(classes.names)[:80]}); resume with the data the stage started with, "
+            f"or --restart to start afresh"
+        )
+
+
 def check_resume_shape(state: dict, state_path: Path, world_size: int, steps: int) -> None:
     """Refuse a resume whose steps differ from the saved ones: the schedule and the data position would not fit."""
     saved = (state.get("world_size"), state.get("steps_per_epoch"))
@@ -201,6 +216,7 @@ def read_state(path: Path, args) -> dict | None:
     current = result_args(args)
     saved_args = {k: v for k, v in state["args"].items() if k not in RESULT_INDEPENDENT}
     saved_args.setdefault("val_resolution", "profile")  # states written before full-resolution scoring
+    saved_args.setdefault("dataset", "cityscapes")  # states written before --dataset
     if "data" not in state:  # a state written before the data fingerprint: the path is all there is to compare
         saved_args["data_dir"], current["data_dir"] = state["args"].get("data_dir"), args.data_dir
     if args.lr_schedule != "constant" and state["epochs"] != args.epochs:
@@ -246,6 +262,7 @@ def state_to_save(stage) -> dict:
         "inputs": stage.inputs,
         "data_dir": args.data_dir,
         "data": stage.data,
+        "classes": stage.classes.to_dict(),
         "wandb_id": progress.wandb_id or "",
         **{key: value for key, value in optional.items() if value is not None},
     }

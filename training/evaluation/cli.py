@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from training.data.layouts import DATASETS
 from training.evaluation.trained import DEFAULT_PROFILE
 from training.models.build import ARCHITECTURES
 
@@ -30,6 +31,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, many: bool = False) -> 
     add("--device", default="auto", choices=("auto", "cuda", "cpu"), help="auto = CUDA when available")
     add("--threads", type=int, default=0, help="CPU threads for torch (0 = torch's default)")
     add("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, data_dir_help: str) -> None:
+    """--dataset (default: the model card's) and --data-dir (default ./data/<dataset>)."""
+    add = parser.add_argument
+    add(
+        "--dataset",
+        choices=DATASETS,
+        help="the data set's layout (default: the one the model card records, else cityscapes); its classes must be "
+        "the model's",
+    )
+    add("--data-dir", help=data_dir_help + " (default ./data/<dataset>, e.g. ./data/cityscapes)")
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,12 +6,16 @@
 - `ClassIndexExport` writes predict.py's `--input` predictions: `<dir>/<name>.png` holding the class indices
   (0..classes-1, the model's own classes; void is never predicted) and `<name>_overlay.jpg` beside or in another
   folder.
+- `VideoOverlay` writes the annotated video of a video input: every frame blended with its predicted classes'
+  colours, encoded with PyAV (H.264 where the FFmpeg build has libx264, else MPEG-4 Part 2) at the input's frame
+  rate, in an MP4 file.
 Every file is written through a temporary file and a rename: a reader never sees a half-written prediction.
 """
 
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -90,3 +94,61 @@ class ClassIndexExport:
             blended = overlay(image, classes, palette=self.palette)
             save_image(blended, self.overlay_dir / f"{frame.name}_overlay.jpg", format="JPEG", quality=90)
         self.written += 1
+
+
+VIDEO_CODECS = ("libx264", "mpeg4")  # H.264 where FFmpeg has it (PyPI's PyAV wheels do), else MPEG-4 Part 2
+DEFAULT_FPS = Fraction(25)  # a video that does not state its frame rate
+
+
+class VideoOverlay:
+    """The annotated video `path` (.mp4): each frame blended 50/50 with its predicted classes' colours, at `fps`.
+    Frames go to a temporary file beside `path`, renamed to it by `close()` (`discard()` removes it instead).
+    4:2:0 video needs an even width and height: an odd frame is padded by repeating its last row or column."""
+
+    def __init__(self, path: str | Path, palette: np.ndarray, fps: Fraction | None, av):
+        self.path, self.palette, self.av = Path(path), palette, av
+        self.fps = Fraction(fps) if fps else DEFAULT_FPS
+        self.codec = next(c for c in VIDEO_CODECS if c in av.codec.codecs_available or c == VIDEO_CODECS[-1])
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.stem}.{os.getpid()}.tmp{self.path.suffix}")
+        self.container = av.open(str(self.tmp), "w", format="mp4")
+        self.stream = None
+        self.written = 0
+
+    def _start(self, height: int, width: int) -> None:
+        self.stream = self.container.add_stream(self.codec, rate=self.fps)
+        self.stream.width, self.stream.height = width + width % 2, height + height % 2
+        self.stream.pix_fmt = "yuv420p"
+
+    def write(self, frame: Frame, prediction: torch.Tensor) -> None:
+        image = frame.image.permute(1, 2, 0).numpy()
+        blended = overlay(image, prediction.to(torch.uint8).cpu().numpy(), palette=self.palette)
+        height, width = blended.shape[:2]
+        if self.stream is None:
+            self._start(height, width)
+        pad = ((0, self.stream.height - height), (0, self.stream.width - width), (0, 0))
+        if any(p[1] for p in pad):
+            blended = np.pad(blended, pad, mode="edge")
+        video_frame = self.av.VideoFrame.from_ndarray(np.ascontiguousarray(blended), format="rgb24")
+        for packet in self.stream.encode(video_frame):
+            self.container.mux(packet)
+        self.written += 1
+
+    def close(self) -> None:
+        """Flush the encoder, close the file and put it in place."""
+        try:
+            if self.stream is not None:
+                for packet in self.stream.encode():
+                    self.container.mux(packet)
+            self.container.close()
+            os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Leave no partial file behind (the prediction failed or was interrupted)."""
+        try:
+            self.container.close()
+        except Exception:  # a broken encoder must not hide the error that stopped the prediction
+            pass
+        self.tmp.unlink(missing_ok=True)

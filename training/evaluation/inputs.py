@@ -1,10 +1,10 @@
-"""What the tools predict on: a Cityscapes split, a folder of photos, or predict.py's `--input` (an image or a
-folder of images), read as uint8 RGB.
+"""What the tools predict on: a Cityscapes split, a folder of photos, or predict.py's `--input` (an image, a folder
+of images or a video file), read as uint8 RGB.
 
 `ImageFiles` is a map-style data set for a DataLoader (the export of a split). `open_input` gives predict.py's
-`--input` as an `ImageInput`: an iterable of `Frame`s (a name for the outputs, the image), consumed once, in order.
-A video reader will be another iterable of Frames (named `<stem>/<frame index>`), so the prediction loop
-(training/evaluation/prediction.py) does not change with the source.
+`--input` as an iterable of `Frame`s (a name for the outputs, the image), consumed once, in order: an `ImageInput`
+(frames named after the files) or a `VideoInput` (decoded with PyAV, FFmpeg's Python binding; frames named
+`<stem>/<frame index>`), so the prediction loop (training/evaluation/prediction.py) does not change with the source.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision.io import ImageReadMode
@@ -24,7 +25,7 @@ from training.errors import UserError
 from training.profiles import Profile
 
 PHOTO_SUFFIXES = (".png", ".jpg", ".jpeg")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")  # refused until a video reader lands
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 
 
 def read_image(path: str | Path) -> torch.Tensor:
@@ -142,6 +143,8 @@ class Frame:
 class ImageInput:
     """Images of a file or a folder as Frames, read one at a time in name order."""
 
+    kind = "images"
+
     def __init__(self, paths: list[Path], names: list[Path], what: str):
         self.paths, self.names, self.what = list(paths), list(names), what
 
@@ -153,16 +156,78 @@ class ImageInput:
             yield Frame(name, read_image(path))
 
 
-def open_input(path: str | Path, exclude: Path | None = None) -> ImageInput:
-    """predict.py's --input: one image, or every image under a folder (its outputs keep the subfolders); two
-    inputs whose outputs would share a name are refused before anything is written."""
+def import_av(flag: str, path: Path):
+    """PyAV (`av` on PyPI), or a UserError saying what to install."""
+    try:
+        import av
+    except ImportError:
+        raise UserError(
+            f"{flag} {path}: reading and writing video needs PyAV (FFmpeg's Python binding): pip install av "
+            f"(listed in requirements.txt)"
+        ) from None
+    return av
+
+
+class VideoInput:
+    """The frames of a video file (its first video stream), decoded one at a time with PyAV, as Frames named
+    `<stem>/<frame index, 6 digits>`. Opened once at construction to refuse an unreadable file before anything is
+    written. Rotation metadata (phone videos) is not applied: frames are predicted as stored."""
+
+    kind = "video"
+
+    def __init__(self, path: Path):
+        self.path, self.av = path, import_av("--input", path)
+        with self._open() as container:
+            stream = self._stream(container)
+            self.fps = stream.average_rate or stream.guessed_rate  # a Fraction; None when the file does not say
+            self.size = (stream.codec_context.width, stream.codec_context.height)
+            self.count = stream.frames  # 0 when the container does not record it
+        rate = f" at {float(self.fps):.3g} frames/s" if self.fps else ""
+        frames = f"{self.count} frames" if self.count else "frames"
+        self.what = f"video {path} ({frames} of {self.size[0]}x{self.size[1]}{rate})"
+
+    def _open(self):
+        try:
+            return self.av.open(str(self.path))
+        except (self.av.FFmpegError, OSError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise UserError(f"--input {self.path}: cannot read the video ({reason}); expected a video file") from None
+
+    def _stream(self, container):
+        if not container.streams.video:
+            raise UserError(f"--input {self.path}: no video stream in it (expected a video file)")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"  # FFmpeg decodes with several threads
+        return stream
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Frame]:
+        with self._open() as container:
+            stream = self._stream(container)
+            try:
+                for index, frame in enumerate(container.decode(stream)):
+                    rgb = np.ascontiguousarray(frame.to_ndarray(format="rgb24"))
+                    yield Frame(Path(self.path.stem) / f"{index:06d}", torch.from_numpy(rgb).permute(2, 0, 1))
+            except self.av.FFmpegError as error:
+                reason = getattr(error, "strerror", None) or error
+                raise UserError(f"--input {self.path}: cannot decode the video ({reason})") from None
+
+
+def open_input(path: str | Path, exclude: Path | None = None) -> ImageInput | VideoInput:
+    """predict.py's --input: one image, a video file, or every image under a folder (its outputs keep the
+    subfolders); two inputs whose outputs would share a name are refused before anything is written."""
     path = Path(path)
     if path.is_file():
         suffix = path.suffix.lower()
         if suffix in VIDEO_SUFFIXES:
-            raise UserError(f"--input {path}: video input is not supported yet; expected a PNG/JPEG image or a folder")
+            return VideoInput(path)
         if suffix not in PHOTO_SUFFIXES:
-            raise UserError(f"--input {path}: not a .png/.jpg/.jpeg image (expected an image or a folder of them)")
+            raise UserError(
+                f"--input {path}: not a .png/.jpg/.jpeg image nor a video ({', '.join(VIDEO_SUFFIXES)}); expected an "
+                f"image, a folder of images or a video file"
+            )
         return ImageInput([path], [Path(path.stem)], f"image {path}")
     if not path.exists():
         raise UserError(f"--input {path}: no such file or folder (expected an image or a folder of images)")

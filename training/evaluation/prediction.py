@@ -5,7 +5,8 @@ Two jobs, one model loaded from its card (training/evaluation/trained.py):
   image of a Cityscapes split (or of a folder of photos) predicted at the profile's size, written as Cityscapes
   label-id PNGs at the image's own resolution (training/evaluation/export.py), and scored where the split has labels.
 - `run_predict`: `--input PATH --output DIR`: class-index PNGs and colour overlays of an image or a folder of
-  images, at each input's own resolution; inputs of one size are batched (`--batch-size`).
+  images, at each input's own resolution; inputs of one size are batched (`--batch-size`). A video file: a
+  class-index PNG per frame (`DIR/<stem>/<frame>.png`) and an annotated video (`<stem>_overlay.mp4`).
 Both print the frames per second they reached and the device.
 """
 
@@ -23,7 +24,7 @@ from training.data.classes import describe
 from training.data.photometric import to_model_input
 from training.engine.distributed import device_name, pick_device
 from training.errors import UserError
-from training.evaluation.export import ClassIndexExport, PredictionExport, overlay_folder
+from training.evaluation.export import ClassIndexExport, PredictionExport, VideoOverlay, overlay_folder
 from training.evaluation.inputs import Frame, KeepAspectResize, cityscapes_names, open_input, photo_images, split_images
 from training.evaluation.scoring import collate, evaluate_accuracy, format_scores, scores_at
 from training.evaluation.trained import TrainedModel, load_trained, predicts_cityscapes, read_trained
@@ -47,6 +48,11 @@ def check_export_args(args) -> None:
         return
     if getattr(args, "all", None):
         raise UserError("--export-predictions: expected one model (--current-model-path), not --all")
+    if getattr(args, "dataset", None) not in (None, "cityscapes"):
+        raise UserError(
+            f"--dataset {args.dataset}: --export-predictions writes Cityscapes label ids (the benchmark's format); "
+            f"expected --dataset cityscapes, or --input PATH --output DIR (class-index PNGs) for other data sets"
+        )
     if not args.model:
         raise UserError("--export-predictions: expected --model-path M as well (the model that predicts)")
     modes = _tta_modes(args)
@@ -71,10 +77,11 @@ class Throughput:
     frames: int = 0
     seconds: float = 0.0  # the whole loop: reading, network, writing
     network_seconds: float = 0.0  # forward passes, upsampling and argmax (device synchronised)
+    unit: str = "images"
 
     def describe(self, device: torch.device) -> str:
         fps = self.frames / max(self.seconds, 1e-9)
-        line = f"{self.frames} images in {self.seconds:.2f} s: {fps:.2f} frames/s end to end"
+        line = f"{self.frames} {self.unit} in {self.seconds:.2f} s: {fps:.2f} frames/s end to end"
         if self.network_seconds:
             line += f" (network {self.frames / self.network_seconds:.2f} frames/s)"
         threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
@@ -110,6 +117,7 @@ def run_export(args, log: Callable[[str], None] = print) -> dict | None:
     from training.data.dataset import EpochSampler, make_loader
 
     check_export_args(args)
+    args.data_dir = args.data_dir or "./data/cityscapes"
     trained, device = _prepare(args)
     if not predicts_cityscapes(trained.classes):
         raise UserError(
@@ -194,10 +202,13 @@ def predict_frames(
 
 def run_predict(args, log: Callable[[str], None] = print) -> Throughput:
     """`--input PATH --output DIR`: class-index PNGs `DIR/<name>.png` and overlays `<name>_overlay.jpg` (beside
-    them, in --overlay DIR, or none with --no-overlay) of an image or a folder of images."""
+    them, in --overlay DIR, or none with --no-overlay) of an image or a folder of images; of a video, a PNG per frame
+    `DIR/<stem>/<frame>.png` and the annotated video `<stem>_overlay.mp4`."""
     tta = _tta_modes(args)[0]
     if tta == "multiscale":
         raise UserError("--tta multiscale: not for --input (images keep their own aspect ratio); expected none or flip")
+    if getattr(args, "dataset", None):
+        raise UserError("--dataset: goes with --export-predictions; --input predicts images or a video")
     trained, device = _prepare(args)
     out = Path(args.output)
     source = open_input(args.input, exclude=out)
@@ -206,13 +217,46 @@ def run_predict(args, log: Callable[[str], None] = print) -> Throughput:
     for folder in dict.fromkeys(f for f in (out, overlays) if f is not None):
         check_writable(folder)
     log(trained.note)
+    video = source.kind == "video"
+    names = f"{out}/{Path(args.input).stem}/<frame>.png" if video else f"{out}/<name>.png"
+    shown = f"{overlays}/{Path(args.input).stem}_overlay.mp4" if video else f"{overlays}/<name>_overlay.jpg"
     log(
         f"predict: {source.what}, at {trained.profile.image_size[1]} px high (the width keeps each image's aspect "
         f"ratio), tta {tta}, batch {args.batch_size}: class indices 0-{trained.classes.num_classes - 1} to "
-        f"{out}/<name>.png" + (f", overlays to {overlays}/<name>_overlay.jpg" if overlays else "")
+        f"{names}" + (f", overlays to {shown}" if overlays else "")
     )
-    writer = ClassIndexExport(out, trained.classes.palette_table(), overlays)
     transform = KeepAspectResize(trained.profile)
-    clock = predict_frames(model, source, transform, device, args.batch_size, tta, writer.write)
+    palette = trained.classes.palette_table()
+    if not video:
+        writer = ClassIndexExport(out, palette, overlays)
+        clock = predict_frames(model, source, transform, device, args.batch_size, tta, writer.write)
+    else:
+        clock = _predict_video(model, source, transform, device, args, tta, out, overlays, palette)
     log(f"predicted {clock.describe(device)}")
+    return clock
+
+
+def _predict_video(model, source, transform, device, args, tta, out, overlays, palette) -> Throughput:
+    """A video: every frame's class-index PNG, and (unless --no-overlay) the annotated video, written as it goes."""
+    frames = ClassIndexExport(out, palette)
+    video = (
+        VideoOverlay(overlays / f"{source.path.stem}_overlay.mp4", palette, source.fps, source.av) if overlays else None
+    )
+
+    def write(frame: Frame, prediction: torch.Tensor) -> None:
+        frames.write(frame, prediction)
+        if video is not None:
+            video.write(frame, prediction)
+
+    try:
+        clock = predict_frames(model, source, transform, device, args.batch_size, tta, write)
+    except BaseException:
+        if video is not None:
+            video.discard()
+        raise
+    if video is not None:
+        start = time.perf_counter()
+        video.close()
+        clock.seconds += time.perf_counter() - start  # the encoder's last frames are part of the work
+    clock.unit = "frames"
     return clock

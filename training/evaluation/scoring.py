@@ -165,20 +165,25 @@ def evaluate_accuracy(
 
 
 def accuracy_sets(
-    data_dir: str | Path, profile: Profile, tta_modes: Sequence[str], val_resolution: str = "full"
+    data_dir: str | Path,
+    profile: Profile,
+    tta_modes: Sequence[str],
+    val_resolution: str = "full",
+    dataset: str = "cityscapes",
 ) -> tuple[Dataset, dict]:
-    """The plain validation set (what the deploy check uses) and the one each TTA mode is scored on (the
-    multi-scale one reads the original images)."""
+    """The plain validation set of `dataset` (what the deploy check uses) and the one each TTA mode is scored on
+    (the multi-scale one reads the original images). `profile`: the model's (for another data set than Cityscapes,
+    already scaled to its native size, as the model card records it)."""
     from training.data.dataset import CityscapesSegmentation
 
     if "multiscale" in tta_modes and val_resolution != "full":
         raise UserError("--tta multiscale: scores at the labels' own resolution; expected --val-resolution full")
     full = val_resolution == "full"
-    plain = CityscapesSegmentation(data_dir, "val", val_transform(profile), full_labels=full)
+    plain = CityscapesSegmentation(data_dir, "val", val_transform(profile), full_labels=full, dataset=dataset)
     sets = {}
     for mode in dict.fromkeys(tta_modes):
         sets[mode] = (
-            CityscapesSegmentation(data_dir, "val", MultiScaleViews(profile), full_labels=True)
+            CityscapesSegmentation(data_dir, "val", MultiScaleViews(profile), full_labels=True, dataset=dataset)
             if mode == "multiscale"
             else plain
         )

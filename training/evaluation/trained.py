@@ -4,6 +4,8 @@ architecture, the classes and the profile it was trained at.
 Defaults, in order: a flag the user gave (`--arch`, `--profile`), then the card beside the model
 (`models/<id>.json`), then Cityscapes' 19 classes, `fast_scnn` and the tool's default profile (with a one-line
 note saying so). A model is therefore measured and predicted at the resolution it was trained at without a flag.
+A `--profile` for a model of another data set than Cityscapes is scaled to the native size its card records, as
+the stage scaled it (`training.profiles.scale_profile`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import torch
 from torch import nn
 
 from training.data.classes import CITYSCAPES, ClassSet, describe
+from training.data.layouts import open_dataset
 from training.errors import UserError
 from training.models.build import build_model, load_weights
-from training.models.card import card_path, card_profile, read_card
-from training.profiles import Profile, resolve_profile
+from training.models.card import card_native_size, card_path, card_profile, read_card
+from training.profiles import Profile, resolve_profile, scale_profile
 
 DEFAULT_PROFILE = "highest"  # without a card or --profile: the curriculum's last stage (the original's default)
 
@@ -46,6 +49,8 @@ class TrainedModel:
     classes: ClassSet
     card: dict | None
     note: str  # one line: where the profile and the classes come from
+    dataset: str | None = None  # the data set that scores it (--dataset, else the card's), where one does
+    data_dir: str | None = None
 
 
 def read_trained(path: str | Path, arch: str | None = None, profile: str | None = None) -> TrainedModel:
@@ -66,10 +71,30 @@ def read_trained(path: str | Path, arch: str | None = None, profile: str | None 
         ) from None
     classes = card_classes(card, card_path(path))
     chosen = resolve_profile(profile) if profile else recorded
+    native = card_native_size(card)
+    if profile and classes.dataset != "cityscapes" and native is not None:
+        chosen = scale_profile(chosen, native)
     note = f"model card {card_path(path)}: {describe(classes)}; trained at {recorded.describe()}"
     if chosen != recorded:
         note += f"; --profile {profile} overrides it: {chosen.describe()}"
     return TrainedModel(path, arch or card.get("arch") or "fast_scnn", chosen, classes, card, note)
+
+
+def data_set_of(trained: TrainedModel, dataset: str | None, data_dir: str | None) -> tuple[str, str]:
+    """(--dataset, --data-dir) the model is scored on: by default the data set its card records, at
+    ./data/<dataset>. A data set of other classes than the model's, or without a labelled val split, is refused in
+    one line (before anything is measured)."""
+    dataset = dataset or trained.classes.dataset
+    data_dir = data_dir or f"./data/{dataset}"
+    layout = open_dataset(dataset, data_dir)
+    found = layout.classes
+    if not found.same_classes(trained.classes):
+        raise UserError(
+            f"{trained.path}: predicts {describe(trained.classes)}, but --data-dir {data_dir} (--dataset {dataset}) "
+            f"holds {describe(found)}; expected the data set the model was trained on (or --data-dir none)"
+        )
+    layout.pairs("val")
+    return dataset, data_dir
 
 
 def load_trained(trained: TrainedModel, device: torch.device, flag: str = "--model-path") -> nn.Module:

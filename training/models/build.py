@@ -91,10 +91,25 @@ def detect_architecture(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def load_weights(model: nn.Module, path: str | Path, arch: str, what: str) -> None:
+def num_classes_of(state: dict[str, torch.Tensor], arch: str) -> int | None:
+    """The number of classes a state_dict of `arch` predicts (None if it is not one of `arch`): the first dimension
+    of the first parameter whose shape follows the number of classes (found by building `arch` for 1 and for 2
+    classes on the meta device)."""
+    with torch.device("meta"):
+        one, two = build_model(arch, 1).state_dict(), build_model(arch, 2).state_dict()
+    for key in one:
+        if one[key].shape != two[key].shape:
+            return int(state[key].shape[0]) if key in state else None
+    return None
+
+
+def load_weights(
+    model: nn.Module, path: str | Path, arch: str, what: str, state: dict[str, torch.Tensor] | None = None
+) -> None:
     """Load `path` into `model` (of architecture `arch`), saying precisely what does not fit. Training-only
-    auxiliary heads of `model` are not expected in the file (training/models/auxiliary.py initialises them)."""
-    state = read_state_dict(path, what)
+    auxiliary heads of `model` are not expected in the file (training/models/auxiliary.py initialises them).
+    `state`: the file's state_dict, if already read."""
+    state = read_state_dict(path, what) if state is None else state
     expected = without_aux_heads(model.state_dict())
     if set(state) != set(expected):
         found = detect_architecture(state)
@@ -121,9 +136,10 @@ def load_weights(model: nn.Module, path: str | Path, arch: str, what: str) -> No
 class FrozenTeacher(nn.Module):
     """A trained model used only for its predictions: eval mode, no gradients, never saved with the student."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, num_classes: int | None = None):
         super().__init__()
         self.model = model.eval().requires_grad_(False)
+        self.num_classes = num_classes  # what its logits' channels are (checked against the student's data set)
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         return self  # stays in eval mode (BatchNorm statistics and dropout frozen)
@@ -133,9 +149,15 @@ class FrozenTeacher(nn.Module):
         return self.model(images)
 
 
-def load_teacher(arch: str, path: str, num_classes: int = 19) -> FrozenTeacher:
+def load_teacher(arch: str, path: str, num_classes: int | None = None) -> FrozenTeacher:
+    """The frozen teacher at `path`; built for `num_classes`, by default for the classes its weights predict (the
+    stage checks them against its data set's classes)."""
+    flag = "--trained-teacher-model-path"
     if str(path).lower() in ("", "none"):
-        raise UserError("--trained-teacher-model-path: missing; expected the .pth of a trained teacher")
+        raise UserError(f"{flag}: missing; expected the .pth of a trained teacher")
+    state = read_state_dict(path, flag)
+    if num_classes is None:
+        num_classes = num_classes_of(state, arch) or 19  # not an `arch` state_dict: load_weights says why
     model = build_model(arch, num_classes)
-    load_weights(model, path, arch, "--trained-teacher-model-path")
-    return FrozenTeacher(model)
+    load_weights(model, path, arch, flag, state)
+    return FrozenTeacher(model, num_classes)

@@ -9,6 +9,8 @@ protocol, and the code's git commit. Both files are written atomically (training
 Keys (version 1; readers must accept extra keys):
     version, experiment_id, script, arch, run (int | None), stage (int | None),
     profile: {name, number, image_size "WxH", patch_size "WxH"},
+    native_size: "WxH" (the size the profile is a fraction of: Cityscapes' 2048x1024, another data set's most
+                 common training image size; training.profiles.scale_profile),
     classes: training.data.classes.ClassSet.to_dict() = {dataset, classes [names], palette [[r, g, b]]
              (+ void, void_colour for a folder data set)},
     args: {flag: value} (the arguments that change the weights),
@@ -86,6 +88,12 @@ def card_profile(card: dict) -> Profile:
     return Profile(
         entry["name"], int(entry["number"]), parse_size_text(entry["image_size"]), parse_size_text(entry["patch_size"])
     )
+
+
+def card_native_size(card: dict) -> tuple[int, int] | None:
+    """The native size a card records (None on cards written before it was recorded)."""
+    entry = card.get("native_size")
+    return parse_size_text(entry) if entry else None
 
 
 def write_card(model_path: str | Path, card: dict) -> Path:

@@ -85,6 +85,7 @@ class StageRecord:
     script: str = ""
     best_matrix: np.ndarray | None = None  # the best epoch's confusion matrix (rows ground truth), from state.pth
     best_epoch: int = -1
+    class_names: list[str] = field(default_factory=list)  # the data set's classes, from state.pth (else Cityscapes')
 
     def column(self, name: str) -> np.ndarray:
         return np.array([_float(row.get(name)) for row in self.rows])
@@ -123,8 +124,21 @@ def load_stages(checkpoints: Path) -> list[StageRecord]:
                 record.best_epoch = int(state.get("best_epoch", -1))
                 if state.get("best_confusion_matrix") is not None:
                     record.best_matrix = state["best_confusion_matrix"].numpy()
+                record.class_names = _class_names(state, record.best_matrix)
         records.append(record)
     return records
+
+
+def _class_names(state: dict, matrix: np.ndarray | None) -> list[str]:
+    """The names of the classes a state's stage trained on: its `classes` entry (ClassSet.to_dict()), or Cityscapes'
+    for states written before other data sets; 'class i' where they do not fit the matrix."""
+    from training.data.dataset import CLASS_NAMES
+
+    entry = state.get("classes")
+    names = list(entry.get("classes", [])) if isinstance(entry, dict) else list(CLASS_NAMES)
+    if matrix is not None and len(names) != matrix.shape[0]:
+        names = [f"class {i}" for i in range(matrix.shape[0])]
+    return names
 
 
 def group_runs(records: list[StageRecord]) -> list[Run]:
@@ -414,8 +428,6 @@ def build_report(
     checkpoints: Path, measurements: Path, output: Path | None = None, experiment: str | None = None
 ) -> dict[str, Path]:
     """Write the graphs and report.md; returns {what: path} of every file written."""
-    from training.data.dataset import CLASS_NAMES
-
     measurements = Path(measurements)
     graphs = Path(output) if output else measurements / "graphs"
     records = load_stages(Path(checkpoints))
@@ -514,7 +526,7 @@ def build_report(
 
     md += ["## Confusion matrix and per-class IoU", ""]
     if chosen is not None:
-        names = list(CLASS_NAMES)
+        names = chosen.class_names
         confusion = _save(
             confusion_figure(chosen.experiment_id, chosen.best_matrix, names),
             graphs / f"confusion-{_slug(chosen.experiment_id)}.png",
