@@ -7,14 +7,16 @@ The stages run in this process with the small profile table (tests/small_profile
 from __future__ import annotations
 
 import csv
+import functools
 import re
 import shutil
 import subprocess
 
+import conftest
 import pytest
 import torch
 from conftest import REPO
-from small_profile import SMALL_PROFILES, one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+from small_profile import SMALL_PROFILES, run_in_process
 
 import fast_scnn
 import train
@@ -23,23 +25,12 @@ from training.data.dataset import CLASS_NAMES, PALETTE
 from training.engine.history import history_path, read_history
 from training.models.card import card_path, content_hash, read_card
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 ID = "card-experiment-01"
 
 
-def stage_args(data_dir, epochs: int = 2, *extra: str, experiment: str = ID) -> list[str]:
-    return [
-        "--data-dir",
-        str(data_dir),
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        experiment,
-        *extra,
-    ]
+stage_args = functools.partial(conftest.stage_args, experiment=ID)
 
 
 # ------------------------------------------------------------------------------------------------ the model card
