@@ -285,7 +285,7 @@ chain_submit() {  # kind jobscript-name args...
     _chain_posint --gpus "$gpus"
     _chain_posint --nodes "$nodes"
     if ((local_mode)) && ((gpus * nodes > 1)); then
-        _chain_die "--local runs one process per stage: for several GPUs on this machine use torchrun (README), for several nodes submit without --local"
+        _chain_die "--local runs one process per stage: for several GPUs on this machine use torchrun (docs/training.md), for several nodes submit without --local"
     fi
     # the stage variables travel as one --export list (split at commas) and as words (split at white space)
     [[ "$CHAIN_ROOT" != *[,[:space:]]* ]] ||
