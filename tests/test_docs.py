@@ -11,6 +11,7 @@ Paths and commands named in the text, code included, must exist too: a source pa
 benchmarks/, demo/, docs/ or .ci/ (placeholders such as `<id>`, `*` or `...` are skipped), the script of a
 `python X.py`, `bash X.sh` or `sbatch X.sh` command, and the module of a `python -m training...`/`demo...` command.
 Generated files (models/, measurements/, slurms/) are not checked: they exist after a run, not in the repository.
+Every `--flag` the docs name must still appear in the code, and every docs/<page>.md the code names must exist.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 SOURCE_PATH = re.compile(r"(?<![\w./<-])((?:\.ci|training|tests|benchmarks|demo|docs)/[\w./<>*-]*[\w/>*])")
 SCRIPT_COMMAND = re.compile(r"(?:\bpython3?|\.venv/bin/python|\bbash|\bsbatch)\s+((?:[\w.-]+/)*[\w-]+\.(?:py|sh))\b")
 MODULE_COMMAND = re.compile(r"\bpython3?\s+-m\s+((?:training|demo|benchmarks|tests)(?:\.\w+)*)")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")
+OTHER_TOOLS_FLAGS: set[str] = set()  # flags of other programs (sbatch, torchrun, ...) that the code never names
 
 
 def markdown_files() -> list[Path]:
@@ -140,6 +143,14 @@ def missing_paths(path: Path, repo: Path = REPO) -> list[str]:
     return missing
 
 
+def code_files() -> list[Path]:
+    """The scripts, modules, tests, run files and CI, but this file (whose examples name what does not exist)."""
+    sources = [*REPO.glob("*.py"), *REPO.glob("*.sh"), REPO / ".ci" / "run"]
+    for folder in ("training", "tests", "benchmarks", "demo", "runs"):
+        sources += [path for path in (REPO / folder).rglob("*") if path.suffix in (".py", ".sh", ".toml")]
+    return [path for path in sources if path != Path(__file__).resolve()]
+
+
 # --- the checker itself, against hand-written expectations
 
 
@@ -216,6 +227,11 @@ def test_a_missing_script_path_and_module_are_reported(tmp_path):
     ]
 
 
+def test_flags_are_found_with_their_whole_name():
+    text = "Use --data-dir, torchrun --nproc_per_node=2, `--tta none|flip` and --epochs; not a--b, --, -x or --X."
+    assert FLAG.findall(text) == ["--data-dir", "--nproc_per_node", "--tta", "--epochs"]
+
+
 # --- the repository's documentation
 
 
@@ -257,15 +273,22 @@ def test_every_named_path_and_command_exists(path: Path):
     assert missing_paths(path) == []
 
 
+def test_every_flag_named_in_the_docs_appears_in_the_code():
+    """A --flag that README.md, docs/ or a folder README names is still in the code (not renamed or removed)."""
+    code = "\n".join(path.read_text(encoding="utf-8") for path in code_files())
+    named = {flag for path in markdown_files() for flag in FLAG.findall(path.read_text(encoding="utf-8"))}
+    assert len(named) > 50, "the docs name too few flags: is the pattern right?"
+    missing = [
+        flag for flag in sorted(named - OTHER_TOOLS_FLAGS) if not re.search(re.escape(flag) + r"(?![\w-])", code)
+    ]
+    assert missing == []
+
+
 def test_every_docs_page_named_in_the_code_exists():
     """A docs/<page>.md named in a script, a module, a test or a run file (help texts, comments, errors) exists."""
-    sources = [*REPO.glob("*.py"), *REPO.glob("*.sh"), REPO / ".ci" / "run"]
-    for folder in ("training", "tests", "benchmarks", "demo", "runs"):
-        sources += [path for path in (REPO / folder).rglob("*") if path.suffix in (".py", ".sh", ".toml")]
     named = {
         (source.relative_to(REPO).as_posix(), page)
-        for source in sources
-        if source != Path(__file__).resolve()  # this file's own examples name pages that do not exist
+        for source in code_files()
         for page in re.findall(r"\bdocs/([\w-]+\.md)", source.read_text(encoding="utf-8"))
     }
     assert len({source for source, _ in named}) >= 5, "the code names too few docs pages: is the pattern right?"
