@@ -455,7 +455,7 @@ def check_inputs(options, run: registry.Run, first: int) -> str | None:
         )
     if options.local and options.gpus * options.nodes > 1:
         raise UserError(
-            "--local runs one process per stage: for several GPUs on this machine use torchrun (docs), for "
+            "--local runs one process per stage: for several GPUs on this machine use torchrun (docs/training.md), for "
             "several nodes submit without --local"
         )
     teacher = options.teacher
