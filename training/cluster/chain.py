@@ -414,8 +414,9 @@ def choose_run(options, runs: dict[int, registry.Run]) -> registry.Run:
         raise UserError(f"--run R is required (R in: {mine}); see: bash {options.jobscript} --help")
     number = int(options.run) if options.run.isdigit() else None
     if number not in runs:
+        missing = f"no runs/{number:02d}.toml" if number is not None else "expected a run number"
         raise UserError(
-            f"unknown run '{options.run}': no runs/{options.run}.toml (runs: {', '.join(map(str, runs))}; "
+            f"unknown run '{options.run}': {missing} (runs: {', '.join(map(str, runs))}; "
             f"this script: {mine})"
         )
     run = runs[number]
