@@ -1,7 +1,8 @@
 # ruff: noqa: F811 (the fixtures imported from chain_helpers are the tests' parameters)
 """The registry of runs as files (runs/NN.toml, training/cluster/runs.py) and the chain's reading of it
 (training/cluster/chain.py): the original eight runs, refusals of a bad run file, a new run, a run with one schedule
-across its stages, the order in which a setting wins, and `--run 3 --dry-run` printing the same chain as before the chain moved to Python."""
+across its stages, the order in which a setting wins, and `--run 3 --dry-run` printing the same chain as before the
+chain moved to Python."""
 
 from __future__ import annotations
 
