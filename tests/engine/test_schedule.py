@@ -203,6 +203,7 @@ def test_learning_rate_in_history_is_continuous_across_stages(tiny_cityscapes, t
     card = json.loads((tmp_path / "models" / "three.json").read_text())
     record = card["test_resolution"]
     assert row["epoch"] == "0" and row["bn_recalibrate_batches"] == "2"
+    assert float(row["learning_rate"]) == 0.0  # no step: the lr where stage two's schedule ended
     assert float(row["valid_miou_before_recalibration"]) == pytest.approx(record["miou_before"])
     assert float(row["valid_miou"]) == pytest.approx(record["miou_after"]) and record["input_size"] == "256x128"
     assert card["schedule"]["span"] == [0.5, 1.0]  # a stage without steps keeps its starting model's place

@@ -64,7 +64,8 @@ class Stage:
     (processes), paths (StagePaths), saved (the state resumed from, or None), inputs (the models it started from,
     with their hashes), classes (the data set's ClassSet), data (the splits' fingerprints), train_set / val_set,
     steps (per epoch), model (plain) and trained (DDP / compiled wrapper), loss_fn, optimizer, scheduler, scaler,
-    progress (state.Progress), the loaders and samplers."""
+    progress (state.Progress), the loaders and samplers; lr (--lr after --lr-scaling), schedule (its record,
+    training/engine/schedule.py), previous_schedule (that of the model it starts from), schedule_line."""
 
     def __init__(self, args, script: str):
         self.args, self.script = args, script

@@ -284,6 +284,12 @@ class Records:
         if not stage.main:
             return
         values = self._values(metrics, {})
+        if stage.args.epochs == 0:  # no step: the lr where the starting model's schedule ended (history continues)
+            ended = (stage.schedule or {}).get("lr_end")
+            if ended is None:
+                del values["learning_rate"]
+            else:
+                values["learning_rate"] = ended
         if record["miou_after"] is not None:
             values["valid_miou_before_recalibration"] = record["miou_before"]
         values["bn_recalibrate_batches"] = record["bn_recalibrate"]
