@@ -313,6 +313,7 @@ def test_run3_dry_run_prints_the_same_chain_as_before_the_move(repo_copy, fake_s
         new_args = parser.parse_args(new_words[new_words.index("--") + 1 :])
         for args in (old_args, new_args):
             resolve_recipe(args, 1)
+            args.data_dir = args.data_dir or f"./data/{args.dataset}"  # the default, as training/engine/build.py has it
         assert (new_args.run, new_args.stage) == ("3", stage)
         assert vars(old_args) == {**vars(new_args), "run": None, "stage": None}
         assert new_args.experiment_id == eid(3, stage) and new_args.profile == str(stage)
