@@ -13,7 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+from conftest import stage_args
+from small_profile import run_in_process
 
 import train
 from training.engine.history import history_path, read_history
@@ -22,6 +23,8 @@ from training.engine.recalibration import recalibrate_batchnorm
 from training.engine.recipes import lr_scale
 from training.engine.schedule import check_continuity
 from training.errors import UserError
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _args(schedule="linear", span=None, lr=0.1, min_lr=0.0, warmup_fraction=0.0, warmup_steps=0, **more):
@@ -144,38 +147,21 @@ def test_recalibration_averages_the_batches_statistics_with_equal_weights():
     assert recalibrate_batchnorm(layer, []) == 0 and torch.all(layer.running_mean == 7.0)  # no batch: untouched
 
 
-def _stage(data_dir, experiment_id: str, *more: str) -> list[str]:
-    return [
-        "--data-dir",
-        str(data_dir),
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        experiment_id,
-        *more,
-    ]
-
-
 @pytest.mark.slow
 def test_learning_rate_in_history_is_continuous_across_stages(tiny_cityscapes, tmp_path, monkeypatch, capsys):
     """Three stages of one linear schedule (2 + 2 epochs of 2 steps, then a recalibration-only stage): history.csv's
     learning_rate (the lr after each epoch's last step) follows 0.001 x (1 - epochs done / 4) across the stages."""
     monkeypatch.chdir(tmp_path)
-    common = ("--epochs", "2", "--lr-schedule", "linear")
-    assert run_in_process(train, _stage(tiny_cityscapes, "one", *common, "--schedule-span", "0:0.5"), monkeypatch) == 0
-    refused = _stage(
-        tiny_cityscapes, "two", *common, "--schedule-span", "0.4:1", "--previous-model-path", "models/one.pth"
-    )
+    linear = ("--lr-schedule", "linear", "--schedule-span")
+    assert run_in_process(train, stage_args(tiny_cityscapes, 2, *linear, "0:0.5", experiment="one"), monkeypatch) == 0
+    after_one = ("--previous-model-path", "models/one.pth")
+    refused = stage_args(tiny_cityscapes, 2, *linear, "0.4:1", *after_one, experiment="two")
     assert run_in_process(train, refused, monkeypatch) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --schedule-span 0.4:1.0: starts at 0.4, but --previous-model-path models/one.pth ended its run's "
         "schedule at 0.5 (its model card); expected --schedule-span 0.5:B"
     )
-    second = _stage(
-        tiny_cityscapes, "two", *common, "--schedule-span", "0.5:1", "--previous-model-path", "models/one.pth"
-    )
+    second = stage_args(tiny_cityscapes, 2, *linear, "0.5:1", *after_one, experiment="two")
     assert run_in_process(train, second, monkeypatch) == 0
     lrs = [
         float(row["learning_rate"])
@@ -189,16 +175,8 @@ def test_learning_rate_in_history_is_continuous_across_stages(tiny_cityscapes, t
 
     # a test-resolution stage: no epoch, BatchNorm statistics from 2 whole-image batches; mIoU before and after
     capsys.readouterr()
-    recalibrate = (
-        "--epochs",
-        "0",
-        "--whole-images",
-        "--bn-recalibrate",
-        "2",
-        "--previous-model-path",
-        "models/two.pth",
-    )
-    assert run_in_process(train, _stage(tiny_cityscapes, "three", *recalibrate), monkeypatch) == 0
+    recalibrate = ("--whole-images", "--bn-recalibrate", "2", "--previous-model-path", "models/two.pth")
+    assert run_in_process(train, stage_args(tiny_cityscapes, 0, *recalibrate, experiment="three"), monkeypatch) == 0
     (row,) = read_history(history_path("checkpoints/three"))
     card = json.loads((tmp_path / "models" / "three.json").read_text())
     record = card["test_resolution"]

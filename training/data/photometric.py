@@ -176,7 +176,8 @@ class PhotometricPipeline:
         """uint8 (N,3,H,W) images and their (N, num_params) parameters -> augmented float32 images, values 0..255."""
         if images.device.type == "cpu" and len(images) > 1:
             # On a CPU one sample's float image stays in the cache through the ~30 passes of the ops; a whole batch
-            # streams through memory on every pass, measured 5x slower per sample (README "Input pipeline").
+            # streams through memory on every pass, measured 5x slower per sample (docs/measurements.md,
+            # row data-jitter-cpu).
             return torch.cat([self.augment_batch(images[i : i + 1], params[i : i + 1]) for i in range(len(images))])
         return self.augment_batch(images, params)
 

@@ -62,7 +62,7 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
         "--recipe",
         choices=tuple(RECIPES),
         default="original",
-        help="values of the flags below left unset: original (the course project's) or mmseg (see README.md)",
+        help="values of the flags below left unset: original (the course project's) or mmseg (see docs/training.md)",
     )
     add("--weight-decay", type=float, default=None, help="weight decay, 0 = none (from --recipe: 0; mmseg 4e-5)")
     add("--optimizer", choices=OPTIMIZERS, default=None, help="from --recipe: original adamw; mmseg sgd")
