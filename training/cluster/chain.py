@@ -416,8 +416,7 @@ def choose_run(options, runs: dict[int, registry.Run]) -> registry.Run:
     if number not in runs:
         missing = f"no runs/{number:02d}.toml" if number is not None else "expected a run number"
         raise UserError(
-            f"unknown run '{options.run}': {missing} (runs: {', '.join(map(str, runs))}; "
-            f"this script: {mine})"
+            f"unknown run '{options.run}': {missing} (runs: {', '.join(map(str, runs))}; this script: {mine})"
         )
     run = runs[number]
     if run.kind.student != student:
