@@ -225,9 +225,19 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x.div(255.0).sub_(mean).div_(std)
 
 
-def original_photometric() -> PhotometricPipeline:
-    """The original project's colour jitter."""
-    return PhotometricPipeline([ColorJitterOp(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)])
+def original_jitter(strength: float = 1.0) -> list[PhotometricOp]:
+    """The original project's colour jitter (brightness, contrast, saturation 0.3, hue 0.1), its ranges multiplied
+    by `strength` (--photometric-strength; 0: no op)."""
+    if strength == 0:
+        return []
+    return [
+        ColorJitterOp(brightness=0.3 * strength, contrast=0.3 * strength, saturation=0.3 * strength, hue=0.1 * strength)
+    ]
+
+
+def original_photometric(strength: float = 1.0) -> PhotometricPipeline:
+    """The original project's colour jitter as a pipeline."""
+    return PhotometricPipeline(original_jitter(strength))
 
 
 def apply_in_worker(pipeline: PhotometricPipeline, image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
