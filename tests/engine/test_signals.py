@@ -18,7 +18,9 @@ import textwrap
 
 import pytest
 from conftest import REPO
-from small_profile import SMALL_PROFILES, one_thread  # noqa: F401 (an autouse fixture)
+from small_profile import SMALL_PROFILES
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 PREAMBLE = """
 import os, signal, sys, threading, time
