@@ -11,17 +11,17 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #
-# Fast-SCNN teacher runs 1, 2 (main.sh, cross-entropy) and 5, 6 (main_dice.sh, + Dice); weight decay 0 / 1e-4.
-#   bash jobscript_slurm.sh --run 1 [--from-stage K] [--dry-run] [--local] [--gpus N --nodes M] [-- train args]
-#       submits the five curriculum stages of run 1 as SLURM jobs chained with --dependency=afterok
-#   sbatch jobscript_slurm.sh  (what each job runs): one stage of main.sh / main_dice.sh, told by the environment
-# See `bash jobscript_slurm.sh --help`; the shared logic is in training/cluster/slurm_chain.sh.
+# Fast-SCNN teacher runs (train.py, train_dice.py): the original's runs 1, 2, 5, 6; each run is a file runs/NN.toml.
+#   bash jobscript_slurm.sh --run N [--from-stage K] [--to-stage K] [--dry-run] [--local] [--gpus N --nodes M] [-- flags]
+#       submits the stages of run N as SLURM jobs chained with --dependency=afterok (training/cluster/chain.py)
+#   sbatch jobscript_slurm.sh [-- flags]   (what each job runs): one stage of main.sh, or of the main*.sh the chain names;
+#       signals and requeue: training/cluster/stage_job.sh
+# See `bash jobscript_slurm.sh --help`.
 set -euo pipefail
 
 # the repository: this file's folder, or (inside a job, where Slurm runs a copy of this file) the one the chain names
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [[ -f "$here/training/cluster/slurm_chain.sh" ]]; then CHAIN_ROOT="$here"; else CHAIN_ROOT="${FASTSCNN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"; fi
-CHAIN_JOBSCRIPT="jobscript_slurm.sh"
-# shellcheck source=training/cluster/slurm_chain.sh
-source "$CHAIN_ROOT/training/cluster/slurm_chain.sh"
-chain_main teacher "$@"
+if [[ -f "$here/training/cluster/stage_job.sh" ]]; then CHAIN_ROOT="$here"; else CHAIN_ROOT="${FASTSCNN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"; fi
+# shellcheck source=training/cluster/stage_job.sh
+source "$CHAIN_ROOT/training/cluster/stage_job.sh"
+job_main jobscript_slurm.sh main.sh "$@"

@@ -11,20 +11,17 @@
 #SBATCH --requeue
 #SBATCH --open-mode=append
 #
-# Fast-SCNN student runs 3, 4 (main_distillation.sh) and 7, 8 (main_distillation_dice.sh), distilled from the
-# trained teacher of run 1, 2, 5, 6 (models/fastscnn-training-experiment-05, -10, -25, -30.pth); weight decay 0 / 1e-4.
-#   bash jobscript_slurm_distillation.sh --run 3 [--teacher PATH] [--from-stage K] [--dry-run] [--local]
-#                                       [--gpus N --nodes M] [-- train args]
-#       submits the five curriculum stages of run 3 as SLURM jobs chained with --dependency=afterok
-#   sbatch jobscript_slurm_distillation.sh  (what each job runs): one stage of main_distillation*.sh, told by the
-#       environment
-# See `bash jobscript_slurm_distillation.sh --help`; the shared logic is in training/cluster/slurm_chain.sh.
+# Fast-SCNN student runs (train_distillation*.py, taught by a teacher run's last model): the original's runs 3, 4, 7, 8; each run is a file runs/NN.toml.
+#   bash jobscript_slurm_distillation.sh --run N [--teacher PATH] [--from-stage K] [--to-stage K] [--dry-run] [--local] [--gpus N --nodes M] [-- flags]
+#       submits the stages of run N as SLURM jobs chained with --dependency=afterok (training/cluster/chain.py)
+#   sbatch jobscript_slurm_distillation.sh [-- flags]   (what each job runs): one stage of main_distillation.sh, or of the main*.sh the chain names;
+#       signals and requeue: training/cluster/stage_job.sh
+# See `bash jobscript_slurm_distillation.sh --help`.
 set -euo pipefail
 
 # the repository: this file's folder, or (inside a job, where Slurm runs a copy of this file) the one the chain names
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [[ -f "$here/training/cluster/slurm_chain.sh" ]]; then CHAIN_ROOT="$here"; else CHAIN_ROOT="${FASTSCNN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"; fi
-CHAIN_JOBSCRIPT="jobscript_slurm_distillation.sh"
-# shellcheck source=training/cluster/slurm_chain.sh
-source "$CHAIN_ROOT/training/cluster/slurm_chain.sh"
-chain_main student "$@"
+if [[ -f "$here/training/cluster/stage_job.sh" ]]; then CHAIN_ROOT="$here"; else CHAIN_ROOT="${FASTSCNN_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"; fi
+# shellcheck source=training/cluster/stage_job.sh
+source "$CHAIN_ROOT/training/cluster/stage_job.sh"
+job_main jobscript_slurm_distillation.sh main_distillation.sh "$@"

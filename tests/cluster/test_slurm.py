@@ -1,4 +1,5 @@
-"""The SLURM curriculum chains: jobscript_slurm.sh / jobscript_slurm_distillation.sh (+ cluster/slurm_chain.sh).
+"""The SLURM curriculum chains: jobscript_slurm.sh / jobscript_slurm_distillation.sh (the run files runs/NN.toml, the
+submission training/cluster/chain.py, the job side training/cluster/stage_job.sh).
 
 Three groups:
 - plain fast tests (no Slurm): usage, refusals with exit code 2, --dry-run, the submission logic against a fake
@@ -12,12 +13,12 @@ Every test works in its own copy of the repository's code files (so models/, slu
 checkout) with the test's Python (PYTHON=sys.executable, which the main*.sh scripts use).
 """
 
+# ruff: noqa: F811 (the fixtures imported from chain_helpers are the tests' parameters)
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,176 +26,35 @@ import time
 from pathlib import Path
 
 import pytest
-
-TESTS = Path(__file__).resolve().parents[1]
-REPO = TESTS.parent
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-import slurm_cluster  # noqa: E402
-
-TEACHER = "jobscript_slurm.sh"
-STUDENT = "jobscript_slurm_distillation.sh"
-PREFIX = "fastscnn-training-experiment-"
-TINY = ["--epochs", "1", "--batch-size", "2", "--num-workers", "0"]
-
-
-def eid(run: int, stage: int) -> str:
-    return f"{PREFIX}{5 * (run - 1) + stage:02d}"
-
-
-# ---------------------------------------------------------------------------------------------------- helpers
-def _code_files() -> list[str]:
-    """The repository's code files (tracked or not ignored), without tests/: what a job needs to run a stage."""
-    try:
-        out = subprocess.run(
-            ["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        out = [str(p.relative_to(REPO)) for p in REPO.glob("*") if p.is_file()]
-        out += [str(p.relative_to(REPO)) for p in (REPO / "training").rglob("*") if p.is_file()]
-    return sorted(f for f in out if f and f.endswith((".py", ".sh")) and not f.startswith(("tests/", ".")))
-
-
-def copy_repo(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for rel in _code_files():
-        target = dest / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / rel, target)
-    return dest
-
-
-def stage_env(extra: dict | None = None) -> dict:
-    """Environment for the jobscripts: the test's Python for the stages, W&B off, no stage variables inherited."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k
-        not in (
-            "EXPERIMENT_ID",
-            "PROFILE",
-            "WEIGHT_DECAY",
-            "DATA_DIR",
-            "PREVIOUS_MODEL_PATH",
-            "CONTAINER",
-            "PREVIOUS_STUDENT_MODEL_PATH",
-            "TRAINED_TEACHER_MODEL_PATH",
-            "MAIN_SCRIPT",
-            "FASTSCNN_ROOT",
-        )
-        and not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))
-    }
-    env.update({"PYTHON": sys.executable, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
-    env.update(extra or {})
-    return env
-
-
-def jobscript(repo: Path, script: str, *args: str, env: dict | None = None, timeout: float = 120):
-    return subprocess.run(
-        ["bash", str(repo / script), *args],
-        cwd=repo,
-        env=env if env is not None else stage_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def save_fresh_model(path: Path) -> Path:
-    """A valid Fast-SCNN state_dict (random weights), e.g. a teacher or a previous stage's model."""
-    import torch
-
-    sys.path.insert(0, str(REPO))
-    import fast_scnn
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fast_scnn.Model().state_dict(), path)
-    return path
-
-
-def load_state(repo: Path, experiment_id: str) -> dict:
-    import torch
-
-    return torch.load(repo / "checkpoints" / experiment_id / "state.pth", map_location="cpu", weights_only=True)
-
-
-@pytest.fixture(scope="module")
-def demo_data(tmp_path_factory) -> Path:
-    """2 train + 1 val images of 256x128 in the Cityscapes layout (read-only for the tests)."""
-    root = tmp_path_factory.mktemp("slurm_demo") / "cityscapes"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "demo.dataset",
-            "--root",
-            str(root),
-            "--train",
-            "2",
-            "--val",
-            "1",
-            "--size",
-            "256x128",
-            "--seed",
-            "0",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return root
-
-
-# a stand-in for sbatch/scancel/scontrol/srun/apptainer that records its arguments (one JSON line per call) and
-# prints job ids from 101
-FAKE_TOOL = """#!{python}
-import json, os, sys
-log = os.environ["FAKE_SLURM_LOG"]
-calls = [json.loads(line) for line in open(log)] if os.path.exists(log) else []
-with open(log, "a") as f:
-    f.write(json.dumps([os.path.basename(sys.argv[0])] + sys.argv[1:]) + "\\n")
-if os.path.basename(sys.argv[0]) == "sbatch":
-    n = sum(1 for c in calls if c[0] == "sbatch") + 1
-    if str(n) == os.environ.get("FAKE_SBATCH_FAIL_AT"):
-        sys.exit("sbatch: error: Batch job submission failed: fake failure")
-    print(100 + n)
-if os.path.basename(sys.argv[0]) == "scontrol" and sys.argv[1:3] == ["show", "hostnames"]:
-    print(os.environ.get("FAKE_HOSTNAMES", "").replace(",", "\\n"))
-if os.path.basename(sys.argv[0]) == "srun":
-    print("fake srun: MASTER_ADDR=%s MASTER_PORT=%s" % (os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")))
-"""
-
-
-@pytest.fixture
-def fake_slurm(tmp_path):
-    """PATH with recording fake Slurm tools and apptainer; returns (env, calls()), calls() listing the recorded argv."""
-    bin_dir = tmp_path / "fakebin"
-    bin_dir.mkdir()
-    for name in ("sbatch", "scancel", "scontrol", "srun", "apptainer"):
-        tool = bin_dir / name
-        tool.write_text(FAKE_TOOL.format(python=sys.executable))
-        tool.chmod(0o755)
-    log = tmp_path / "fake_slurm.jsonl"
-    env = stage_env({"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}", "FAKE_SLURM_LOG": str(log)})
-
-    def calls():
-        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
-
-    return env, calls
-
-
-@pytest.fixture
-def repo_copy(tmp_path) -> Path:
-    return copy_repo(tmp_path / "repo")
-
-
-def export_vars(argv: list[str]) -> dict:
-    """The variables an sbatch command line passes with --export=ALL,K=V,..."""
-    export = next(a for a in argv if a.startswith("--export="))[len("--export=") :].split(",")
-    assert export[0] == "ALL"
-    return dict(item.split("=", 1) for item in export[1:])
+from chain_helpers import (  # noqa: F401 (fixtures: cluster, demo_data, fake_slurm, repo_copy)
+    FAKE_MAIN,
+    ORIGINAL_RUNS,
+    PREFIX,
+    REPO,
+    STUDENT,
+    TEACHER,
+    TINY,
+    _dry_run_commands,
+    _stage_env,
+    checked,
+    cluster,
+    copy_repo,
+    demo_data,
+    dry_run_job_side,
+    eid,
+    expected_flags,
+    export_vars,
+    fake_slurm,
+    job_side,
+    jobscript,
+    load_state,
+    read_output,
+    repo_copy,
+    save_fresh_model,
+    slurm_cluster,
+    stage_env,
+    submit,
+)
 
 
 # ---------------------------------------------------------------------------------------------------- fast tests
@@ -223,7 +83,7 @@ def test_jobscripts_keep_the_original_header(repo_copy):
         ):
             assert f"#SBATCH {option}" in header, (script, option)
         assert any(re.fullmatch(r"#SBATCH --signal=B:USR1@\d+", line) for line in header)
-        assert "training/cluster/slurm_chain.sh" in (repo_copy / script).read_text()
+        assert "training/cluster/stage_job.sh" in (repo_copy / script).read_text()
 
 
 REFUSALS = [
@@ -242,22 +102,25 @@ REFUSALS = [
     (STUDENT, ["--run", "4"], rf"teacher checkpoint models/{PREFIX}10\.pth not found"),
     (STUDENT, ["--run", "8", "--teacher", "nothere.pth"], r"teacher checkpoint .*/nothere\.pth not found"),
     (STUDENT, ["--run", "3", "--local", "--gpus", "2"], r"--local runs one process per stage"),
+    # flags after --: checked against the script's own parser before anything is submitted
+    (TEACHER, ["--run", "1", "--", "--bogus"], r"^error: -- --bogus: not a flag of train\.py"),
+    (TEACHER, ["--run", "1", "--", "--epochs", "x"], r"stage 1 \(\S+-01\): argument --epochs: invalid int value: 'x'"),
+    (TEACHER, ["--run", "1", "--", "--lr", "-1"], r"stage 1 \(\S+-01\): --lr -1\.0: expected a positive number"),
     (
-        STUDENT,
-        ["--run", "3", "--teacher", "/ckpt/my teacher.pth"],
-        r"teacher path '/ckpt/my teacher\.pth' contains a comma or white space",
+        TEACHER,
+        ["--run", "1", "--", "--profile", "2"],
+        r"-- --profile: names one stage, but this chain has stages 1-5 \(expected it in runs/01\.toml's stage entries",
     ),
-    (
-        STUDENT,
-        ["--run", "3", "--teacher", "/ckpt/a,b.pth", "--dry-run"],
-        r"teacher path '/ckpt/a,b\.pth' contains a comma",
-    ),
+    (TEACHER, ["--run", "2", "--from-stage", "2", "--dry-run", "--", "--model-path=x"], r"-- --model-path: names one"),
+    (STUDENT, ["--run", "3", "--dry-run", "--", "--trained-teacher-model-path", "t.pth"], r"set by --teacher PATH"),
 ]
 
 
 @pytest.mark.parametrize("script,args,message", REFUSALS, ids=[" ".join([s[:-3]] + a) for s, a, _ in REFUSALS])
 def test_bad_submissions_exit_2(repo_copy, fake_slurm, script, args, message):
     env, calls = fake_slurm
+    if "--" in args and "names one" not in message and "--teacher" not in message:
+        env = checked(env)  # a flag's name or value: checked by the script's own parser
     result = jobscript(repo_copy, script, *args, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert re.search(message, result.stderr), result.stderr
@@ -268,18 +131,33 @@ def test_bad_submissions_exit_2(repo_copy, fake_slurm, script, args, message):
     assert not (repo_copy / "slurms").exists()
 
 
-@pytest.mark.parametrize("folder", ["my repo", "repo,copy"])
-@pytest.mark.parametrize("mode", [[], ["--local"]], ids=["sbatch", "local"])
-def test_a_repository_path_with_a_space_or_comma_is_refused(tmp_path, fake_slurm, folder, mode):
+def test_a_repository_path_with_a_comma_is_refused_for_sbatch(tmp_path, fake_slurm):
     env, calls = fake_slurm
-    repo = copy_repo(tmp_path / folder)
-    result = jobscript(repo, TEACHER, "--run", "1", *mode, "--", *TINY, env=env)
+    repo = copy_repo(tmp_path / "repo,copy")
+    result = jobscript(repo, TEACHER, "--run", "1", "--", *TINY, env=env)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr == (
-        f"error: the repository path '{repo}' contains a comma or white space, which the job's "
-        f"variables cannot carry (expected a path without them: move or link the repository)\n"
+        f"error: the repository path '{repo}' contains a comma, which sbatch --export cannot carry (expected a path "
+        f"without one: move or link the repository)\n"
     )
     assert calls() == [] and not (repo / "slurms").exists() and not (repo / "models").exists()
+
+
+def test_paths_with_white_space_and_commas_travel_as_arguments(tmp_path, fake_slurm):
+    # the stage's settings are arguments of the job, not variables of --export: a space or a comma is just a character
+    env, calls = fake_slurm
+    repo = copy_repo(tmp_path / "my repo")
+    teacher = save_fresh_model(tmp_path / "ckpt" / "my teacher, v2.pth")
+    result = jobscript(repo, STUDENT, "--run", "3", "--to-stage", "2", "--teacher", str(teacher), env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    sbatch = [c for c in calls() if c[0] == "sbatch"]
+    assert len(sbatch) == 2
+    for argv in sbatch:
+        assert f"--chdir={repo}" in argv and str(repo / STUDENT) in argv
+        assert argv[argv.index("--trained-teacher-model-path") + 1] == str(teacher)
+    result = jobscript(repo, STUDENT, "--run", "3", "--local", "--dry-run", "--teacher", str(teacher), env=env)
+    assert result.returncode == 0, result.stderr
+    assert f"'{teacher}'" in result.stdout and f"bash '{repo}/{STUDENT}' --stage" in result.stdout
 
 
 def test_student_refuses_missing_previous_checkpoint(repo_copy, fake_slurm):
@@ -292,29 +170,11 @@ def test_student_refuses_missing_previous_checkpoint(repo_copy, fake_slurm):
     assert calls() == []
 
 
-def _dry_run_commands(stdout: str) -> list[str]:
-    return [line for line in stdout.splitlines() if re.match(r"job\d=\$\(sbatch ", line)]
-
-
-@pytest.mark.parametrize(
-    "run,script,weight_decay",
-    [(1, "main.sh", "0"), (2, "main.sh", "1e-4"), (5, "main_dice.sh", "0"), (6, "main_dice.sh", "1e-4")],
-)
-def test_dry_run_teacher_runs(repo_copy, fake_slurm, run, script, weight_decay):
+@pytest.mark.parametrize("run", [1, 2, 5, 6])
+def test_dry_run_teacher_runs(repo_copy, fake_slurm, run):
     env, calls = fake_slurm
-    result = jobscript(
-        repo_copy,
-        TEACHER,
-        "--run",
-        str(run),
-        "--dry-run",
-        "--",
-        "--epochs",
-        "1",
-        "--data-dir",
-        "/data/city scapes",
-        env=env,
-    )
+    user = ["--epochs", "1", "--data-dir", "/data/city scapes"]
+    result = jobscript(repo_copy, TEACHER, "--run", str(run), "--dry-run", "--", *user, env=env)
     assert result.returncode == 0, result.stderr
     commands = _dry_run_commands(result.stdout)
     assert len(commands) == 5
@@ -325,50 +185,36 @@ def test_dry_run_teacher_runs(repo_copy, fake_slurm, run, script, weight_decay):
             assert "--dependency" not in line and "--kill-on-invalid-dep" not in line
         else:  # a failed stage cancels the rest of the chain also where the cluster does not (stock Slurm)
             assert f'--dependency=afterok:"$job{stage - 1}" --kill-on-invalid-dep=yes' in line
-        previous = "none" if stage == 1 else f"models/{eid(run, stage - 1)}.pth"
-        assert (
-            f"MAIN_SCRIPT={script},EXPERIMENT_ID={eid(run, stage)},PROFILE={stage},WEIGHT_DECAY={weight_decay},"
-            f"PREVIOUS_MODEL_PATH={previous}"
-        ) in line
         assert f"--job-name={eid(run, stage)}" in line
-        assert line.endswith(f"{TEACHER} --stage -- --epochs 1 --data-dir '/data/city scapes')")
+        assert f"--export=ALL,FASTSCNN_ROOT={repo_copy} {repo_copy}/{TEACHER} --stage --script" in line
+        # each flag once: the user's --epochs 1 replaces the run file's 100 (command line > run file)
+        script, once, flags = dry_run_job_side(line)
+        assert (script, once) == (ORIGINAL_RUNS[run][0], [])
+        assert flags == expected_flags(run, stage, **{"--epochs": "1", "--data-dir": "/data/city scapes"})
+        assert line.endswith(" --epochs 1 --data-dir '/data/city scapes')")  # the user's words, as given, last
 
     # the printed commands are valid shell: run them with the fake sbatch and compare with a real submission
     subprocess.run(["bash", "-c", "\n".join(commands)], cwd=repo_copy, env=env, check=True)
     printed = calls()
     env2 = dict(env, FAKE_SLURM_LOG=str(Path(env["FAKE_SLURM_LOG"]).with_suffix(".real")))
-    result = jobscript(
-        repo_copy, TEACHER, "--run", str(run), "--", "--epochs", "1", "--data-dir", "/data/city scapes", env=env2
-    )
+    result = jobscript(repo_copy, TEACHER, "--run", str(run), "--", *user, env=env2)
     assert result.returncode == 0, result.stderr
     submitted = [json.loads(line) for line in Path(env2["FAKE_SLURM_LOG"]).read_text().splitlines()]
     assert printed == submitted
 
 
-@pytest.mark.parametrize(
-    "run,script,weight_decay,teacher_run",
-    [
-        (3, "main_distillation.sh", "0", 1),
-        (4, "main_distillation.sh", "1e-4", 2),
-        (7, "main_distillation_dice.sh", "0", 5),
-        (8, "main_distillation_dice.sh", "1e-4", 6),
-    ],
-)
-def test_dry_run_student_runs(repo_copy, fake_slurm, run, script, weight_decay, teacher_run):
+@pytest.mark.parametrize("run", [3, 4, 7, 8])
+def test_dry_run_student_runs(repo_copy, fake_slurm, run):
     env, calls = fake_slurm
     result = jobscript(repo_copy, STUDENT, "--run", str(run), "--dry-run", "--", "--epochs", "1", env=env)
     assert result.returncode == 0, result.stderr  # --dry-run: the teacher need not exist yet
     commands = _dry_run_commands(result.stdout)
     assert len(commands) == 5 and calls() == []
-    teacher = f"models/{eid(teacher_run, 5)}.pth"
+    teacher = f"models/{eid(ORIGINAL_RUNS[run][2], 5)}.pth"
+    assert f"teacher {teacher}" in result.stdout.splitlines()[0]
     for stage, line in enumerate(commands, start=1):
-        previous = "none" if stage == 1 else f"models/{eid(run, stage - 1)}.pth"
-        assert (
-            f"MAIN_SCRIPT={script},EXPERIMENT_ID={eid(run, stage)},PROFILE={stage},WEIGHT_DECAY={weight_decay},"
-            f"PREVIOUS_STUDENT_MODEL_PATH={previous},TRAINED_TEACHER_MODEL_PATH={teacher}"
-        ) in line
         assert ("--dependency" in line) == (stage > 1)
-        assert f"{STUDENT} --stage -- --epochs 1)" in line
+        assert dry_run_job_side(line) == (ORIGINAL_RUNS[run][0], [], expected_flags(run, stage, **{"--epochs": "1"}))
 
 
 def test_dry_run_from_stage_teacher_override_and_multi_gpu(repo_copy, fake_slurm):
@@ -396,20 +242,20 @@ def test_dry_run_from_stage_teacher_override_and_multi_gpu(repo_copy, fake_slurm
         "job4=$(sbatch --parsable --nodes=2 --ntasks=8 --ntasks-per-node=4 --gpus=8 "
         "--gpus-per-node=4 --job-name=" + eid(3, 4)
     )
-    assert f"PREVIOUS_STUDENT_MODEL_PATH=models/{eid(3, 3)}.pth,TRAINED_TEACHER_MODEL_PATH=/ckpt/t.pth" in commands[0]
-    assert '--dependency=afterok:"$job4"' in commands[1] and "PROFILE=5" in commands[1]
+    assert dry_run_job_side(commands[0])[2] == expected_flags(3, 4, teacher="/ckpt/t.pth")
+    assert '--dependency=afterok:"$job4"' in commands[1]
+    assert dry_run_job_side(commands[1])[2] == expected_flags(3, 5, teacher="/ckpt/t.pth")
 
 
 def test_local_dry_run_prints_the_stage_commands(repo_copy, fake_slurm):
     env, calls = fake_slurm
     result = jobscript(repo_copy, TEACHER, "--run", "6", "--local", "--dry-run", "--", "--epochs", "1", env=env)
     assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.splitlines() if line.startswith("env ")]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("bash ")]
     assert len(lines) == 5 and calls() == []
-    assert (
-        f"MAIN_SCRIPT=main_dice.sh EXPERIMENT_ID={eid(6, 3)} PROFILE=3 WEIGHT_DECAY=1e-4 "
-        f"PREVIOUS_MODEL_PATH=models/{eid(6, 2)}.pth bash " in lines[2]
-    )
+    for stage, line in enumerate(lines, start=1):
+        assert line.startswith(f"bash {repo_copy}/{TEACHER} --stage --script main_dice.sh -- ")
+        assert job_side(shlex.split(line))[2] == expected_flags(6, stage, **{"--epochs": "1"})
     assert not (repo_copy / "models").exists()
 
 
@@ -428,11 +274,9 @@ def test_submission_prints_jobs_and_outputs(repo_copy, fake_slurm):
         assert (f"--dependency=afterok:{job - 1}" in argv) == (stage > 1)
         assert ("--kill-on-invalid-dep=yes" in argv) == (stage > 1)
         assert f"--chdir={repo_copy}" in argv
-        assert argv[-5:] == [str(repo_copy / STUDENT), "--stage", "--", "--epochs", "2"]
-        variables = export_vars(argv)
-        assert variables["MAIN_SCRIPT"] == "main_distillation_dice.sh"
-        assert variables["TRAINED_TEACHER_MODEL_PATH"] == f"models/{eid(5, 5)}.pth"
-        assert variables["FASTSCNN_ROOT"] == str(repo_copy)
+        assert export_vars(argv) == {"FASTSCNN_ROOT": str(repo_copy)}  # the stage's settings are its arguments
+        assert argv[argv.index("--stage") - 1] == str(repo_copy / STUDENT)
+        assert job_side(argv) == ("main_distillation_dice.sh", [], expected_flags(7, stage, **{"--epochs": "2"}))
         assert re.search(
             rf"^stage {stage}: job {job} +{eid(7, stage)} .*{re.escape(str(repo_copy))}/slurms/"
             rf"{eid(7, stage)}-{job}\.out$",
@@ -450,28 +294,6 @@ def test_failed_sbatch_cancels_the_jobs_already_submitted(repo_copy, fake_slurm)
 
 
 # ---------------------------------------------------------------------------------------------------- stage mode
-FAKE_MAIN = """#!/bin/bash
-# a stand-in for a main*.sh: stops with exit 75 on USR1/TERM (like a stage that saved its state)
-trap 'echo "fake stage: got USR1"; sleep 1; exit 75' USR1
-trap 'echo "fake stage: got TERM"; sleep 1; exit 75' TERM
-echo "fake stage: $0 $* EXPERIMENT_ID=$EXPERIMENT_ID ready"
-for i in $(seq 1 ${FAKE_STAGE_TENTHS:-30}); do sleep 0.1; done
-echo "fake stage: finished"
-"""
-
-
-def _stage_env(env: dict, **extra) -> dict:
-    env = {k: v for k, v in env.items() if k not in ("MASTER_ADDR", "MASTER_PORT")}  # the batch shell sets them
-    return dict(
-        env,
-        EXPERIMENT_ID=eid(5, 2),
-        PROFILE="2",
-        WEIGHT_DECAY="0",
-        PREVIOUS_MODEL_PATH=f"models/{eid(5, 1)}.pth",
-        **extra,
-    )
-
-
 def test_stage_mode_in_container_with_srun(repo_copy, fake_slurm):
     env, calls = fake_slurm
     (repo_copy / "my.sif").write_bytes(b"")
@@ -480,12 +302,13 @@ def test_stage_mode_in_container_with_srun(repo_copy, fake_slurm):
         repo_copy,
         TEACHER,
         "--stage",
+        "--script",
+        "main_dice.sh",
         "--",
         "--epochs",
         "1",
         env=_stage_env(
             env,
-            MAIN_SCRIPT="main_dice.sh",
             CONTAINER="my.sif",
             SLURM_JOB_ID="42",
             SLURM_NTASKS="1",
@@ -524,7 +347,7 @@ def test_stage_mode_without_container_uses_srun_only_for_several_tasks(repo_copy
         repo_copy, TEACHER, "--stage", env=_stage_env(env, SLURM_JOB_ID="42", SLURM_NTASKS="1", FAKE_STAGE_TENTHS="1")
     )
     assert result.returncode == 0, result.stderr
-    assert f"fake stage: main.sh  EXPERIMENT_ID={eid(5, 2)} ready" in result.stdout and calls() == []
+    assert "fake stage: main.sh  ready" in result.stdout and calls() == []
     result = jobscript(
         repo_copy,
         TEACHER,
@@ -544,14 +367,30 @@ def test_stage_mode_without_container_uses_srun_only_for_several_tasks(repo_copy
     assert f"fake srun: MASTER_ADDR=n1-ib MASTER_PORT={29500 + 12345 % 10000}" in result.stdout
 
 
-def test_stage_mode_refuses_a_script_of_the_other_kind(repo_copy, fake_slurm):
+def test_stage_mode_refuses_a_script_that_is_not_a_main_sh(repo_copy, fake_slurm):
     env, calls = fake_slurm
-    result = jobscript(repo_copy, STUDENT, "--stage", env=_stage_env(env, MAIN_SCRIPT="main.sh"))
+    result = jobscript(repo_copy, STUDENT, "--stage", "--script", "train.py", env=_stage_env(env))
     assert result.returncode == 2
-    assert result.stderr.strip() == (
-        "error: MAIN_SCRIPT=main.sh is not a student stage script (expected one of: "
-        "main_distillation.sh main_distillation_dice.sh)"
+    assert result.stderr == f"error: --script train.py: expected a main*.sh of {repo_copy}\n"
+    assert calls() == []
+
+
+@pytest.mark.parametrize("restarts", ["0", "1", "2"])
+def test_stage_mode_passes_one_shot_flags_on_the_jobs_first_run_only(repo_copy, fake_slurm, restarts):
+    env, calls = fake_slurm
+    (repo_copy / "main.sh").write_text(FAKE_MAIN)
+    result = jobscript(
+        repo_copy,
+        TEACHER,
+        *("--stage", "--script", "main.sh", "--once", "--restart", "--", "--epochs", "3"),
+        env=_stage_env(env, SLURM_JOB_ID="42", SLURM_RESTART_COUNT=restarts, FAKE_STAGE_TENTHS="1"),
     )
+    assert result.returncode == 0, result.stdout + result.stderr
+    if restarts == "0":
+        assert "fake stage: main.sh --restart --epochs 3 ready" in result.stdout
+    else:  # a requeued run resumes: --restart would throw away the state it saved before the requeue
+        assert "fake stage: main.sh --epochs 3 ready" in result.stdout
+        assert f"run {int(restarts) + 1} of this job (requeued): not passing --restart again" in result.stdout
 
 
 def _signal_stage(repo: Path, env: dict, signum: int) -> tuple[int, str]:
@@ -602,39 +441,13 @@ def test_stage_mode_outside_slurm_forwards_sigterm(repo_copy, fake_slurm):
     assert rc == 75, out
     assert out.count("fake stage: got TERM") == 1
     assert "run the same command again to resume" in out
+    # the fake stage takes 1 s to "save" after the signal: the log says how long the stop took
+    seconds = float(re.search(r"state saved in (\d+\.\d) s after SIGTERM", out)[1])
+    assert 0.9 <= seconds < 10, out
     assert calls() == []
 
 
 # ---------------------------------------------------------------------------------------------------- real Slurm
-def _submitted(stdout: str) -> list[tuple[int, str, str, str]]:
-    """(stage, job id, experiment id, output path) from a submission's output."""
-    return [
-        (int(m[1]), m[2], m[3], m[4])
-        for m in re.finditer(r"^stage (\d): job (\d+) +(\S+) +profile \d +(\S+)$", stdout, re.M)
-    ]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    reason = slurm_cluster.unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with slurm_cluster.SlurmCluster(cpus=72, gpus=4) as running:
-        yield running
-
-
-def submit(cluster, repo: Path, script: str, *args: str) -> list[tuple[int, str, str, str]]:
-    result = cluster.run(["bash", str(repo / script), *args], cwd=repo, env=stage_env())
-    assert result.returncode == 0, result.stdout + result.stderr
-    jobs = _submitted(result.stdout)
-    assert jobs, result.stdout
-    return jobs
-
-
-def read_output(path: str) -> str:
-    return Path(path).read_text(errors="replace") if Path(path).exists() else "<no output file>"
-
-
 @pytest.fixture(scope="module")
 def full_size_data(tmp_path_factory) -> Path:
     """2 train + 1 val images at Cityscapes' own 2048x1024: stages 1-4 build their caches inside the jobs."""
@@ -791,7 +604,7 @@ def test_local_chain_runs_stages_in_order_and_stops_at_a_failure(repo_copy, demo
     assert "train_dice.py" in out and "init: random" in out
     assert (repo_copy / "models" / f"{eid(5, 1)}.pth").is_file()
     assert f"{eid(5, 2)} failed with exit code 3" in out
-    assert f"EXPERIMENT_ID={eid(5, 3)}" not in out  # the later stages were not run
+    assert f"--experiment-id {eid(5, 3)}" not in out  # the later stages were not run
     assert sorted(p.name for p in (repo_copy / "models").glob("*.pth")) == [f"{eid(5, 1)}.pth"]
     assert load_state(repo_copy, eid(5, 1))["init_from"] == "none"
 
@@ -818,8 +631,10 @@ def test_local_from_stage_uses_the_previous_checkpoint(repo_copy, demo_data):
     out = result.stdout + result.stderr
     assert result.returncode == 2, out  # the stage refuses the missing data dir (its exit 2), nothing trained
     assert "/nonexistent/cityscapes" in out
-    assert f"EXPERIMENT_ID={eid(2, 5)} PROFILE=5 WEIGHT_DECAY=1e-4" in out
-    assert f"PREVIOUS_MODEL_PATH=models/{eid(2, 4)}.pth" in out
+    assert (
+        f"stage: running: bash main.sh --run 2 --stage 5 --experiment-id {eid(2, 5)} --profile 5 --weight-decay 1e-4 "
+        f"--previous-model-path models/{eid(2, 4)}.pth --epochs 1 "
+    ) in out
     assert f"{eid(2, 5)} failed with exit code 2" in out
     assert not (repo_copy / "models" / f"{eid(2, 5)}.pth").exists()
 
@@ -846,7 +661,8 @@ def test_slurm_run1_chain_five_stages(cluster, run1_chain):
     )
     assert sorted(p.name for p in (repo / "models").glob("*.pth")) == [f"{eid(1, s)}.pth" for s in range(1, 6)]
     for stage, log in enumerate(logs, start=1):
-        assert f"EXPERIMENT_ID={eid(1, stage)} PROFILE={stage} WEIGHT_DECAY=0" in log
+        assert f"--run 1 --stage {stage} --experiment-id {eid(1, stage)} --profile {stage} --previous-model-path" in log
+        assert "--weight-decay" not in log  # run 1: the recipe's (0)
         # the cache, built in the job (its pool forked after the stage's signal handlers), at every profile (at 5 it
         # saves the PNG decoding)
         assert "cache: writing 2 train" in log and "cache: writing 1 val" in log, log

@@ -485,10 +485,10 @@ BAD_INPUTS = {
         "trained for 5 classes, expected 19",
     ),
     "unknown profile": (train, "--profile ultra", "--profile: unknown profile 'ultra'"),
-    "temperature <= 1": (
+    "temperature <= 0": (
         train_distillation,
-        "--trained-teacher-model-path {teacher} --temperature 1",
-        "--temperature 1.0: expected a number > 1",
+        "--trained-teacher-model-path {teacher} --temperature 0",
+        "--temperature 0.0: expected a number > 0",
     ),
     "alpha outside [0, 1]": (
         train_distillation,

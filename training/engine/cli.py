@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from training.data.layouts import DATASETS
 from training.engine.optim import OPTIMIZERS, SCHEDULES
 from training.engine.recipes import RECIPES
 from training.errors import UserError
 from training.models.build import ARCHITECTURES
+
+# Temperatures of published distillation settings: CWD on Cityscapes 1 (Shu et al. 2021), DIST 1, KL 1-10 (the
+# original 4); outside these a stage trains, with a warning.
+TEMPERATURE_USUAL = (1.0, 10.0)
+
+
+def _warn(line: str) -> None:
+    print(f"warning: {line}", file=sys.stderr, flush=True)
 
 
 def get_args_parser(description: str, default_profile: str, arch: bool = True) -> argparse.ArgumentParser:
@@ -112,6 +121,8 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
     )
     add("--previews", type=int, default=4, help="validation images in the preview PNG at each new best")
     add("--debug", action="store_true", help="show tracebacks for errors")
+    add("--run", default=None, help="the run this stage belongs to (runs/<run>.toml); set by the chain, recorded")
+    add("--stage", type=int, default=None, help="the stage's number in its run; set by the chain, recorded")
     if arch:
         add("--arch", default="fast_scnn", choices=ARCHITECTURES, help="architecture to train")
     return parser
@@ -142,7 +153,12 @@ def add_distillation_args(parser: argparse.ArgumentParser) -> None:
         help="the student of the previous curriculum stage, or 'none' for random init",
     )
     add("--alpha", type=float, default=0.5, help="weight of the distillation term: alpha*kd + (1-alpha)*ce")
-    add("--temperature", type=float, default=4.0, help="softmax temperature T (> 1)")
+    add(
+        "--temperature",
+        type=float,
+        default=4.0,
+        help=f"softmax temperature T > 0 (warned outside {TEMPERATURE_USUAL[0]:g}-{TEMPERATURE_USUAL[1]:g})",
+    )
     add(
         "--kd-loss",
         choices=("kl", "cwd"),
@@ -152,8 +168,9 @@ def add_distillation_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def check_args(args) -> None:
-    """Refuse values that cannot train, before anything is read or written."""
+def check_args(args, warn=None) -> None:
+    """Refuse values that cannot train, before anything is read or written; `warn(line)` (default: a `warning:` line
+    on stderr) hears of values that train but are unusual."""
     for flag, value, ok, expected in [
         ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1"),
         ("--epochs", args.epochs, args.epochs >= 1, "an integer >= 1"),
@@ -172,10 +189,17 @@ def check_args(args) -> None:
             "a number >= 0",
         ),
         ("--alpha", getattr(args, "alpha", 0), 0 <= getattr(args, "alpha", 0) <= 1, "a number in [0, 1]"),
-        ("--temperature", getattr(args, "temperature", 2), getattr(args, "temperature", 2) > 1, "a number > 1"),
+        ("--temperature", getattr(args, "temperature", 1), getattr(args, "temperature", 1) > 0, "a number > 0"),
     ]:
         if not ok:
             raise UserError(f"{flag} {value}: expected {expected}")
+    temperature = getattr(args, "temperature", None)
+    if temperature is not None and not TEMPERATURE_USUAL[0] <= temperature <= TEMPERATURE_USUAL[1]:
+        (warn or _warn)(
+            f"--temperature {temperature:g} is unusual for --kd-loss {getattr(args, 'kd_loss', 'kl')} (published "
+            f"settings lie in {TEMPERATURE_USUAL[0]:g}-{TEMPERATURE_USUAL[1]:g}; below 1 sharpens the softened "
+            f"distributions, far above flattens them towards uniform)"
+        )
     if args.aux_weight > 0 and getattr(args, "arch", "fast_scnn") != "fast_scnn":
         raise UserError(
             f"--aux-weight {args.aux_weight:g}: auxiliary heads exist in fast_scnn only, not in "

@@ -125,6 +125,22 @@ def any_process_flags(flags: list[bool], device: torch.device) -> list[bool]:
     return [bool(v > 0) for v in values.tolist()]
 
 
+_HOST_GROUP = None  # a gloo group beside NCCL, for flags that the host holds
+
+
+def any_process_on_host(flag: bool) -> bool:
+    """True on every process when `flag` is true on any, from an all-reduce of host memory (gloo; a gloo group of its
+    own beside NCCL): no wait for the device. Every process calls it at the same points (each training step)."""
+    global _HOST_GROUP
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    if dist.get_backend() != "gloo" and _HOST_GROUP is None:
+        _HOST_GROUP = dist.new_group(backend="gloo")
+    value = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(value, group=_HOST_GROUP)
+    return bool(value.item())
+
+
 def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
     """Copy the buffers (BatchNorm statistics) of process `src` to every process."""
     if dist.is_available() and dist.is_initialized():
@@ -138,8 +154,10 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    global _HOST_GROUP
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _HOST_GROUP = None
 
 
 def pick_device(choice: str) -> torch.device:

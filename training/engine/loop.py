@@ -54,6 +54,8 @@ def run_epochs(stage, stop: StopRequest, records: Records) -> int:
         throughput = train_epoch(stage, stop, records.tracker)
         if throughput is None:
             records.stopped(stop.name)
+            distributed.barrier()  # no process exits (which ends an srun step) before the state is saved
+            stop.saved = True
             raise Preempted()
         metrics, preview = validate(stage)
         sums = progress.epoch_sums
@@ -69,7 +71,7 @@ def train_epoch(stage, stop: StopRequest, tracker: Tracker) -> float | None:
 
     The host reads the device every CHECK_EVERY steps, at the end of the epoch and before saving on a stop
     (`StepMonitor.check`): the first non-finite step of the epoch, the stop flag of every process, the loss for the
-    progress bar and W&B."""
+    progress bar and W&B. The stop flag itself is read every step (under DDP from every process, on the host)."""
     progress = stage.progress
     stage.trained.train()
     stage.train_sampler.set_epoch(progress.epoch, start=progress.step * stage.args.batch_size)
@@ -81,8 +83,9 @@ def train_epoch(stage, stop: StopRequest, tracker: Tracker) -> float | None:
         images_seen += images.shape[0] * stage.dist.world_size
         if bar is not None:
             bar.update(1)
-        # without DDP the stop flag is a host value, checked every step; under DDP it travels with the check
-        local_stop = not stage.dist.enabled and stop.signum != 0
+        # the stop flag is read every step, under DDP from every process by a host all-reduce: a cancel's SIGTERM
+        # leaves KillWait seconds (Slurm's default 30) for the save, less than CHECK_EVERY steps may take
+        local_stop = distributed.any_process_on_host(stop.signum != 0)
         if not (progress.step % CHECK_EVERY == 0 or progress.step == stage.steps or local_stop):
             continue
         first_bad, bad_loss, any_stop, loss = monitor.check(stop.signum != 0, stage.dist.enabled)

@@ -6,8 +6,10 @@ SGD momentum 0.9, lr 0.12 at a total batch of 32 (scaled linearly with the total
 schedule (power 0.9, min lr 1e-4), two auxiliary heads with weight 0.4 each, its augmentation (data/transforms.py).
 
 The recipe's flags default to None on the command line: a flag given explicitly wins over the recipe, and
-`resolve_recipe` fills in the rest. The resolved values are the arguments the state file records, so a resume with
-another recipe or another explicit value is refused like any other changed argument.
+`resolve_recipe` fills in the rest. The one rule of precedence for every setting: the command line > the run file's
+stage entry > the run file's `flags` (runs/, passed as flags by the chain) > the recipe > the script's defaults.
+The resolved values are the arguments the state file records, so a resume with another recipe or another explicit
+value is refused like any other changed argument.
 """
 
 from __future__ import annotations

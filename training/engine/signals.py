@@ -7,13 +7,18 @@ import os
 import signal
 import sys
 
+from training.errors import EXIT_PREEMPTED
+
 
 class StopRequest:
     """SIGTERM/SIGUSR1 ask the stage to save and stop after this step; a second signal exits at once (the last saved
-    state stays valid). Installed before the stage is built: a signal during set-up stops it at its first step."""
+    state stays valid), with the preempted exit code once the state is saved (an srun step ends its other tasks with
+    SIGTERM when the first one exits). Installed before the stage is built: a signal during set-up stops it at its
+    first step."""
 
     def __init__(self):
         self.signum = 0
+        self.saved = False  # the state of the stop is written: a later signal exits 75, not as a failure
         self.previous = {}
         for sig in (signal.SIGTERM, signal.SIGUSR1):
             self.previous[sig] = signal.signal(sig, self._handle)
@@ -21,7 +26,7 @@ class StopRequest:
     def _handle(self, signum, _frame):
         if self.signum:
             print(f"second signal {signal.Signals(signum).name}: exiting at once", file=sys.stderr, flush=True)
-            os._exit(128 + signum)
+            os._exit(EXIT_PREEMPTED if self.saved else 128 + signum)
         self.signum = signum
         print(f"{signal.Signals(signum).name} received: saving the state after this step", file=sys.stderr, flush=True)
 

@@ -9,8 +9,9 @@ measurements/report.md, which shows them:
 - mIoU against GFLOPs and against latency for every efficiency.csv row that has an mIoU, labelled by model;
 - the row-normalised confusion matrix of one experiment's best epoch and its per-class IoU.
 
-Runs: an id of the registry (`[prefix]fastscnn-training-experiment-NN`) belongs to run (NN - 1) // 5 + 1, stage
-(NN - 1) % 5 + 1; any other id ending in a number (`demo-teacher-02`) to the run named by what precedes the number,
+Runs: an id of the registry (`[prefix]fastscnn-training-experiment-NN`) belongs to the run and stage whose run file
+(runs/, training/cluster/runs.py) declares it, or by the id scheme to run (NN - 1) // 5 + 1, stage (NN - 1) % 5 + 1;
+any other id ending in a number (`demo-teacher-02`) to the run named by what precedes the number,
 stage that number; an id without one is a run of one stage. Every function that draws returns its Figure, so tests
 can read what was plotted.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import math
 import re
 from dataclasses import dataclass, field
@@ -32,33 +34,35 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
+from training.cluster.runs import ID_PREFIX, STAGES_PER_RUN, find_stage, load_registry  # noqa: E402
 from training.engine.history import FILE_NAME, read_history  # noqa: E402
 from training.errors import UserError, run_cli  # noqa: E402
 from training.files import save_bytes  # noqa: E402
 
-REGISTRY_ID = re.compile(r"^(?P<prefix>.*?)fastscnn-training-experiment-(?P<number>\d+)$")
+REGISTRY_ID = re.compile(rf"^(?P<prefix>.*?)(?P<id>{ID_PREFIX}(?P<number>\d+))$")
 NUMBERED_ID = re.compile(r"^(?P<prefix>.*?)[-_]?(?P<number>\d+)$")
-# run -> (script, weight decay, teacher run): the registry of DESIGN.md / README.md
-REGISTRY_RUNS = {
-    1: ("train.py", "no weight decay"),
-    2: ("train.py", "weight decay 1e-4"),
-    3: ("train_distillation.py", "no weight decay"),
-    4: ("train_distillation.py", "weight decay 1e-4"),
-    5: ("train_dice.py", "no weight decay"),
-    6: ("train_dice.py", "weight decay 1e-4"),
-    7: ("train_distillation_dice.py", "no weight decay"),
-    8: ("train_distillation_dice.py", "weight decay 1e-4"),
-}
+
+
+@functools.cache
+def _registry() -> dict:
+    """The run files (runs/), read once; a report does not stop for a broken one."""
+    try:
+        return load_registry()
+    except UserError as error:
+        print(f"warning: {error}; runs are named by their numbers only")
+        return {}
 
 
 def run_of(experiment_id: str) -> tuple[str, int]:
     """(run name, stage number) of an experiment id (see the module docstring)."""
     match = REGISTRY_ID.match(experiment_id)
     if match:
-        number = int(match["number"])
-        run = (number - 1) // 5 + 1
-        script, decay = REGISTRY_RUNS.get(run, ("", ""))
-        return f"{match['prefix']}run {run}" + (f" ({script}, {decay})" if script else ""), (number - 1) % 5 + 1
+        found = find_stage(match["id"], _registry())
+        if found is not None:
+            run, stage = found
+            return f"{match['prefix']}{run.label()}", stage
+        number = int(match["number"])  # an id of the scheme that no run file declares (yet)
+        return f"{match['prefix']}run {(number - 1) // STAGES_PER_RUN + 1}", (number - 1) % STAGES_PER_RUN + 1
     match = NUMBERED_ID.match(experiment_id)
     if match and match["prefix"]:
         return match["prefix"], int(match["number"])
