@@ -1,8 +1,8 @@
 """Equal-budget comparisons (docs/comparisons.md).
 
-    python -m training.compare comparisons/NAME.toml [--output-dir OUT] [--dry-run] [--slurm] [-- stage flags]
-    python -m training.compare --report OUT          (summary and figure of a comparison's folder, e.g. after --slurm)
-    python -m training.compare --demo OUT [--demo-epochs N]
+python -m training.compare comparisons/NAME.toml [--output-dir OUT] [--dry-run] [--slurm] [-- stage flags]
+python -m training.compare --report OUT          (summary and figure of a comparison's folder, e.g. after --slurm)
+python -m training.compare --demo OUT [--demo-epochs N]
 """
 
 from __future__ import annotations
@@ -58,8 +58,10 @@ def describe_plan(plan) -> None:
     print(f"comparison {plan.comparison.where}: {budget.describe()} = {plan.budget / scale:.4g} {unit}")
     for arm in plan.arms:
         off = 100 * (arm.planned - plan.budget) / plan.budget
-        print(f"  arm '{arm.name}': epochs {'+'.join(map(str, arm.epochs))} -> {arm.planned / scale:.4g} {unit} "
-              f"({off:+.1f}% of the budget), in {arm.output_dir}")
+        print(
+            f"  arm '{arm.name}': epochs {'+'.join(map(str, arm.epochs))} -> {arm.planned / scale:.4g} {unit} "
+            f"({off:+.1f}% of the budget), in {arm.output_dir}"
+        )
     for warning in plan.warnings:
         print(f"warning: {warning}", file=sys.stderr)
 

@@ -95,7 +95,7 @@ def load_comparison(path: str | Path, runs_dir: Path | None = None) -> Compariso
     flags = _comparison_flags(where, data.get("flags", {}))
     arms_data = data.get("arms") or []
     if len(arms_data) < 2 or not all(isinstance(arm, dict) for arm in arms_data):
-        raise UserError(f"{where}: expected at least two [[arms]] tables (an arm: name = \"...\" and a run)")
+        raise UserError(f'{where}: expected at least two [[arms]] tables (an arm: name = "..." and a run)')
     needs_registry = any("run" in arm or "teacher-run" in arm for arm in arms_data)
     registry_runs = registry.load_registry(runs_dir) if needs_registry else {}
     arms = [_arm(where, path, index, arm, flags, registry_runs) for index, arm in enumerate(arms_data, start=1)]
@@ -126,8 +126,10 @@ def _comparison_flags(where: str, flags: dict) -> dict:
     registry._check_flags(where, flags, "flags")
     for name in flags:
         if name in SET_BY_COMPARISON:
-            raise UserError(f"{where}: flags: '{name}' is set by the comparison (the budget sets the epochs; each arm "
-                            f"trains in its own folder under the comparison's --output-dir)")
+            raise UserError(
+                f"{where}: flags: '{name}' is set by the comparison (the budget sets the epochs; each arm "
+                f"trains in its own folder under the comparison's --output-dir)"
+            )
     return dict(flags)
 
 
@@ -139,11 +141,15 @@ def _budget(where: str, data, names: list[str]) -> Budget:
     _check_keys(where, data, {"kind": str, "reference": str, amount_key: (int, float)}, "budget: ")
     given = [key for key in ("reference", amount_key) if key in data]
     if len(given) != 1:
-        raise UserError(f"{where}: budget: expected either reference = \"ARM\" or {amount_key} = N, not "
-                        f"{'both' if given else 'neither'}")
+        raise UserError(
+            f'{where}: budget: expected either reference = "ARM" or {amount_key} = N, not '
+            f"{'both' if given else 'neither'}"
+        )
     if "reference" in data:
         if data["reference"] not in names:
-            raise UserError(f"{where}: budget: reference = {data['reference']!r}: no such arm (arms: {', '.join(names)})")
+            raise UserError(
+                f"{where}: budget: reference = {data['reference']!r}: no such arm (arms: {', '.join(names)})"
+            )
         return Budget(data["kind"], reference=data["reference"])
     amount = float(data[amount_key])
     if not amount > 0:
@@ -154,8 +160,10 @@ def _budget(where: str, data, names: list[str]) -> Budget:
 def _arm(where: str, path: Path, index: int, data: dict, flags: dict, registry_runs) -> Arm:
     name = data.get("name")
     if not isinstance(name, str) or not ARM_NAME.match(name):
-        raise UserError(f"{where}: arm {index}: name = {name!r}: expected a name of lower-case letters, digits, - "
-                        f"and _ (it names the arm's folder)")
+        raise UserError(
+            f"{where}: arm {index}: name = {name!r}: expected a name of lower-case letters, digits, - "
+            f"and _ (it names the arm's folder)"
+        )
     what = f"arm '{name}': "
     run_keys = {key: value for key, value in registry.RUN_KEYS.items() if key != "description"}
     _check_keys(where, data, {"name": str, "run": int, "teacher": str, **run_keys}, what)
@@ -165,11 +173,15 @@ def _arm(where: str, path: Path, index: int, data: dict, flags: dict, registry_r
     if "run" in data:
         extra = sorted(set(data) - {"name", "run", "teacher", "flags"})
         if extra:
-            raise UserError(f"{where}: {what}'{extra[0]}' with run = {data['run']}: an arm is a run file or a run "
-                            f"written here, not both (a run file's arm may add flags = {{...}})")
+            raise UserError(
+                f"{where}: {what}'{extra[0]}' with run = {data['run']}: an arm is a run file or a run "
+                f"written here, not both (a run file's arm may add flags = {{...}})"
+            )
         if data["run"] not in registry_runs:
-            raise UserError(f"{where}: {what}run = {data['run']}: no runs/{data['run']:02d}.toml (runs: "
-                            f"{', '.join(map(str, registry_runs))})")
+            raise UserError(
+                f"{where}: {what}run = {data['run']}: no runs/{data['run']:02d}.toml (runs: "
+                f"{', '.join(map(str, registry_runs))})"
+            )
         base = registry_runs[data["run"]]
         own = registry._check_flags(where, data.get("flags", {}), f"{what}flags")
         run = replace(base, flags={**flags, **base.flags, **own}, stages=[dict(s) for s in base.stages])
@@ -185,15 +197,19 @@ def _arm(where: str, path: Path, index: int, data: dict, flags: dict, registry_r
         run.flags = {**flags, **run.flags}
         if run.teacher_run is not None:
             if run.teacher_run not in registry_runs and "teacher" not in data:
-                raise UserError(f"{where}: {what}teacher-run = {run.teacher_run}: no such run file (or give the "
-                                f"teacher's model: teacher = \"models/<id>.pth\")")
+                raise UserError(
+                    f"{where}: {what}teacher-run = {run.teacher_run}: no such run file (or give the "
+                    f'teacher\'s model: teacher = "models/<id>.pth")'
+                )
             run.teacher_of = registry_runs.get(run.teacher_run)
         source = "inline"
     for number, stage in enumerate(run.stages, start=1):
         epochs = stage.get("epochs")
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
-            raise UserError(f"{where}: {what}stage {number}: epochs = {epochs!r}: expected a whole number >= 0 (the "
-                            f"proportions of the arm's stages; the budget scales them)")
+            raise UserError(
+                f"{where}: {what}stage {number}: epochs = {epochs!r}: expected a whole number >= 0 (the "
+                f"proportions of the arm's stages; the budget scales them)"
+            )
     if not any(stage["epochs"] > 0 for stage in run.stages):
         raise UserError(f"{where}: {what}no stage has epochs > 0 (expected the proportions of its stages)")
     if data.get("teacher") is not None and not run.kind.student:

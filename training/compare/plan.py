@@ -62,8 +62,12 @@ class Plan:
         return {
             "comparison": registry.display_path(self.comparison.path),
             "description": self.comparison.description,
-            "budget": {"kind": budget.kind, "reference": budget.reference, "amount": self.budget,
-                       "unit": "FLOP" if budget.kind == "compute" else "s"},
+            "budget": {
+                "kind": budget.kind,
+                "reference": budget.reference,
+                "amount": self.budget,
+                "unit": "FLOP" if budget.kind == "compute" else "s",
+            },
             "arms": [_arm_dict(arm, self.budget) for arm in self.arms],
         }
 
@@ -78,8 +82,13 @@ def _arm_dict(arm: ArmPlan, budget: float) -> dict:
         "planned": arm.planned,
         "deviation": deviation(arm.planned, budget),
         "stages": [
-            {**asdict(cost), "epochs": epochs, "flop_per_epoch": cost.flop_per_epoch, "fixed_flop": cost.fixed_flop,
-             "command": [arm.run.script, *job.flags]}
+            {
+                **asdict(cost),
+                "epochs": epochs,
+                "flop_per_epoch": cost.flop_per_epoch,
+                "fixed_flop": cost.fixed_flop,
+                "command": [arm.run.script, *job.flags],
+            }
             for cost, epochs, job in zip(arm.costs, arm.epochs, arm.jobs)
         ],
     }
@@ -175,8 +184,9 @@ def check_extra(extra: list[str]) -> None:
     for word in extra:
         name = word.split("=", 1)[0]
         if name[2:] in SET_BY_COMPARISON:
-            raise UserError(f"-- {name}: set by the comparison (the budget sets each stage's epochs; each arm trains "
-                            f"in OUT/<arm>)")
+            raise UserError(
+                f"-- {name}: set by the comparison (the budget sets each stage's epochs; each arm trains in OUT/<arm>)"
+            )
 
 
 def plan_arm(arm: Arm, output_dir: Path, extra: list[str], scripts: dict, data: dict, warnings: list[str], kind: str):
@@ -199,8 +209,9 @@ def plan_arm(arm: Arm, output_dir: Path, extra: list[str], scripts: dict, data: 
             data[key] = DataInfo(*key)
         cost = stage_cost(job.experiment_id, args, info.profiles, data[key], arm.run.kind.student)
         if kind == "wall-time":
-            cost = replace(cost, seconds_per_epoch=probe_seconds(args, cost, data[key].classes.num_classes,
-                                                                 data[key].val_images))
+            cost = replace(
+                cost, seconds_per_epoch=probe_seconds(args, cost, data[key].classes.num_classes, data[key].val_images)
+            )
         costs.append(cost)
     jobscript = next(name for name, student in chain.JOBSCRIPTS.items() if student == arm.run.kind.student)
     declared = [int(stage["epochs"]) for stage in arm.run.stages]
@@ -262,7 +273,9 @@ def read_plan(output_dir: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UserError(f"{path}: no such file (expected the folder of a comparison: python -m training.compare "
-                        f"CONFIG --output-dir {output_dir})") from None
+        raise UserError(
+            f"{path}: no such file (expected the folder of a comparison: python -m training.compare "
+            f"CONFIG --output-dir {output_dir})"
+        ) from None
     except (OSError, ValueError) as error:
         raise UserError(f"{path}: cannot read it ({error})") from None

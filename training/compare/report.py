@@ -57,8 +57,11 @@ def draw_figure(output_dir: Path, plan: dict, results: list[ArmResult]) -> Path:
     axes[0].legend(fontsize=8)
     budget = plan["budget"]
     amount = f"{budget['amount'] / 1e12:.4g} TFLOP" if budget["kind"] == "compute" else f"{budget['amount']:.0f} s"
-    figure.suptitle(f"{plan['comparison']}: equal {budget['kind'].replace('-', ' ')} ({amount}); dashed: 95% of the "
-                    f"best arm's best", fontsize=10)
+    figure.suptitle(
+        f"{plan['comparison']}: equal {budget['kind'].replace('-', ' ')} ({amount}); dashed: 95% of the "
+        f"best arm's best",
+        fontsize=10,
+    )
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)

@@ -57,4 +57,3 @@ def submit_chains(plan: Plan, dry_run: bool = False) -> None:
         jobs = arm.jobs if dry_run else jobs_left(arm)
         if jobs:
             chain.submit(_options(arm, dry_run), arm.run, jobs, _what(arm, jobs))
-
