@@ -8,6 +8,7 @@ python -m training.compare --demo OUT [--demo-epochs N]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -109,6 +110,7 @@ def main(argv: list[str]) -> int:
     if args.demo:
         from training.compare.demo import demo_comparison, demo_data
 
+        os.environ.setdefault("WANDB_MODE", "disabled")  # the demo's stages log to their history.csv, not to W&B
         output_dir = Path(args.demo)
         comparison = demo_comparison(args.demo_epochs)
         data = demo_data(output_dir)
