@@ -156,11 +156,11 @@ class FeatureFusion(nn.Module):
 class Classifier(nn.Module):
     """Two depthwise-separable convs, dropout and a 1x1 conv to the logits."""
 
-    def __init__(self, in_ch: int, n_classes: int):
+    def __init__(self, in_ch: int, n_classes: int, dropout: float = 0.1):
         super().__init__()
         self.dsconv1 = DepthwiseSeparableConv(in_ch, in_ch)
         self.dsconv2 = DepthwiseSeparableConv(in_ch, in_ch)
-        self.dropout = nn.Dropout(0.1)
+        self.dropout = nn.Dropout(dropout)
         self.conv = nn.Conv2d(in_ch, n_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,10 +185,11 @@ class Model(nn.Module):
 
     In training mode with ``aux=True`` the forward pass returns
     ``(logits, aux_learning_to_downsample, aux_global_feature_extractor)``;
-    otherwise it returns the logits tensor only.
+    otherwise it returns the logits tensor only. ``dropout``: the classifier's
+    dropout probability (Fast-SCNN's 0.1; ``--dropout`` in the training scripts).
     """
 
-    def __init__(self, in_channels: int = 3, n_classes: int = 19, aux: bool = False):
+    def __init__(self, in_channels: int = 3, n_classes: int = 19, aux: bool = False, dropout: float = 0.1):
         super().__init__()
         self.in_channels = in_channels
         self.n_classes = n_classes
@@ -196,7 +197,7 @@ class Model(nn.Module):
         self.learning_to_downsample = LearningToDownsample(in_channels)
         self.global_feature_extractor = GlobalFeatureExtractor()
         self.feature_fusion = FeatureFusion(64, 128, 128)
-        self.classifier = Classifier(128, n_classes)
+        self.classifier = Classifier(128, n_classes, dropout)
         if aux:
             # Index 0: on the stem (64 ch); index 1: on the context branch.
             self.aux_heads = nn.ModuleList([AuxHead(64, n_classes), AuxHead(128, n_classes)])

@@ -6,7 +6,8 @@ stage 1 from random weights ('none'). The best epoch by validation mIoU goes to 
     python train.py --data-dir ./data/cityscapes --profile low --experiment-id fastscnn-training-experiment-01
     python train.py --profile medium --experiment-id fastscnn-training-experiment-02 \
         --previous-model-path models/fastscnn-training-experiment-01.pth
-Run the same command again to resume an interrupted stage; see README.md for the curriculum on SLURM.
+Run the same command again to resume an interrupted stage; see docs/curriculum.md and docs/slurm.md for the
+curriculum on SLURM.
 """
 
 from torch import nn

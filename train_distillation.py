@@ -2,7 +2,9 @@
 
 loss = alpha * kd + (1 - alpha) * CE. --kd-loss kl (default): kd = T^2 * per-pixel KL(teacher || student) of the
 softmax over the classes at temperature T, averaged over all pixels; --kd-loss cwd: channel-wise distillation, the
-same KL with each class channel a softmax over the positions, averaged over images and classes (training/losses.py).
+same KL with each class channel a softmax over the positions, averaged over images and classes; --kd-loss dist: DIST,
+T^2 (beta (1 - Pearson across the classes of each pixel) + gamma (1 - Pearson across the pixels of each class)),
+weights --dist-beta and --dist-gamma (training/losses.py).
 The teacher (--teacher-arch, Fast-SCNN by default) sees the same augmented batch, stays in eval mode without
 gradients, and is never saved; the best student goes to models/<experiment-id>.pth.
 
@@ -29,7 +31,14 @@ PROFILE = "low"  # the active profile; --profile overrides it
 
 def make_loss(args, device) -> DistillationLoss:
     teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path)
-    return DistillationLoss(teacher, args.temperature, args.alpha, args.kd_loss)
+    return DistillationLoss(
+        teacher,
+        args.temperature,
+        args.alpha,
+        args.kd_loss,
+        getattr(args, "dist_beta", 1.0),
+        getattr(args, "dist_gamma", 1.0),
+    )
 
 
 def main(argv=None):

@@ -27,8 +27,10 @@ PROFILE = "low"  # the active profile; --profile overrides it
 class Loss(DistillationLoss):
     """alpha * kd + (1 - alpha) * CE against the teacher, + w * Dice."""
 
-    def __init__(self, teacher, temperature: float, alpha: float, kd_loss: str, dice_weight: float):
-        super().__init__(teacher, temperature, alpha, kd_loss)
+    def __init__(
+        self, teacher, temperature: float, alpha: float, kd_loss: str, dice_weight: float, beta=1.0, gamma=1.0
+    ):
+        super().__init__(teacher, temperature, alpha, kd_loss, beta, gamma)
         self.dice_weight = dice_weight
 
     def forward(self, logits, images, target):
@@ -40,7 +42,15 @@ class Loss(DistillationLoss):
 
 def make_loss(args, device) -> DistillationLoss:
     teacher = load_teacher(args.teacher_arch, args.trained_teacher_model_path)
-    return Loss(teacher, args.temperature, args.alpha, args.kd_loss, args.dice_loss_weight)
+    return Loss(
+        teacher,
+        args.temperature,
+        args.alpha,
+        args.kd_loss,
+        args.dice_loss_weight,
+        getattr(args, "dist_beta", 1.0),
+        getattr(args, "dist_gamma", 1.0),
+    )
 
 
 def main(argv=None):

@@ -18,28 +18,6 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import pytest  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One compute thread in this process and in the scripts it starts (OMP_NUM_THREADS).
-
-    Tiny stages gain nothing from a second thread, and on a machine shared with other jobs OpenMP threads waiting
-    for each other slow a forward pass down by orders of magnitude (2 s instead of 10 ms measured here). The same
-    number everywhere also keeps the in-process and subprocess runs of a stage numerically identical.
-    """
-    import torch
-
-    threads = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(threads)
-
 
 # name: ((image width, image height), (patch width, patch height)), as in the scripts
 SMALL_PROFILES = {"low": ((256, 128), (192, 96)), "medium": ((320, 160), (224, 112))}

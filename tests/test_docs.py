@@ -6,6 +6,12 @@ code (fenced blocks and inline code spans), resolved against the linking file's 
 heading of the target Markdown file under GitHub's slug rules (text content lowercased, punctuation other than `-`
 and `_` removed, each space turned into `-`, a repeated slug suffixed `-1`, `-2`, ...) or an explicit
 `<a id=...>`/`<a name=...>`. Links with a scheme (https:, mailto:) are not followed.
+
+Paths and commands named in the text, code included, must exist too: a source path under training/, tests/,
+benchmarks/, demo/, docs/ or .ci/ (placeholders such as `<id>`, `*` or `...` are skipped), the script of a
+`python X.py`, `bash X.sh` or `sbatch X.sh` command, and the module of a `python -m training...`/`demo...` command.
+Generated files (models/, measurements/, slurms/) are not checked: they exist after a run, not in the repository.
+Every `--flag` the docs name must still appear in the code, and every docs/<page>.md the code names must exist.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ LINK_DEFINITION = re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)")
 ATX_HEADING = re.compile(r"^ {0,3}(#{1,6})(?:\s+(.*?))?(?:\s+#+)?\s*$")
 HTML_ANCHOR = re.compile(r"<a\s[^>]*\b(?:id|name)\s*=\s*[\"']([^\"']+)[\"']", re.IGNORECASE)
 SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+SOURCE_PATH = re.compile(r"(?<![\w./<-])((?:\.ci|training|tests|benchmarks|demo|docs)/[\w./<>*-]*[\w/>*])")
+SCRIPT_COMMAND = re.compile(r"(?:\bpython3?|\.venv/bin/python|\bbash|\bsbatch)\s+((?:[\w.-]+/)*[\w-]+\.(?:py|sh))\b")
+MODULE_COMMAND = re.compile(r"\bpython3?\s+-m\s+((?:training|demo|benchmarks|tests)(?:\.\w+)*)")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]")
+OTHER_TOOLS_FLAGS: set[str] = set()  # flags of other programs (sbatch, torchrun, ...) that the code never names
 
 
 def markdown_files() -> list[Path]:
@@ -112,6 +123,34 @@ def broken_links(path: Path, repo: Path = REPO) -> list[str]:
     return broken
 
 
+def named_paths(text: str) -> list[str]:
+    """The repository paths a Markdown text names (prose and code): source paths, command scripts, local modules."""
+    paths = [path for path in SOURCE_PATH.findall(text) if not re.search(r"[<>*]|\.\.\.", path)]
+    paths += SCRIPT_COMMAND.findall(text)
+    for module in MODULE_COMMAND.findall(text):
+        base = module.replace(".", "/")
+        paths.append(f"{base}.py|{base}/__main__.py")  # either form runs
+    return list(dict.fromkeys(paths))
+
+
+def missing_paths(path: Path, repo: Path = REPO) -> list[str]:
+    """The paths and command targets named in the Markdown file `path` that the repository does not hold."""
+    missing = []
+    for named in named_paths(path.read_text(encoding="utf-8")):
+        candidates = named.split("|")
+        if not any((repo / candidate).exists() or (path.parent / candidate).exists() for candidate in candidates):
+            missing.append(candidates[0].removesuffix(".py") if len(candidates) > 1 else named)
+    return missing
+
+
+def code_files() -> list[Path]:
+    """The scripts, modules, tests, run files and CI, but this file (whose examples name what does not exist)."""
+    sources = [*REPO.glob("*.py"), *REPO.glob("*.sh"), REPO / ".ci" / "run"]
+    for folder in ("training", "tests", "benchmarks", "demo", "runs"):
+        sources += [path for path in (REPO / folder).rglob("*") if path.suffix in (".py", ".sh", ".toml")]
+    return [path for path in sources if path != Path(__file__).resolve()]
+
+
 # --- the checker itself, against hand-written expectations
 
 
@@ -154,6 +193,45 @@ def test_a_missing_file_a_missing_anchor_and_an_escape_are_reported(tmp_path):
     ]
 
 
+def test_named_paths_and_commands_are_found_in_prose_and_code():
+    text = (
+        "Run `python train.py` or `bash jobscript_slurm.sh --run 1`; see training/engine/loop.py and\n"
+        "```bash\n.venv/bin/python benchmarks/gpu.py --quick\npython -m training.report\nsbatch job.sh\n```\n"
+        "Not these: models/<id>.pth, tests/*/test_x.py, training/..., measurements/report.md, python -m pip.\n"
+    )
+    assert named_paths(text) == [
+        "training/engine/loop.py",
+        "benchmarks/gpu.py",
+        "train.py",
+        "jobscript_slurm.sh",
+        "job.sh",
+        "training/report.py|training/report/__main__.py",
+    ]
+
+
+def test_a_missing_script_path_and_module_are_reported(tmp_path):
+    (tmp_path / "training" / "report").mkdir(parents=True)
+    (tmp_path / "training" / "report" / "__main__.py").write_text("")
+    (tmp_path / "train.py").write_text("")
+    page = tmp_path / "README.md"
+    page.write_text(
+        "`python train.py`, `python predict.py`, `python -m training.report`, `python -m training.gone`, "
+        "`bash training/cluster/slurm_chain.sh`, tests/cluster/test_slurm.py\n",
+        encoding="utf-8",
+    )
+    assert missing_paths(page, repo=tmp_path) == [
+        "training/cluster/slurm_chain.sh",
+        "tests/cluster/test_slurm.py",
+        "predict.py",
+        "training/gone",
+    ]
+
+
+def test_flags_are_found_with_their_whole_name():
+    text = "Use --data-dir, torchrun --nproc_per_node=2, `--tta none|flip` and --epochs; not a--b, --, -x or --X."
+    assert FLAG.findall(text) == ["--data-dir", "--nproc_per_node", "--tta", "--epochs"]
+
+
 # --- the repository's documentation
 
 
@@ -188,3 +266,30 @@ def test_each_docs_page_starts_with_a_title_and_a_paragraph(page: Path):
 @pytest.mark.parametrize("path", markdown_files(), ids=lambda path: path.relative_to(REPO).as_posix())
 def test_every_relative_link_resolves(path: Path):
     assert broken_links(path) == []
+
+
+@pytest.mark.parametrize("path", markdown_files(), ids=lambda path: path.relative_to(REPO).as_posix())
+def test_every_named_path_and_command_exists(path: Path):
+    assert missing_paths(path) == []
+
+
+def test_every_flag_named_in_the_docs_appears_in_the_code():
+    """A --flag that README.md, docs/ or a folder README names is still in the code (not renamed or removed)."""
+    code = "\n".join(path.read_text(encoding="utf-8") for path in code_files())
+    named = {flag for path in markdown_files() for flag in FLAG.findall(path.read_text(encoding="utf-8"))}
+    assert len(named) > 50, "the docs name too few flags: is the pattern right?"
+    missing = [
+        flag for flag in sorted(named - OTHER_TOOLS_FLAGS) if not re.search(re.escape(flag) + r"(?![\w-])", code)
+    ]
+    assert missing == []
+
+
+def test_every_docs_page_named_in_the_code_exists():
+    """A docs/<page>.md named in a script, a module, a test or a run file (help texts, comments, errors) exists."""
+    named = {
+        (source.relative_to(REPO).as_posix(), page)
+        for source in code_files()
+        for page in re.findall(r"\bdocs/([\w-]+\.md)", source.read_text(encoding="utf-8"))
+    }
+    assert len({source for source, _ in named}) >= 5, "the code names too few docs pages: is the pattern right?"
+    assert sorted((source, page) for source, page in named if not (REPO / "docs" / page).exists()) == []

@@ -42,7 +42,8 @@ KD_LOSSES = ("kl", "cwd", "dist")
 
 
 def kd_part_name(kd_loss: str) -> str:
-    """The logged name of the distillation term: train_kd_loss for the per-pixel KL (as before), train_cwd_loss."""
+    """The logged name of the distillation term: train_kd_loss for the per-pixel KL (as before), train_cwd_loss,
+    train_dist_loss."""
     return "train_kd_loss" if kd_loss == "kl" else f"train_{kd_loss}_loss"
 
 
@@ -84,18 +85,22 @@ def distillation_loss(
     alpha: float,
     ignore_index: int = 255,
     kd_loss: str = "kl",
+    beta: float = 1.0,
+    gamma: float = 1.0,
 ):
     """Return (total, ce, kd) with total = alpha * kd + (1 - alpha) * ce.
 
     kd_loss "kl": kd = T^2 * per-pixel mean of KL(softmax(teacher / T) || softmax(student / T)) over the classes, over
     every pixel (void included, the teacher has an opinion there too); "cwd": kd = channel_wise_distillation_loss;
-    "dist": kd = dist_loss with beta = gamma = 1 over the non-void pixels.
+    "dist": kd = dist_loss with its weights `beta` (inter-class) and `gamma` (intra-class) over the non-void pixels.
     The teacher is detached and, when its output has another spatial size, resized bilinearly to the student's.
     """
     if kd_loss == "cwd":
         kd = channel_wise_distillation_loss(student_logits, teacher_logits, temperature)
     elif kd_loss == "dist":
-        kd = dist_loss(student_logits, teacher_logits, temperature, target=target, ignore_index=ignore_index)
+        kd = dist_loss(
+            student_logits, teacher_logits, temperature, beta, gamma, target=target, ignore_index=ignore_index
+        )
     elif kd_loss == "kl":
         kd = _spatial_kl_mean(student_logits.float(), _teacher_like(teacher_logits, student_logits), temperature, dim=1)
     else:
@@ -110,16 +115,25 @@ class DistillationLoss(nn.Module):
     teacher that this module owns as its submodule `teacher` (training.models.build.FrozenTeacher: eval mode, no
     gradients). The stage finds the teacher here to put it on the device, in the student's memory format and AMP
     dtype. forward(logits, images, target) -> (total, {name: value}); the teacher sees the same (augmented) images.
+    `beta`, `gamma`: DIST's weights (kd_loss "dist" only).
     """
 
-    def __init__(self, teacher: nn.Module, temperature: float, alpha: float, kd_loss: str = "kl"):
+    def __init__(self, teacher: nn.Module, temperature: float, alpha: float, kd_loss: str = "kl", beta=1.0, gamma=1.0):
         super().__init__()
         self.teacher = teacher
         self.temperature, self.alpha, self.kd_loss = temperature, alpha, kd_loss
+        self.beta, self.gamma = beta, gamma
 
     def forward(self, logits: torch.Tensor, images: torch.Tensor, target: torch.Tensor):
         total, ce, kd = distillation_loss(
-            logits, self.teacher(images), target, self.temperature, self.alpha, kd_loss=self.kd_loss
+            logits,
+            self.teacher(images),
+            target,
+            self.temperature,
+            self.alpha,
+            kd_loss=self.kd_loss,
+            beta=self.beta,
+            gamma=self.gamma,
         )
         return total, {"train_total_loss": total, "train_ce_loss": ce, kd_part_name(self.kd_loss): kd}
 

@@ -1,7 +1,8 @@
 # ruff: noqa: F811 (the fixtures imported from chain_helpers are the tests' parameters)
 """The registry of runs as files (runs/NN.toml, training/cluster/runs.py) and the chain's reading of it
-(training/cluster/chain.py): the original eight runs, refusals of a bad run file, a ninth run, the order in which a
-setting wins, and `--run 3 --dry-run` printing the same chain as before the chain moved to Python."""
+(training/cluster/chain.py): the original eight runs, refusals of a bad run file, a new run, a run with one schedule
+across its stages, the order in which a setting wins, and `--run 3 --dry-run` printing the same chain as before the
+chain moved to Python."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ DATA = Path(__file__).parent / "data"
 # ------------------------------------------------------------------------------------------------ the original eight
 def test_the_run_files_are_the_original_registry():
     registry = runs.load_registry()
-    assert sorted(registry) == list(range(1, 9))
+    assert set(registry) >= set(ORIGINAL_RUNS) == set(range(1, 9))
     for number, (main, weight_decay, teacher_run) in ORIGINAL_RUNS.items():
         run = registry[number]
         assert run.kind.main == main and len(run.stages) == 5
@@ -71,7 +72,7 @@ GOOD = 'script = "train.py"\nstages = [{ profile = 1, epochs = 2 }]\n'
 BAD_RUN_FILES = {
     "unknown key": (
         {"03.toml": GOOD + "teacher = 1\n"},
-        "03.toml: unknown key 'teacher' (expected one of: description, script, teacher-run, flags, stages)",
+        "03.toml: unknown key 'teacher' (expected one of: description, script, teacher-run, flags, schedule, stages)",
     ),
     "unknown script": ({"01.toml": 'script = "train_x.py"\nstages = []\n'}, "script = 'train_x.py': expected one of"),
     "no stages": ({"01.toml": 'script = "train.py"\n'}, "01.toml: no stages"),
@@ -115,6 +116,26 @@ BAD_RUN_FILES = {
     "not TOML": ({"01.toml": "script = train.py\n"}, "01.toml: not valid TOML"),
     "a file name that is no number": ({"fixres.toml": GOOD}, "fixres.toml: expected a file name NN.toml"),
     "run 1 twice": ({"1.toml": GOOD, "01.toml": GOOD}, "run 1 is also"),
+    "a schedule's unknown key": (
+        {"01.toml": GOOD + 'schedule = { kind = "poly", power = 2 }\n'},
+        "01.toml: schedule: unknown key 'power' (expected one of: kind, warmup-fraction)",
+    ),
+    "a schedule without kind": ({"01.toml": GOOD + "schedule = { warmup-fraction = 0.1 }\n"}, "schedule has no kind"),
+    "a schedule and a stage's own span": (
+        {
+            "01.toml": 'schedule = { kind = "linear" }\n'
+            + GOOD.replace("epochs = 2", 'epochs = 2, schedule-span = "0:1"')
+        },
+        "01.toml: stage 1: key 'schedule-span' is set by the run's schedule (expected it there only)",
+    ),
+    "a schedule and lr-schedule in flags": (
+        {"01.toml": 'schedule = { kind = "linear" }\nflags = { lr-schedule = "poly" }\n' + GOOD},
+        "01.toml: flags: key 'lr-schedule' is set by the run's schedule",
+    ),
+    "a schedule and a stage without epochs": (
+        {"01.toml": 'schedule = { kind = "linear" }\nscript = "train.py"\nstages = [{ profile = 1 }]\n'},
+        "stage 1: epochs = None: a run with a schedule needs every stage's epochs",
+    ),
 }
 
 
@@ -132,15 +153,16 @@ def test_an_unknown_key_is_refused_by_the_jobscript_with_one_line(repo_copy, fak
     result = jobscript(repo_copy, TEACHER, "--run", "1", "--dry-run", env=env)
     assert result.returncode == 2
     assert result.stderr == (
-        "error: runs/03.toml: unknown key 'x' (expected one of: description, script, teacher-run, flags, stages)\n"
+        "error: runs/03.toml: unknown key 'x' (expected one of: description, script, teacher-run, flags, schedule, "
+        "stages)\n"
     )
     assert calls() == []
 
 
-# ------------------------------------------------------------------------------------------------ a ninth run
-NINTH = """\
-# Run 9: the student of run 2 with channel-wise distillation at T = 1 (CWD's Cityscapes setting), batch 16 at the
-# two highest profiles, mixed precision throughout; experiments fastscnn-training-experiment-41 to -45.
+# ------------------------------------------------------------------------------------------------ a new run
+NEW_RUN = """\
+# Run 10: the student of run 2 with channel-wise distillation at T = 1 (CWD's Cityscapes setting), batch 16 at the
+# two highest profiles, mixed precision throughout; experiments fastscnn-training-experiment-46 to -50.
 description = "student of run 2: CWD, T = 1, weight decay 1e-4"
 script = "train_distillation.py"
 teacher-run = 2
@@ -155,10 +177,10 @@ stages = [
 """
 
 
-def test_a_ninth_run_is_one_new_file(repo_copy, fake_slurm):
+def test_a_new_run_is_one_new_file(repo_copy, fake_slurm):
     env, calls = fake_slurm
-    (repo_copy / "runs" / "09.toml").write_text(NINTH)
-    result = jobscript(repo_copy, STUDENT, "--run", "9", "--dry-run", "--", "--epochs", "1", env=checked(env))
+    (repo_copy / "runs" / "10.toml").write_text(NEW_RUN)
+    result = jobscript(repo_copy, STUDENT, "--run", "10", "--dry-run", "--", "--epochs", "1", env=checked(env))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # T = 1 is usual for CWD: no warning
     commands = _dry_run_commands(result.stdout)
@@ -168,14 +190,14 @@ def test_a_ninth_run_is_one_new_file(repo_copy, fake_slurm):
         script, once, flags = dry_run_job_side(line)
         assert (script, once) == ("main_distillation.sh", [])
         expected = {
-            "--run": "9",
+            "--run": "10",
             "--stage": str(stage),
-            "--experiment-id": f"fastscnn-training-experiment-{40 + stage}",
+            "--experiment-id": f"fastscnn-training-experiment-{45 + stage}",
             "--profile": str(stage),
             "--weight-decay": "1e-4",
             "--kd-loss": "cwd",
             "--temperature": "1.0",
-            "--previous-student-model-path": "none" if stage == 1 else f"models/{eid(9, stage - 1)}.pth",
+            "--previous-student-model-path": "none" if stage == 1 else f"models/{eid(10, stage - 1)}.pth",
             "--trained-teacher-model-path": teacher,
             "--epochs": "1",  # the command line's
         }
@@ -185,7 +207,7 @@ def test_a_ninth_run_is_one_new_file(repo_copy, fake_slurm):
             expected["--batch-size"] = "16"
         assert flags == expected, line
     usage = jobscript(repo_copy, STUDENT, "--help", env=env).stdout
-    assert "9: train_distillation.py (main_distillation.sh), student of run 2: CWD, T = 1" in usage
+    assert "10: train_distillation.py (main_distillation.sh), student of run 2: CWD, T = 1" in usage
 
 
 # ------------------------------------------------------------------------------------------------ precedence
@@ -291,6 +313,7 @@ def test_run3_dry_run_prints_the_same_chain_as_before_the_move(repo_copy, fake_s
         new_args = parser.parse_args(new_words[new_words.index("--") + 1 :])
         for args in (old_args, new_args):
             resolve_recipe(args, 1)
+            args.data_dir = args.data_dir or f"./data/{args.dataset}"  # the default, as training/engine/build.py has it
         assert (new_args.run, new_args.stage) == ("3", stage)
         assert vars(old_args) == {**vars(new_args), "run": None, "stage": None}
         assert new_args.experiment_id == eid(3, stage) and new_args.profile == str(stage)
@@ -311,3 +334,58 @@ def test_with_an_output_dir_the_stages_link_models_there(repo_copy, fake_slurm, 
     result = jobscript(repo_copy, TEACHER, "--run", "2", "--from-stage", "2", "--", f"--output-dir={out}", env=env)
     assert result.returncode == 2 and calls() == []
     assert f"previous checkpoint {out}/models/{eid(2, 1)}.pth not found" in result.stderr
+
+
+# ------------------------------------------------------------------------------------------------ one schedule
+SCHEDULED = """\
+script = "train.py"
+flags = { epochs = 2 }
+schedule = { kind = "cosine", warmup-fraction = 0.05 }
+stages = [
+    { profile = 1 },
+    { profile = 2, epochs = 1 },
+    { profile = 3, epochs = 1 },
+    { profile = 3, epochs = 0, bn-recalibrate = 4, experiment-id = "recalibrated" },
+]
+"""
+
+
+def test_a_schedule_gives_each_stage_its_span_in_proportion_to_its_epochs(tmp_path):
+    run = runs.load_registry(write_runs(tmp_path / "runs", {"01.toml": SCHEDULED}))[1]
+    # epochs 2, 1, 1 of 4: spans [0, 2/4], [2/4, 3/4], [3/4, 1]; the 0-epoch stage takes none
+    spans = [run.stage_flags(s).get("schedule-span") for s in range(1, 5)]
+    assert spans == ["0.0:0.5", "0.5:0.75", "0.75:1.0", None]
+    for stage in (1, 2, 3):
+        flags = run.stage_flags(stage)
+        assert (flags["lr-schedule"], flags["warmup-fraction"]) == ("cosine", 0.05)
+    assert "lr-schedule" not in run.stage_flags(4) and run.stage_flags(4)["epochs"] == 0
+
+
+def test_run_9_one_schedule_growing_regularisation_and_a_recalibration_stage(train_flags):
+    from training.engine.cli import check_args
+
+    run = runs.load_registry()[9]
+    assert len(run.stages) == 6 and run.schedule == {"kind": "poly", "warmup-fraction": 0.01}
+    stages, jobs = [], []
+    for stage in range(1, 7):
+        (job,) = chain.plan_stages(run, stage, stage, None, [], train_flags)
+        jobs.append(job)
+        args = train_flags.parser.parse_args(job.flags)
+        from training.engine.recipes import resolve_recipe
+
+        resolve_recipe(args, 1)
+        check_args(args)  # every stage is one the script accepts
+        stages.append(args)
+    assert [a.schedule_span for a in stages] == ["0.0:0.2", "0.2:0.4", "0.4:0.6", "0.6:0.8", "0.8:1.0", None]
+    assert all(a.lr_schedule == "poly" and a.warmup_fraction == 0.01 for a in stages[:5])
+    assert [a.profile for a in stages] == ["1", "2", "3", "4", "5", "5"]
+    # regularisation never weakens as the resolution grows
+    ranges = [tuple(map(float, a.scale_range.split(","))) for a in stages[:5]]
+    assert all(hi - lo <= next_hi - next_lo for (lo, hi), (next_lo, next_hi) in zip(ranges, ranges[1:]))
+    for name in ("photometric_strength", "dropout"):
+        values = [getattr(a, name) for a in stages[:5]]
+        assert values == sorted(values) and values[0] < values[-1], name
+    last = stages[5]
+    assert (last.epochs, last.whole_images, last.bn_recalibrate) == (0, True, 200)
+    words = jobs[5].flags
+    assert words[words.index("--previous-model-path") + 1] == "models/fastscnn-training-experiment-45.pth"

@@ -88,8 +88,8 @@ def test_jobscripts_keep_the_original_header(repo_copy):
 
 REFUSALS = [
     (TEACHER, [], r"Usage:"),
-    (TEACHER, ["--run", "9"], r"unknown run '9'"),
-    (TEACHER, ["--run", "x"], r"unknown run 'x'"),
+    (TEACHER, ["--run", "99"], r"unknown run '99': no runs/99.toml \(runs: 1, 2"),
+    (TEACHER, ["--run", "x"], r"unknown run 'x': expected a run number"),
     (TEACHER, ["--run", "3"], r"run 3 is a student .*jobscript_slurm_distillation\.sh --run 3"),
     (TEACHER, ["--run", "1", "--from-stage", "6"], r"--from-stage must be a stage 1-5, got '6'"),
     (TEACHER, ["--run", "1", "--from-stage", "0"], r"--from-stage must be a stage 1-5, got '0'"),

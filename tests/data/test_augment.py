@@ -25,13 +25,7 @@ from training.data.transforms import (
 )
 from training.profiles import Profile
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _reference(image: np.ndarray, beta, contrast_first, contrast, saturation, hue) -> np.ndarray:

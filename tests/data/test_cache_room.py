@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 from conftest import run_script
 
 from training.data import cache as cache_module
@@ -33,20 +32,15 @@ from training.data.dataset import CityscapesSegmentation, split_files, train_tra
 from training.errors import UserError
 from training.profiles import Profile, resolve_profile
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),
+]  # torchvision 0.29
 
 MiB = 2**20
 HIGHEST = resolve_profile("highest")  # 2048x1024: 8 MiB a cached sample (3 + 1 bytes a pixel)
 BIG = Profile("big", 0, (1024, 512), (512, 256))  # 2 MiB a cached sample
 DOWN = Profile("down", 0, (160, 80), (128, 64))
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -29,16 +29,10 @@ from training.data.photometric import original_photometric
 from training.errors import UserError
 from training.profiles import Profile
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Samples are made in single-threaded loader workers; threads on tiny tensors only slow a busy machine down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),
+]  # torchvision 0.29
 
 
 def write_sample(root: Path, split: str, stem: str, image: np.ndarray, label_ids: np.ndarray, city: str = "testcity"):

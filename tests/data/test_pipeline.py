@@ -26,16 +26,10 @@ from training.data.dataset import CityscapesSegmentation, train_transform, val_t
 from training.errors import UserError, run_cli
 from training.profiles import Profile, resolve_profile
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Samples are made in single-threaded loader workers; threads on tiny tensors only slow a busy machine down."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),
+]  # torchvision 0.29
 
 
 # Smaller than the tiny set's 256x128 images: "auto" caches it, and the resize really does something.

@@ -24,7 +24,6 @@ import pytest
 import torch
 from conftest import run_script
 from PIL import Image
-from small_profile import one_thread  # noqa: F401 (an autouse fixture)
 
 import fast_scnn
 import train
@@ -36,6 +35,8 @@ from training.engine.history import history_path, read_history
 from training.errors import run_cli
 from training.models.card import profile_entry, read_card, write_card
 from training.profiles import Profile
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 SIZE = (160, 120)  # CamVid's 4:3 (its 480x360 / 3)
 FOLDER_SIZE = (192, 108)  # 16:9

@@ -17,13 +17,15 @@ import sys
 import pytest
 import torch
 from conftest import REPO
-from small_profile import SMALL_PROFILES, one_thread  # noqa: F401 (an autouse fixture)
+from small_profile import SMALL_PROFILES
 
 import fast_scnn
 from training.data.dataset import IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, to_model_input, val_transform
 from training.engine import distributed
 from training.metrics import ConfusionMatrix
 from training.profiles import resolve_profile
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 # ------------------------------------------------------------------------------------------------ detection (unit)

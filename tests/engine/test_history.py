@@ -3,35 +3,27 @@
 from __future__ import annotations
 
 import csv
+import functools
 import os
 import signal
 import subprocess
 import sys
 
+import conftest
 import pytest
 from conftest import REPO, run_script
-from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+from small_profile import run_in_process
 
 import train
 from training.engine.history import history_path, read_history, record_epoch, truncate
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 RUNNER = "tests/small_profile.py"
 ID = "history-experiment-01"
 
 
-def stage_args(data_dir, epochs: int = 3) -> list[str]:
-    return [
-        "--data-dir",
-        str(data_dir),
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        ID,
-    ]
+stage_args = functools.partial(conftest.stage_args, experiment=ID)
 
 
 def test_rows_replace_later_epochs_and_the_header_grows(tmp_path):

@@ -1,5 +1,6 @@
 """What a stage writes and where (issue 22 items 4 and 5, issue 21 item 13): the model card beside every model, the
---output-dir that roots models/, checkpoints/ and measurements/, and the measurement sheets kept out of git.
+--output-dir that roots models/, checkpoints/ and measurements/, and the measurement sheets kept out of git, their
+columns documented in measurements/README.md.
 
 The stages run in this process with the small profile table (tests/small_profile.py).
 """
@@ -7,39 +8,36 @@ The stages run in this process with the small profile table (tests/small_profile
 from __future__ import annotations
 
 import csv
+import functools
 import re
 import shutil
 import subprocess
 
+import conftest
 import pytest
 import torch
 from conftest import REPO
-from small_profile import SMALL_PROFILES, one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+from small_profile import SMALL_PROFILES, run_in_process
 
 import fast_scnn
 import train
 import train_distillation
+from training.data.classes import CAMVID
 from training.data.dataset import CLASS_NAMES, PALETTE
+from training.efficiency.counting import Cost
+from training.efficiency.latency import Latency
+from training.efficiency.measure import ModelResult, SizeResult
+from training.efficiency.sheet import csv_rows
 from training.engine.history import history_path, read_history
 from training.models.card import card_path, content_hash, read_card
+from training.profiles import resolve_profile
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 ID = "card-experiment-01"
 
 
-def stage_args(data_dir, epochs: int = 2, *extra: str, experiment: str = ID) -> list[str]:
-    return [
-        "--data-dir",
-        str(data_dir),
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        experiment,
-        *extra,
-    ]
+stage_args = functools.partial(conftest.stage_args, experiment=ID)
 
 
 # ------------------------------------------------------------------------------------------------ the model card
@@ -165,3 +163,14 @@ def test_the_durations_sheet_starts_with_its_header_and_its_columns_are_document
     with open(tmp_path / "measurements" / "durations.csv", newline="") as file:
         header = next(csv.reader(file))
     assert header == documented_columns("durations.csv")
+
+
+def test_the_efficiency_sheets_columns_are_documented_in_the_order_the_tool_writes_them():
+    """measurements/README.md's efficiency.csv table names every column of a row, in order (a row with accuracy)."""
+    profile = resolve_profile("low")
+    size = SizeResult(profile.image_hw, Cost(1, 2, 4, 4), Latency([2.0, 3.0]), Latency([1.0, 1.5]))
+    scores = {"miou": 0.5, "mean_dice": 0.6, "pixel_accuracy": 0.9}
+    result = ModelResult("folded", torch.float32, "fp32", 1.0, "random", [size], scores, accuracies={"none": scores})
+    (row,) = csv_rows(result, "m", "fast_scnn", profile, torch.device("cpu"), 2, "glibc", "d", "c", classes=CAMVID)
+    assert (row["dataset"], row["classes"]) == ("camvid", 11)
+    assert list(row) == documented_columns("efficiency.csv")

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+from small_profile import run_in_process
 
 import fast_scnn
 import train
@@ -23,6 +23,8 @@ from training.engine.optim import build_optimizer, build_scheduler, poly_lr
 from training.engine.recipes import resolve_recipe
 from training.engine.step_monitor import skip_nonfinite_update, supports_device_skip
 from training.models.auxiliary import auxiliary_loss, init_aux_heads
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def _lrs(optimizer_name: str, schedule: str, lr: float, total: int, min_lr=0.0, warmup=0, steps=None):

@@ -8,6 +8,7 @@ a 3-epoch stage takes seconds; everything else is the scripts' real code. A modu
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import resource
@@ -18,13 +19,14 @@ import sys
 import time
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 import torch
 from conftest import REPO, run_script
 from PIL import Image
 from resume_checks import assert_same_final_state
-from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+from small_profile import run_in_process
 
 import fast_scnn
 import train
@@ -33,24 +35,13 @@ import train_distillation
 from training.engine.tracking import Tracker
 from training.models.build import build_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 RUNNER = "tests/small_profile.py"
 ID = "fastscnn-training-experiment-01"
 
 
-def stage_args(data_dir, epochs: int = 3, *extra: str) -> list[str]:
-    return [
-        "--data-dir",
-        str(data_dir),
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        ID,
-        *extra,
-    ]
+stage_args = functools.partial(conftest.stage_args, experiment=ID)
 
 
 def sha256(path: Path) -> str:

@@ -8,16 +8,18 @@ would: a 3-epoch stage takes a few seconds. A stop signal is sent to this proces
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
 import signal
 from pathlib import Path
 
+import conftest
 import pytest
 import torch
 from resume_checks import assert_same_final_state, load_state
-from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+from small_profile import run_in_process
 
 import fast_scnn
 import train
@@ -25,24 +27,13 @@ from training.engine.history import history_path, read_history, record_epoch
 from training.engine.step_monitor import StepMonitor
 from training.models.card import content_hash
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 ID = "resume-experiment-01"
 STEPS_PER_EPOCH = 2  # 4 tiny train images, batch 2
 
 
-def stage_args(data_dir, epochs: int = 3, *extra: str, experiment: str = ID) -> list[str]:
-    return [
-        "--data-dir",
-        str(data_dir),
-        "--epochs",
-        str(epochs),
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        experiment,
-        *extra,
-    ]
+stage_args = functools.partial(conftest.stage_args, experiment=ID)
 
 
 def signal_at_step(monkeypatch, global_step: int, signum=signal.SIGUSR1) -> None:

@@ -18,7 +18,7 @@ import textwrap
 
 import pytest
 from conftest import REPO
-from small_profile import SMALL_PROFILES, one_thread  # noqa: F401 (an autouse fixture)
+from small_profile import SMALL_PROFILES
 
 PREAMBLE = """
 import os, signal, sys, threading, time
@@ -29,6 +29,8 @@ from training.engine.signals import StopRequest
 
 root = {root!r}
 from torchvision.datasets import Cityscapes
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 files = Cityscapes(root, split="train", mode="fine", target_type="semantic")
 images, labels = list(files.images), [t[0] for t in files.targets]
 profile = Profile("low", 1, (128, 64), (96, 48))

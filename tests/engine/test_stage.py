@@ -19,13 +19,14 @@ import pytest
 import torch
 from conftest import run_script
 from PIL import Image
-from small_profile import one_thread  # noqa: F401 (an autouse fixture)
 
 import fast_scnn
 from training.errors import UserError
 from training.losses import distillation_loss
 from training.models.build import build_model, load_teacher, load_weights
 from training.models.card import read_card
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 COMMON = ("--epochs", "1", "--batch-size", "2", "--num-workers", "0")
 IMAGE_WIDTH = {"low": 576, "medium": 768}

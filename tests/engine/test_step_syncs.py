@@ -13,11 +13,13 @@ import sys
 
 import pytest
 import torch
-from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+from small_profile import run_in_process
 
 import train
 from demo.dataset import make_demo_dataset
 from training.engine import loop
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 SYNC_METHODS = ("item", "__bool__", "__float__", "__int__", "__index__", "tolist", "nonzero", "cpu")
 STEPS = 20  # steps per epoch: 40 images, batch 2

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 import torchvision
 from conftest import run_script
 from PIL import Image
-from small_profile import one_thread  # noqa: F401 (an autouse fixture)
 from torch import nn
 
 from demo.dataset import TEST_CITIES, make_demo_dataset
@@ -27,6 +26,8 @@ from training.data.dataset import CityscapesSegmentation, read_train_ids, to_mod
 from training.evaluation import export, scoring, tta
 from training.metrics import ConfusionMatrix
 from training.profiles import resolve_profile
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 CLASSES = torchvision.datasets.Cityscapes.classes
 TRAIN_LABEL_IDS = {c.id for c in CLASSES if 0 <= c.train_id < 255}

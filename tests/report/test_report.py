@@ -13,12 +13,14 @@ import torch
 from conftest import REPO
 from matplotlib.collections import PathCollection
 from matplotlib.image import AxesImage
-from small_profile import one_thread, run_in_process  # noqa: F401 (an autouse fixture)
+from small_profile import run_in_process
 
 import train
 from training.data.dataset import CLASS_NAMES
 from training.engine.history import read_history, record_epoch
 from training.report import figures as report
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 def line(ax, label):

@@ -414,9 +414,9 @@ def choose_run(options, runs: dict[int, registry.Run]) -> registry.Run:
         raise UserError(f"--run R is required (R in: {mine}); see: bash {options.jobscript} --help")
     number = int(options.run) if options.run.isdigit() else None
     if number not in runs:
+        missing = f"no runs/{number:02d}.toml" if number is not None else "expected a run number"
         raise UserError(
-            f"unknown run '{options.run}': no runs/{options.run}.toml (runs: {', '.join(map(str, runs))}; "
-            f"this script: {mine})"
+            f"unknown run '{options.run}': {missing} (runs: {', '.join(map(str, runs))}; this script: {mine})"
         )
     run = runs[number]
     if run.kind.student != student:
@@ -455,7 +455,7 @@ def check_inputs(options, run: registry.Run, first: int) -> str | None:
         )
     if options.local and options.gpus * options.nodes > 1:
         raise UserError(
-            "--local runs one process per stage: for several GPUs on this machine use torchrun (docs), for "
+            "--local runs one process per stage: for several GPUs on this machine use torchrun (docs/training.md), for "
             "several nodes submit without --local"
         )
     teacher = options.teacher

@@ -7,6 +7,7 @@ A run file `runs/NN.toml` is run NN (its number is its file name). Its keys:
                                                                  # train_distillation_dice.py
     teacher-run = 2                                              # students: the run whose last model teaches
     flags = { weight-decay = 1e-4 }                              # optional: flags of every stage
+    schedule = { kind = "poly", warmup-fraction = 0.01 }         # optional: one lr schedule across the stages
     stages = [                                                   # stage s = the s-th entry
         { profile = 1, epochs = 100 },                           # a stage's keys are flags of the script
         { profile = 2, epochs = 100, batch-size = 16 },
@@ -18,6 +19,11 @@ adds what links the stages: `--experiment-id` (run r, stage s: fastscnn-training
 stage may set its own `experiment-id`, and must beyond stage 5), the previous stage's model (stage 1: none) and, for
 students, the teacher's last model; a stage's own key wins over these too. Precedence, one rule for every value:
 command-line flags > the stage's entry > the run's `flags` > the recipe (`--recipe`) > the script's defaults.
+
+`schedule` makes the stages one learning-rate schedule (training/engine/optim.py): each stage gets `--lr-schedule
+KIND`, `--warmup-fraction F` (default 0) and `--schedule-span A:B`, its part of the run, with span widths
+proportional to the stages' epochs as the run file gives them (a stage of 0 epochs, a BatchNorm recalibration, takes
+no part). Without it every stage runs its own schedule (the original's eight runs).
 
 Run-level keys are checked here (an unknown one is one `error:` line naming the file and the keys expected); flag
 names and values are checked against the script's own parser by the chain (training/cluster/chain.py).
@@ -57,7 +63,10 @@ SCRIPTS = {
 }
 TEACHER_FLAG = "--trained-teacher-model-path"
 # the run-level keys and their TOML types (a later key is added here, and read where it is used)
-RUN_KEYS = {"description": str, "script": str, "teacher-run": int, "flags": dict, "stages": list}
+RUN_KEYS = {"description": str, "script": str, "teacher-run": int, "flags": dict, "schedule": dict, "stages": list}
+# the keys of `schedule` and the flag each one gives every stage; kind is required
+SCHEDULE_KEYS = {"kind": "lr-schedule", "warmup-fraction": "warmup-fraction"}
+SPAN_FLAGS = ("lr-schedule", "schedule-span", "warmup-fraction")  # what `schedule` sets: not in flags or a stage
 FLAG_NAME = re.compile(r"^[a-z][a-z0-9-]*$")
 SET_BY_REGISTRY = ("run", "stage")  # the flags that name a stage's place in its run
 ONE_SHOT = ("restart",)  # flags that act once, on the first run of the first job given them (never in a run file)
@@ -101,6 +110,7 @@ class Run:
     flags: dict = field(default_factory=dict)
     teacher_run: int | None = None
     description: str = ""
+    schedule: dict = field(default_factory=dict)  # the run's `schedule` table (empty: each stage its own)
     teacher_of: Run | None = None  # the teacher run, linked by load_registry
     name: str | None = None  # a run written inline (a comparison's arm): recorded as --run instead of the number
 
@@ -145,11 +155,27 @@ class Run:
         links = {self.kind.previous_flag[2:]: self.previous_model(stage, models)}
         if self.kind.student:
             links[TEACHER_FLAG[2:]] = self.teacher_model(models)
-        values = {**place, **links, **self.flags, **entry}
+        values = {**place, **links, **self.flags, **self.schedule_flags(stage), **entry}
         if teacher is not None:  # --teacher PATH: a command-line value
             values[TEACHER_FLAG[2:]] = teacher
-        order = [*place, *entry, *self.flags, *links]
+        order = [*place, *entry, *self.flags, *self.schedule_flags(stage), *links]
         return {name: values[name] for name in dict.fromkeys(order)}
+
+    def schedule_flags(self, stage: int) -> dict[str, object]:
+        """The flags of the run's `schedule` for `stage`: the kind, the warm-up and the stage's span [A, B], the
+        run's epochs before the stage and up to its end as fractions of all the run's epochs (none for a stage of
+        0 epochs, or without `schedule`)."""
+        if not self.schedule:
+            return {}
+        epochs = [
+            int(self.stages[s - 1].get("epochs", self.flags.get("epochs"))) for s in range(1, len(self.stages) + 1)
+        ]
+        if epochs[stage - 1] == 0:
+            return {}
+        total, before = sum(epochs), sum(epochs[: stage - 1])
+        span = f"{before / total!r}:{(before + epochs[stage - 1]) / total!r}"
+        flags = {SCHEDULE_KEYS[key]: value for key, value in self.schedule.items()}
+        return {**flags, "schedule-span": span}
 
 
 def display_path(path: Path) -> str:
@@ -208,6 +234,7 @@ def run_from_table(data: dict, path: Path, number: int, where: str, name: str | 
                 f"{where}: stage {index}: expected an experiment-id (the registry's numbers, NN = 5(r-1)+s, "
                 f"cover stages 1-{STAGES_PER_RUN} only)"
             )
+    _check_schedule(where, data)
     student = SCRIPTS[data["script"]].student
     if student != ("teacher-run" in data):
         need = "needs a teacher-run (the run whose last model teaches)" if student else "has no teacher"
@@ -220,8 +247,37 @@ def run_from_table(data: dict, path: Path, number: int, where: str, name: str | 
         flags=dict(_check_flags(where, data.get("flags", {}), "flags")),
         teacher_run=data.get("teacher-run"),
         description=data.get("description", ""),
+        schedule=dict(data.get("schedule", {})),
         name=name,
     )
+
+
+def _check_schedule(where: str, data: dict) -> None:
+    """The run's `schedule` table: its keys, and what the spans need (every stage's epochs, the flags it sets given
+    nowhere else). The kind's and the warm-up's values are checked by the script's own parser, as any flag's."""
+    schedule = data.get("schedule")
+    if schedule is None:
+        return
+    for key, value in schedule.items():
+        if key not in SCHEDULE_KEYS:
+            raise UserError(f"{where}: schedule: unknown key '{key}' (expected one of: {', '.join(SCHEDULE_KEYS)})")
+        if isinstance(value, (dict, list, bool)):
+            raise UserError(f"{where}: schedule: {key} = {value!r}: expected a string or a number")
+    if "kind" not in schedule:
+        raise UserError(f'{where}: schedule has no kind (expected e.g. schedule = {{ kind = "poly" }})')
+    for what, flags in [
+        ("flags", data.get("flags", {})),
+        *((f"stage {i}", s) for i, s in enumerate(data["stages"], 1)),
+    ]:
+        for name in SPAN_FLAGS:
+            if name in flags:
+                raise UserError(f"{where}: {what}: key '{name}' is set by the run's schedule (expected it there only)")
+        epochs = flags.get("epochs", data.get("flags", {}).get("epochs"))
+        if what != "flags" and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0):
+            raise UserError(
+                f"{where}: {what}: epochs = {epochs!r}: a run with a schedule needs every stage's epochs (a whole "
+                f"number >= 0: the spans are proportional to them)"
+            )
 
 
 def _type_name(kind: type) -> str:

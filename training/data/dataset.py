@@ -66,6 +66,7 @@ __all__ = [  # the names of training.data.images are re-exported: the data path'
     "check_cache_room",
     "CityscapesSegmentation",
     "train_transform",
+    "whole_image_transform",
     "val_transform",
     "to_model_input",
     "denormalize",
@@ -274,6 +275,12 @@ def train_transform(profile: Profile) -> v2.Transform:
             v2.RandomCrop(profile.patch_hw),
         ]
     )
+
+
+def whole_image_transform(profile: Profile) -> v2.Transform:
+    """A test-resolution stage's training augmentation (--whole-images): the profile's whole image, flipped
+    horizontally with probability 0.5; nothing else."""
+    return v2.Compose([resize(profile), v2.RandomHorizontalFlip(0.5)])
 
 
 def val_transform(profile: Profile) -> v2.Transform:

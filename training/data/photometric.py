@@ -176,7 +176,8 @@ class PhotometricPipeline:
         """uint8 (N,3,H,W) images and their (N, num_params) parameters -> augmented float32 images, values 0..255."""
         if images.device.type == "cpu" and len(images) > 1:
             # On a CPU one sample's float image stays in the cache through the ~30 passes of the ops; a whole batch
-            # streams through memory on every pass, measured 5x slower per sample (README "Input pipeline").
+            # streams through memory on every pass, measured 5x slower per sample (docs/measurements.md,
+            # row data-jitter-cpu).
             return torch.cat([self.augment_batch(images[i : i + 1], params[i : i + 1]) for i in range(len(images))])
         return self.augment_batch(images, params)
 
@@ -224,9 +225,19 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
     return x.div(255.0).sub_(mean).div_(std)
 
 
-def original_photometric() -> PhotometricPipeline:
-    """The original project's colour jitter."""
-    return PhotometricPipeline([ColorJitterOp(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)])
+def original_jitter(strength: float = 1.0) -> list[PhotometricOp]:
+    """The original project's colour jitter (brightness, contrast, saturation 0.3, hue 0.1), its ranges multiplied
+    by `strength` (--photometric-strength; 0: no op)."""
+    if strength == 0:
+        return []
+    return [
+        ColorJitterOp(brightness=0.3 * strength, contrast=0.3 * strength, saturation=0.3 * strength, hue=0.1 * strength)
+    ]
+
+
+def original_photometric(strength: float = 1.0) -> PhotometricPipeline:
+    """The original project's colour jitter as a pipeline."""
+    return PhotometricPipeline(original_jitter(strength))
 
 
 def apply_in_worker(pipeline: PhotometricPipeline, image: torch.Tensor, params: torch.Tensor) -> torch.Tensor:

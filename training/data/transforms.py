@@ -21,6 +21,13 @@ the training device (training/data/photometric.py, the same pipeline as the orig
 The rescale starts from the profile's image, not from the full-size PNG, so that cached and uncached samples are
 identical: a ratio above 1 upsamples the profile image (at profile 1 on Cityscapes, ratio 2 gives a 1152x576 image
 interpolated from the 576x288 one, softer than a resize of the 2048x1024 PNG would be). The cache is unchanged.
+
+Regularisation per stage (`train_pipeline`): --scale-range LO,HI replaces the rescale's ratio range (mmseg's 0.5-2 by
+default; with the original augmentation, a range other than 1,1 adds the same rescale, crop and void padding without
+mmseg's cat_max_ratio retries, and its colour jitter keeps the padding at the mean colour too); --photometric-strength
+S multiplies the colour ops' ranges (original: ColorJitter 0.3 S / 0.3 S / 0.3 S / 0.1 S; mmseg: brightness +-32 S,
+contrast and saturation 1 +- 0.5 S, hue +-18 S steps; 0 = no colour op); --whole-images trains on the profile's whole
+image, flipped with probability 0.5 and nothing else (a test-resolution stage).
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import torch
 from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as TF
 
-from training.data.dataset import IGNORE_INDEX, MEAN, resize, train_transform
-from training.data.photometric import PhotometricOp, PhotometricPipeline, _hue, _to_device, original_photometric
+from training.data.dataset import IGNORE_INDEX, MEAN, resize, train_transform, whole_image_transform
+from training.data.photometric import PhotometricOp, PhotometricPipeline, _hue, _to_device, original_jitter
 from training.profiles import Profile
 
 RATIO_RANGE = (0.5, 2.0)
@@ -70,6 +77,16 @@ class PhotoMetricDistortion(PhotometricOp):
         self.brightness_delta, self.contrast_range = brightness_delta, contrast_range
         self.saturation_range, self.hue_delta = saturation_range, hue_delta
 
+    @classmethod
+    def with_strength(cls, strength: float) -> PhotoMetricDistortion:
+        """mmseg's ranges multiplied by `strength` (1: mmseg's own)."""
+        return cls(
+            32 * strength,
+            (1 - 0.5 * strength, 1 + 0.5 * strength),
+            (1 - 0.5 * strength, 1 + 0.5 * strength),
+            round(18 * strength),
+        )
+
     def draw(self) -> torch.Tensor:
         beta = _uniform(-self.brightness_delta, self.brightness_delta) if _coin() else 0.0
         contrast_first = _coin()
@@ -77,7 +94,7 @@ class PhotoMetricDistortion(PhotometricOp):
         if contrast_first and _coin():
             contrast = _uniform(*self.contrast_range)
         saturation = _uniform(*self.saturation_range) if _coin() else 1.0
-        hue = float(torch.randint(-self.hue_delta, self.hue_delta, ()).item()) if _coin() else 0.0
+        hue = float(torch.randint(-self.hue_delta, max(self.hue_delta, 1), ()).item()) if _coin() else 0.0
         if not contrast_first and _coin():
             contrast = _uniform(*self.contrast_range)
         return torch.tensor([beta, float(contrast_first), contrast, saturation, hue])
@@ -144,25 +161,28 @@ def _crop_is_varied(mask: torch.Tensor) -> bool:
 
 class MmsegTrainTransform:
     """(uint8 image 3xHxW, uint8 mask HxW) -> (uint8 image, uint8 mask) at the profile's patch size: the geometric
-    steps 1-4. The extent of the last sample before its padding stays in `valid_hw` for `KeepPadding.draw`."""
+    steps 1-4. The extent of the last sample before its padding stays in `valid_hw` for `KeepPadding.draw`.
+    `ratio_range`: the rescale's ratios (--scale-range); `crop_retries`: draws of a crop that fails the cat_max_ratio
+    test (0: the first crop, as the original augmentation's random crop)."""
 
-    def __init__(self, profile: Profile):
+    def __init__(self, profile: Profile, ratio_range=RATIO_RANGE, crop_retries: int = CROP_RETRIES):
         self.profile = profile
         self.resize = resize(profile)
         self.valid_hw = profile.patch_hw
+        self.ratio_range, self.crop_retries = tuple(ratio_range), crop_retries
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor):
         image, mask = self.resize(image, mask)
         image, mask = image.as_subclass(torch.Tensor), mask.as_subclass(torch.Tensor)
         height, width = image.shape[-2:]
-        ratio = _uniform(*RATIO_RANGE)
+        ratio = _uniform(*self.ratio_range)
         size = [int(height * ratio + 0.5), int(width * ratio + 0.5)]
         image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
         mask = TF.resize(mask[None], size, interpolation=InterpolationMode.NEAREST)[0]
 
         patch_h, patch_w = self.profile.patch_hw
         top, left = _random_crop_box(*size, patch_h, patch_w)
-        for _ in range(CROP_RETRIES):
+        for _ in range(self.crop_retries):
             if _crop_is_varied(mask[top : top + patch_h, left : left + patch_w]):
                 break
             top, left = _random_crop_box(*size, patch_h, patch_w)
@@ -206,16 +226,32 @@ class KeepPadding(PhotometricOp):
         return torch.where(padded.unsqueeze(1), colour, x)
 
 
-def mmseg_pipeline(profile: Profile) -> tuple[MmsegTrainTransform, PhotometricPipeline]:
+def mmseg_pipeline(
+    profile: Profile, ratio_range=RATIO_RANGE, strength: float = 1.0
+) -> tuple[MmsegTrainTransform, PhotometricPipeline]:
     """mmseg's augmentation as (geometric transform for the workers, photometric ops for the device)."""
-    transform = MmsegTrainTransform(profile)
-    return transform, PhotometricPipeline([PhotoMetricDistortion(), KeepPadding(transform)])
+    transform = MmsegTrainTransform(profile, ratio_range)
+    colour = [PhotoMetricDistortion.with_strength(strength)] if strength > 0 else []
+    return transform, PhotometricPipeline([*colour, KeepPadding(transform)])
 
 
-def train_pipeline(profile: Profile, augment: str = "original") -> tuple[v2.Transform, PhotometricPipeline]:
-    """The training augmentation `--augment` as (geometric transform for the workers, photometric ops for the
-    device; a pair: mmseg's ops need their own transform): "original" the original's (training/data/dataset.py), "mmseg"
-    mmsegmentation's (above)."""
+def train_pipeline(
+    profile: Profile,
+    augment: str = "original",
+    scale_range: tuple[float, float] | None = None,
+    photometric_strength: float = 1.0,
+    whole_images: bool = False,
+) -> tuple[v2.Transform, PhotometricPipeline]:
+    """The training augmentation as (geometric transform for the workers, photometric ops for the device; a pair:
+    mmseg's ops need their own transform): `augment` "original" the original's (training/data/dataset.py), "mmseg"
+    mmsegmentation's (above); `scale_range` (None: the augmentation's own), `photometric_strength` and
+    `whole_images` as the module's docstring says."""
+    if whole_images:
+        return whole_image_transform(profile), PhotometricPipeline([])
     if augment == "mmseg":
-        return mmseg_pipeline(profile)
-    return train_transform(profile), original_photometric()
+        return mmseg_pipeline(profile, scale_range or RATIO_RANGE, photometric_strength)
+    colour = original_jitter(photometric_strength)
+    if scale_range is None or tuple(scale_range) == (1.0, 1.0):
+        return train_transform(profile), PhotometricPipeline(colour)
+    transform = MmsegTrainTransform(profile, scale_range, crop_retries=0)
+    return transform, PhotometricPipeline([*colour, KeepPadding(transform)])

@@ -32,8 +32,9 @@ from training.engine import distributed
 from training.engine.acceleration import amp_dtype, compile_model, prepare_teacher
 from training.engine.cli import check_args
 from training.engine.optim import build_optimizer, build_scheduler
-from training.engine.recipes import resolve_recipe
+from training.engine.recipes import lr_scale, parse_scale_range, resolve_recipe
 from training.engine.records import StagePaths
+from training.engine.schedule import check_continuity, schedule_line, schedule_record
 from training.engine.state import (
     Progress,
     check_classes,
@@ -63,7 +64,8 @@ class Stage:
     (processes), paths (StagePaths), saved (the state resumed from, or None), inputs (the models it started from,
     with their hashes), classes (the data set's ClassSet), data (the splits' fingerprints), train_set / val_set,
     steps (per epoch), model (plain) and trained (DDP / compiled wrapper), loss_fn, optimizer, scheduler, scaler,
-    progress (state.Progress), the loaders and samplers."""
+    progress (state.Progress), the loaders and samplers; lr (--lr after --lr-scaling), schedule (its record,
+    training/engine/schedule.py), previous_schedule (that of the model it starts from), schedule_line."""
 
     def __init__(self, args, script: str):
         self.args, self.script = args, script
@@ -113,6 +115,7 @@ def build_stage(args, profiles: dict, make_loss, script: str) -> Stage:
     stage.inputs = saved_inputs if saved_inputs is not None else input_models(args)
     _data(stage)
     _model(stage, make_loss)
+    _learning_rate(stage, profiles)
     if stage.main:  # all input is checked: now make sure the outputs can be written, before any training
         for folder in (stage.paths.model.parent, stage.paths.state_dir, stage.paths.measurements):
             check_writable(folder)
@@ -120,8 +123,9 @@ def build_stage(args, profiles: dict, make_loss, script: str) -> Stage:
             remove_stale_temporaries(path)
     _place(stage)
     # fused: one kernel for all parameters; a non-finite step is skipped on the device (step_monitor.py)
-    stage.optimizer = build_optimizer(stage.model.parameters(), args)
-    stage.scheduler = build_scheduler(stage.optimizer, args, args.epochs * stage.steps)
+    stage.optimizer = build_optimizer(stage.model.parameters(), args, stage.lr)
+    stage.scheduler = build_scheduler(stage.optimizer, args, args.epochs * stage.steps, stage.lr)
+    stage.schedule = schedule_record(args, stage.lr, args.epochs * stage.steps, stage.previous_schedule)
     stage.progress = Progress()
     if stage.saved is not None:
         restore(stage, stage.saved)
@@ -167,7 +171,13 @@ def _data(stage: Stage) -> None:
     # Training samples travel as uint8 with their photometric parameters; the photometric ops, float conversion and
     # normalisation run on the training device (training/data/photometric.py). CPU-only with loader workers: the ops
     # run in the workers, in parallel with the step (measured faster there).
-    transform, stage.photometric = train_pipeline(stage.profile, args.augment)
+    transform, stage.photometric = train_pipeline(
+        stage.profile,
+        args.augment,
+        parse_scale_range(args.scale_range),
+        args.photometric_strength,
+        args.whole_images,
+    )
     stage.photometric_in_worker = stage.device.type == "cpu" and args.num_workers > 0
     stage.train_set = CityscapesSegmentation(
         args.data_dir,
@@ -200,7 +210,7 @@ def _model(stage: Stage, make_loss) -> None:
     args = stage.args
     torch.manual_seed(args.seed)  # the same initial weights on every process
     arch = getattr(args, "arch", "fast_scnn")
-    stage.model = build_model(arch, stage.classes.num_classes, aux=args.aux_weight > 0)
+    stage.model = build_model(arch, stage.classes.num_classes, aux=args.aux_weight > 0, dropout=args.dropout)
     if args.aux_weight > 0 and stage.saved is None:
         stage.aux_line = init_aux_heads(stage.model, args.init_from)
     if stage.saved is None and args.init_from.lower() != "none":
@@ -220,6 +230,26 @@ def _model(stage: Stage, make_loss) -> None:
                 f"{stage.classes.num_classes} (this stage trains on {describe(stage.classes)}, --dataset "
                 f"{args.dataset}); expected a teacher trained on the same classes"
             )
+
+
+def _learning_rate(stage: Stage, profiles: dict) -> None:
+    """The stage's peak lr (--lr scaled by --lr-scaling) and its place in the run's schedule, checked against the
+    model it starts from (a fresh start only: a resume checks that model's hash instead)."""
+    args = stage.args
+    sample = stage.profile.image_size if args.whole_images else stage.profile.patch_size
+    reference = dataset_profile(resolve_profile(1, profiles), args.dataset, stage.native_size).patch_size
+    scale, how = lr_scale(args, stage.dist.world_size, sample, reference)
+    stage.lr = args.lr * scale
+    if how:
+        stage.recipe_line += (
+            f"; lr scaling {args.lr_scaling}: lr {stage.lr:g} = {args.lr:g} {how} (min lr {args.min_lr * scale:g})"
+        )
+    stage.previous_schedule = None
+    if str(args.init_from).lower() != "none" and Path(args.init_from).expanduser().is_file():
+        stage.previous_schedule = (read_card(Path(args.init_from).expanduser()) or {}).get("schedule")
+    if stage.saved is None:
+        check_continuity(args, stage.previous_schedule)
+    stage.schedule_line = schedule_line(args, stage.lr, args.epochs * stage.steps)
 
 
 def _check_classes(stage: Stage, flag: str, path: str) -> None:

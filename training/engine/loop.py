@@ -22,6 +22,7 @@ from torch import nn
 
 from training.data.dataset import to_model_input
 from training.engine import distributed
+from training.engine.recalibration import recalibrate_batchnorm
 from training.engine.records import Records
 from training.engine.signals import StopRequest
 from training.engine.step_monitor import CHECK_EVERY, StepMonitor, skip_nonfinite_update
@@ -35,10 +36,12 @@ def train(stage, stop: StopRequest) -> dict:
     """Run the stage from where its state is to its last epoch; returns its summary."""
     records = Records(stage)
     records.restore_missing_model()
-    if stage.saved is not None and stage.progress.epoch >= stage.args.epochs:
+    if stage.saved is not None and stage.progress.epoch >= stage.args.epochs and not test_resolution_pending(stage):
         return records.already_complete()
     records.start()
     try:
+        if test_resolution_pending(stage):
+            start_test_resolution(stage, stop, records)
         epochs_run = run_epochs(stage, stop, records)
     except (NonFiniteLossError, Preempted):
         records.close()
@@ -53,10 +56,7 @@ def run_epochs(stage, stop: StopRequest, records: Records) -> int:
         epoch_start = time.perf_counter()
         throughput = train_epoch(stage, stop, records.tracker)
         if throughput is None:
-            records.stopped(stop.name)
-            distributed.barrier()  # no process exits (which ends an srun step) before the state is saved
-            stop.saved = True
-            raise Preempted()
+            _stop(stage, stop, records)
         metrics, preview = validate(stage)
         sums = progress.epoch_sums
         improved = progress.end_epoch(metrics, stage.model)
@@ -65,6 +65,62 @@ def run_epochs(stage, stop: StopRequest, records: Records) -> int:
     return epochs_run
 
 
+def _stop(stage, stop: StopRequest, records: Records) -> None:
+    """A stop signal: save the state and end the stage with Preempted (exit 75)."""
+    records.stopped(stop.name)
+    distributed.barrier()  # no process exits (which ends an srun step) before the state is saved
+    stop.saved = True
+    raise Preempted()
+
+
+# ----------------------------------------------------------------------------------------------- test resolution
+def test_resolution_pending(stage) -> bool:
+    """A test-resolution stage (--whole-images or --bn-recalibrate) whose start is not done yet."""
+    args = stage.args
+    return (args.whole_images or args.bn_recalibrate > 0) and stage.progress.test_resolution is None
+
+
+def start_test_resolution(stage, stop: StopRequest, records: Records) -> None:
+    """Before a test-resolution stage's first epoch: the validation mIoU of the model it starts from, its BatchNorm
+    statistics re-estimated at the stage's input size (--bn-recalibrate N), the mIoU again; recorded as epoch 0
+    (a model that no epoch beats stays the stage's model)."""
+    tick = time.perf_counter()
+    before, preview = validate(stage)
+    metrics, batches = before, 0
+    if stage.args.bn_recalibrate > 0:
+        batches = recalibrate_batchnorm(stage.model, _recalibration_inputs(stage, stop), stage.autocast)
+        if stop.signum != 0:
+            _stop(stage, stop, records)
+        metrics, preview = validate(stage)
+    sample = stage.profile.image_size if stage.args.whole_images else stage.profile.patch_size
+    stage.progress.test_resolution = {
+        "miou_before": before["miou"],
+        "miou_after": metrics["miou"] if batches else None,
+        "bn_recalibrate": batches,
+        "whole_images": bool(stage.args.whole_images),
+        "input_size": "x".join(map(str, sample)),
+    }
+    improved = stage.progress.keep_if_best(metrics, stage.model)
+    records.test_resolution(metrics, preview, improved, time.perf_counter() - tick)
+
+
+def _recalibration_inputs(stage, stop: StopRequest):
+    """The model inputs of --bn-recalibrate's batches: training batches (the stage's own augmentation and size) of
+    sampler epochs -1, -2, ... (draws of their own), until N batches or a stop signal on any process."""
+    wanted, given, sweep = stage.args.bn_recalibrate, 0, 0
+    while given < wanted:
+        sweep += 1
+        stage.train_sampler.set_epoch(-sweep)
+        for images, target, params in stage.train_loader:
+            if distributed.any_process_on_host(stop.signum != 0):
+                return
+            yield train_batch_to_device(stage, images, target, params)[0]
+            given += 1
+            if given == wanted:
+                return
+
+
+# ----------------------------------------------------------------------------------------------- training
 def train_epoch(stage, stop: StopRequest, tracker: Tracker) -> float | None:
     """Train from the saved (epoch, step) to the end of the epoch; the epoch's images/s, or None when stopped by a
     signal (the loss sums so far are in `stage.progress.epoch_sums`).

@@ -152,6 +152,8 @@ def model_card(stage, commit: str | None) -> dict:
         "classes": stage.classes.to_dict(),  # the data set's (--dataset): the tools need no class flag
         "args": result_args(args),
         "init_from": stage.inputs.get("init_from"),
+        "schedule": stage.schedule,  # training/engine/schedule.py: where the run's lr schedule is at this stage
+        "test_resolution": progress.test_resolution,
         "best": _finite({"epoch": progress.best_epoch, **figures(progress.best_matrix)}),
         "last": _finite(progress.last_metrics) if progress.last_metrics else None,
         "protocol": f"val split ({len(stage.val_set)} images), val_resolution {stage.val_resolution}: mIoU, mean "
@@ -197,7 +199,7 @@ class Records:
         state's copy of the best weights (a state from before that copy: from its last weights if they are the
         best's), else refuse naming the command that trains the stage again."""
         stage, progress, paths = self.stage, self.stage.progress, self.paths
-        if stage.saved is None or progress.best_epoch < 1 or paths.model.exists():
+        if stage.saved is None or progress.best_epoch < 0 or paths.model.exists():
             return
         weights = progress.best_weights
         if weights is None and progress.best_epoch == progress.epoch and progress.step == 0:
@@ -250,6 +252,8 @@ class Records:
         init = f"weights from {args.init_from}" if args.init_from.lower() != "none" else "random"
         self.log(f"init: {init}" + (f"; {stage.aux_line}" if stage.aux_line else ""), flush=True)
         self.log(stage.recipe_line, flush=True)
+        if stage.schedule_line:
+            self.log(stage.schedule_line, flush=True)
         if stage.main:  # rows of epochs the state does not hold (a kill before its save, or --restart) are redone
             history.truncate(self.paths.history, progress.epoch, progress.history_row)
         config = vars(args) | {"script": stage.script}
@@ -262,13 +266,42 @@ class Records:
 
     def epoch(self, metrics: dict, sums: dict, preview, improved: bool, seconds: float, throughput: float) -> None:
         """The records of the epoch just validated (`stage.progress` already counts it)."""
-        stage, progress = self.stage, self.stage.progress
+        stage = self.stage
         stage.provisional_state = False  # the state written below vouches for the model written before it
         if not stage.main:
             return
         means = train_means(sums)
-        values = {
-            "epoch": progress.epoch,
+        values = self._values(metrics, means)
+        self._write(values, {"seconds": seconds, "images_per_s": throughput}, preview, improved)
+        self.log(self._epoch_line(metrics, means, sums, improved, seconds, throughput), flush=True)
+        self._log_best(metrics, values, preview, improved)
+
+    def test_resolution(self, metrics: dict, preview, improved: bool, seconds: float) -> None:
+        """The records of a test-resolution stage's start (epoch 0): the model it starts from, scored before and
+        after the BatchNorm recalibration (`stage.progress.test_resolution`)."""
+        stage, record = self.stage, self.stage.progress.test_resolution
+        stage.provisional_state = False
+        if not stage.main:
+            return
+        values = self._values(metrics, {})
+        if stage.args.epochs == 0:  # no step: the lr where the starting model's schedule ended (history continues)
+            ended = (stage.schedule or {}).get("lr_end")
+            if ended is None:
+                del values["learning_rate"]
+            else:
+                values["learning_rate"] = ended
+        if record["miou_after"] is not None:
+            values["valid_miou_before_recalibration"] = record["miou_before"]
+        values["bn_recalibrate_batches"] = record["bn_recalibrate"]
+        self._write(values, {"seconds": seconds}, preview, improved)
+        self.log(test_resolution_line(record, stage.val_resolution), flush=True)
+        self._log_best(metrics, values, preview, improved)
+
+    def _values(self, metrics: dict, means: dict) -> dict:
+        """The logged values of the model as validated now: the epoch, lr, training means, validation scores."""
+        stage = self.stage
+        return {
+            "epoch": stage.progress.epoch,
             "learning_rate": stage.optimizer.param_groups[0]["lr"],
             **means,
             "valid_loss": metrics["valid_loss"],
@@ -277,12 +310,15 @@ class Records:
             "valid_pixel_accuracy": metrics["pixel_accuracy"],
             **{f"valid_iou/{n}": v for n, v in zip(stage.classes.names, metrics["iou"]) if not math.isnan(v)},
         }
+
+    def _write(self, values: dict, timing: dict, preview, improved: bool) -> None:
+        """The epoch's files, in their order (`write_epoch`)."""
+        stage, progress = self.stage, self.stage.progress
         progress.history_row = {
             "profile": stage.profile.name,
             "val_resolution": stage.val_resolution,
             **{k: v if isinstance(v, (int, str)) else float(v) for k, v in values.items()},  # plain: weights_only
-            "seconds": seconds,
-            "images_per_s": throughput,
+            **timing,
         }
         write_epoch(
             EpochFiles(
@@ -295,9 +331,10 @@ class Records:
             ),
             self.paths,
         )
-        self.log(self._epoch_line(metrics, means, sums, improved, seconds, throughput), flush=True)
+
+    def _log_best(self, metrics: dict, values: dict, preview, improved: bool) -> None:
         if improved:
-            self.log(format_iou_table(metrics["iou"], stage.classes.names), flush=True)
+            self.log(format_iou_table(metrics["iou"], self.stage.classes.names), flush=True)
             if preview is not None:
                 values["predictions"] = self.tracker.image(self._preview(preview), "image | label | prediction")
         self.tracker.log({k: v for k, v in values.items() if v is not None})
@@ -344,6 +381,8 @@ class Records:
                 f"{last['pixel_accuracy']:.4f}); val at {self.scoring} -> {self.paths.model}; {total:.0f} s in all",
                 flush=True,
             )
+            if progress.test_resolution is not None:
+                self.log(test_resolution_line(progress.test_resolution, stage.val_resolution, progress), flush=True)
             self.tracker.summary(
                 {
                     "best_miou": progress.best_miou,
@@ -363,6 +402,18 @@ class Records:
         distributed.shutdown()
 
 
+def test_resolution_line(record: dict, val_resolution: str, progress=None) -> str:
+    """One line: a test-resolution stage's validation mIoU before and after its BatchNorm recalibration (and, at the
+    stage's end, its best)."""
+    size = f"{'whole' if record['whole_images'] else 'crops'} {record['input_size']}"
+    line = f"test resolution ({size}): validation mIoU {record['miou_before']:.4f} before"
+    if record["miou_after"] is not None:
+        line += f", {record['miou_after']:.4f} after BatchNorm recalibration on {record['bn_recalibrate']} batches"
+    if progress is not None:
+        line += f"; best {progress.best_miou:.4f} at epoch {progress.best_epoch}"
+    return line + f" (val at {val_resolution} resolution)"
+
+
 def durations_row(stage, total: float) -> dict:
     """The stage's row of measurements/durations.csv (columns documented in measurements/README.md)."""
     args, progress, profile = stage.args, stage.progress, stage.profile
@@ -375,7 +426,7 @@ def durations_row(stage, total: float) -> dict:
         "patch_size": "x".join(map(str, profile.patch_size)),
         "epochs": args.epochs,
         "wall_time_s": f"{total:.1f}",
-        "s_per_epoch": f"{total / args.epochs:.2f}",
+        "s_per_epoch": f"{total / args.epochs:.2f}" if args.epochs else "",
         "device": distributed.device_name(stage.device) if stage.device.type == "cuda" else "cpu",
         "processes": stage.dist.world_size,
         "best_miou": f"{progress.best_miou:.6f}",

@@ -64,6 +64,26 @@ def result_args(args) -> dict:
     return {k: v for k, v in sorted(vars(args).items()) if k not in RESULT_INDEPENDENT}
 
 
+def defaults_before(saved_args: dict) -> dict:
+    """The values of the flags added since states were first written, for a state saved before them (what the
+    stage then trained with): the schedule across stages, --lr-scaling, regularisation, the test-resolution stage,
+    DIST's weights."""
+    augment = saved_args.get("augment", "original")
+    return {
+        "schedule_span": None,
+        "warmup_fraction": 0.0,
+        "lr_scaling": "none",
+        "reference_batch_size": 32,
+        "scale_range": "0.5,2.0" if augment == "mmseg" else "1.0,1.0",
+        "photometric_strength": 1.0,
+        "dropout": 0.1 if saved_args.get("arch", "fast_scnn") == "fast_scnn" else None,
+        "whole_images": False,
+        "bn_recalibrate": 0,
+        "dist_beta": 1.0,
+        "dist_gamma": 1.0,
+    }
+
+
 def differences(saved: dict, current: dict) -> list[str]:
     keys = sorted(set(saved) | set(current))
     return [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
@@ -86,15 +106,22 @@ class Progress:
     last_metrics: dict = field(default_factory=dict)  # {epoch, miou, mean_dice, pixel_accuracy} of the last epoch
     history_row: dict = field(default_factory=dict)  # the last epoch's row of history.csv (history.truncate)
     started: float | None = None  # time.perf_counter() when this run's epochs started
+    # a test-resolution stage's start (--whole-images, --bn-recalibrate): {miou_before, miou_after, batches, ...}
+    test_resolution: dict | None = None
 
     def elapsed_now(self) -> float:
         return self.elapsed + (time.perf_counter() - self.started if self.started is not None else 0.0)
 
     def end_epoch(self, metrics: dict, model: nn.Module) -> bool:
         """Count the epoch validated with `metrics` as done; keep it as the best if it is. Returns whether it is."""
-        improved = metrics["miou"] > self.best_miou
         self.epoch += 1
         self.step, self.epoch_sums = 0, {}
+        return self.keep_if_best(metrics, model)
+
+    def keep_if_best(self, metrics: dict, model: nn.Module) -> bool:
+        """`metrics` are those of the model as it is now, at `epoch` (0: a test-resolution stage's start, before its
+        first epoch): the last metrics, and the best if they are. Returns whether they are."""
+        improved = metrics["miou"] > self.best_miou
         self.last_metrics = {"epoch": self.epoch, **{k: metrics[k] for k in ("miou", "mean_dice", "pixel_accuracy")}}
         if improved:
             self.best_miou, self.best_epoch = metrics["miou"], self.epoch
@@ -217,6 +244,9 @@ def read_state(path: Path, args) -> dict | None:
     saved_args = {k: v for k, v in state["args"].items() if k not in RESULT_INDEPENDENT}
     saved_args.setdefault("val_resolution", "profile")  # states written before full-resolution scoring
     saved_args.setdefault("dataset", "cityscapes")  # states written before --dataset
+    for name, value in defaults_before(saved_args).items():  # states written before these flags existed
+        if name in current:
+            saved_args.setdefault(name, value)
     if "data" not in state:  # a state written before the data fingerprint: the path is all there is to compare
         saved_args["data_dir"], current["data_dir"] = state["args"].get("data_dir"), args.data_dir
     if args.lr_schedule != "constant" and state["epochs"] != args.epochs:
@@ -264,6 +294,8 @@ def state_to_save(stage) -> dict:
         "data": stage.data,
         "classes": stage.classes.to_dict(),
         "wandb_id": progress.wandb_id or "",
+        "schedule": stage.schedule,
+        "test_resolution": progress.test_resolution,
         **{key: value for key, value in optional.items() if value is not None},
     }
 
@@ -295,4 +327,5 @@ def restore(stage, state: dict) -> None:
         best_weights=state.get("best_model"),
         last_metrics=dict(state.get("last_metrics") or {}),
         history_row=dict(state.get("history_row") or {}),
+        test_resolution=state.get("test_resolution"),
     )

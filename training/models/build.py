@@ -32,9 +32,14 @@ class LogitsOnly(nn.Module):
         return self.net(x)["out"]
 
 
-def build_model(arch: str = "fast_scnn", num_classes: int = 19, aux: bool = False) -> nn.Module:
+def build_model(
+    arch: str = "fast_scnn", num_classes: int = 19, aux: bool = False, dropout: float | None = None
+) -> nn.Module:
+    """`dropout`: Fast-SCNN's classifier dropout (None: the model's default, 0.1); other architectures keep theirs."""
     if arch == "fast_scnn":
-        return fast_scnn.Model(in_channels=3, n_classes=num_classes, aux=aux)
+        if dropout is None:
+            return fast_scnn.Model(in_channels=3, n_classes=num_classes, aux=aux)
+        return fast_scnn.Model(in_channels=3, n_classes=num_classes, aux=aux, dropout=dropout)
     if arch not in TORCHVISION_ARCHS:
         raise UserError(f"--arch {arch!r}: unknown architecture; expected one of {', '.join(ARCHITECTURES)}")
     import torchvision.models.segmentation as segmentation

@@ -431,11 +431,11 @@ def build_report(
     measurements = Path(measurements)
     graphs = Path(output) if output else measurements / "graphs"
     records = load_stages(Path(checkpoints))
-    runs = group_runs(records)
     durations = read_csv(measurements / "durations.csv")
     efficiency = read_csv(measurements / "efficiency.csv")
     chosen = _chosen_experiment(records, experiment)  # a bad --experiment stops before anything is written
     written: dict[str, Path] = {}
+    place = _Place(graphs, measurements, written)
     md = [
         "# Report",
         "",
@@ -443,14 +443,38 @@ def build_report(
         f"`{measurements}/durations.csv` and `{measurements}/efficiency.csv`.",
         "",
     ]
+    md += _curriculum_section(group_runs(records), checkpoints, place)
+    md += _durations_section(durations, place)
+    md += _efficiency_section(efficiency, place)
+    md += _confusion_section(chosen, experiment, place)
+    report = measurements / "report.md"
+    save_bytes("\n".join(md).encode("utf-8"), report)
+    written["report"] = report
+    return written
 
-    md += ["## Curriculum timelines", ""]
+
+class _Place:
+    """Where the report's figures go (graphs/), what their links are relative to, and the record of what was written."""
+
+    def __init__(self, graphs: Path, measurements: Path, written: dict[str, Path]):
+        self.graphs, self.measurements, self.written = graphs, measurements, written
+
+    def figure(self, key: str, figure, name: str, alt: str) -> list[str]:
+        """Save `figure` as graphs/<name>, record it under `key`; the Markdown lines that show it."""
+        path = _save(figure, self.graphs / name)
+        self.written[key] = path
+        return [f"![{alt}]({_link(path, self.measurements)})", ""]
+
+
+def _curriculum_section(runs, checkpoints: Path, place: _Place) -> list[str]:
+    md = ["## Curriculum timelines", ""]
     if not runs:
         md += [f"No `{FILE_NAME}` under `{checkpoints}/`: no stage has trained here yet.", ""]
     for run in runs:
-        path = _save(curriculum_figure(run), graphs / f"curriculum-{_slug(run.name)}.png")
-        written[f"curriculum:{run.name}"] = path
-        md += [f"### {run.name}", "", f"![{run.name}]({_link(path, measurements)})", ""]
+        md += [f"### {run.name}", ""]
+        md += place.figure(
+            f"curriculum:{run.name}", curriculum_figure(run), f"curriculum-{_slug(run.name)}.png", run.name
+        )
         md += _table(
             ["stage", "experiment", "profile", "epochs", "best mIoU", "best epoch", "last train loss"],
             [
@@ -467,39 +491,30 @@ def build_report(
             ],
         )
         md.append("")
+    return md
 
-    md += ["## Durations", ""]
-    if durations:
-        path = _save(durations_figure(durations), graphs / "durations.png")
-        written["durations"] = path
-        md += [f"![durations]({_link(path, measurements)})", ""]
-        latest = {row["experiment_id"]: row for row in durations}
-        md += _table(
-            ["run", "stage", "experiment", "profile", "epochs", "wall time (s)", "s/epoch", "device", "best mIoU"],
-            [
-                [
-                    *run_of(i),
-                    i,
-                    r["profile"],
-                    r["epochs"],
-                    r["wall_time_s"],
-                    r["s_per_epoch"],
-                    r["device"],
-                    r["best_miou"],
-                ]
-                for i, r in sorted(latest.items(), key=lambda item: run_of(item[0]))
-            ],
-        )
-        md.append("")
-    else:
-        md += [f"No `{measurements}/durations.csv` yet.", ""]
 
-    md += ["## Efficiency", ""]
+def _durations_section(durations: list[dict], place: _Place) -> list[str]:
+    md = ["## Durations", ""]
+    if not durations:
+        return md + [f"No `{place.measurements}/durations.csv` yet.", ""]
+    md += place.figure("durations", durations_figure(durations), "durations.png", "durations")
+    latest = {row["experiment_id"]: row for row in durations}
+    md += _table(
+        ["run", "stage", "experiment", "profile", "epochs", "wall time (s)", "s/epoch", "device", "best mIoU"],
+        [
+            [*run_of(i), i, r["profile"], r["epochs"], r["wall_time_s"], r["s_per_epoch"], r["device"], r["best_miou"]]
+            for i, r in sorted(latest.items(), key=lambda item: run_of(item[0]))
+        ],
+    )
+    return md + [""]
+
+
+def _efficiency_section(efficiency: list[dict], place: _Place) -> list[str]:
+    md = ["## Efficiency", ""]
     points = efficiency_points(efficiency)
     if points:
-        path = _save(efficiency_figure(points), graphs / "efficiency.png")
-        written["efficiency"] = path
-        md += [f"![efficiency]({_link(path, measurements)})", ""]
+        md += place.figure("efficiency", efficiency_figure(points), "efficiency.png", "efficiency")
         md += _table(
             ["model @ resolution", "mIoU", "GFLOPs", "plain ms", "deploy ms", "ONNX Runtime ms"],
             [
@@ -516,42 +531,39 @@ def build_report(
         )
         md.append("")
     skipped = len(efficiency) - len(points)
-    if skipped or not efficiency:
+    if not efficiency:
+        md += [f"No `{place.measurements}/efficiency.csv` yet.", ""]
+    elif skipped:
         md += [
-            f"{skipped} row(s) of efficiency.csv have no mIoU (measured with `--data-dir none`) and are not plotted."
-            if efficiency
-            else f"No `{measurements}/efficiency.csv` yet.",
+            f"{skipped} row(s) of efficiency.csv have no mIoU (measured with `--data-dir none`) and are not plotted.",
             "",
         ]
+    return md
 
-    md += ["## Confusion matrix and per-class IoU", ""]
-    if chosen is not None:
-        names = chosen.class_names
-        confusion = _save(
-            confusion_figure(chosen.experiment_id, chosen.best_matrix, names),
-            graphs / f"confusion-{_slug(chosen.experiment_id)}.png",
-        )
-        bars = _save(
-            class_iou_figure(chosen.experiment_id, chosen.best_matrix, names),
-            graphs / f"class-iou-{_slug(chosen.experiment_id)}.png",
-        )
-        written["confusion"], written["class_iou"] = confusion, bars
-        md += [
-            f"`{chosen.experiment_id}`, best epoch {chosen.best_epoch}"
-            + ("" if experiment else " (the highest validation mIoU here; `--experiment ID` chooses another)"),
-            "",
-            f"![confusion matrix]({_link(confusion, measurements)})",
-            "",
-            f"![per-class IoU]({_link(bars, measurements)})",
-            "",
-        ]
-    else:
-        md += ["No state.pth with a best confusion matrix yet.", ""]
 
-    report = measurements / "report.md"
-    save_bytes("\n".join(md).encode("utf-8"), report)
-    written["report"] = report
-    return written
+def _confusion_section(chosen: StageRecord | None, experiment: str | None, place: _Place) -> list[str]:
+    md = ["## Confusion matrix and per-class IoU", ""]
+    if chosen is None:
+        return md + ["No state.pth with a best confusion matrix yet.", ""]
+    slug, names = _slug(chosen.experiment_id), chosen.class_names
+    md += [
+        f"`{chosen.experiment_id}`, best epoch {chosen.best_epoch}"
+        + ("" if experiment else " (the highest validation mIoU here; `--experiment ID` chooses another)"),
+        "",
+    ]
+    md += place.figure(
+        "confusion",
+        confusion_figure(chosen.experiment_id, chosen.best_matrix, names),
+        f"confusion-{slug}.png",
+        "confusion matrix",
+    )
+    md += place.figure(
+        "class_iou",
+        class_iou_figure(chosen.experiment_id, chosen.best_matrix, names),
+        f"class-iou-{slug}.png",
+        "per-class IoU",
+    )
+    return md
 
 
 def _chosen_experiment(records: list[StageRecord], experiment: str | None) -> StageRecord | None:
