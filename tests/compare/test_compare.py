@@ -148,7 +148,7 @@ def test_the_demo_plan_gives_both_arms_the_budget_within_five_percent(demo_set):
     from training.compare.plan import plan_comparison
 
     plan = plan_comparison(demo_comparison(6), demo_set.parent, ["--data-dir", str(demo_set)]).to_dict()
-    single, curriculum = plan["arms"]
+    single, curriculum, one_schedule = plan["arms"]
     stage = single["stages"][0]
     assert tuple(stage["input_size"]) == (192, 96)  # profile 5 of the 256x128 images: patch 192x96
     # 32 training images, batch 4: 32 images an epoch; 6 epochs set the budget
@@ -159,6 +159,19 @@ def test_the_demo_plan_gives_both_arms_the_budget_within_five_percent(demo_set):
     assert abs(spent / plan["budget"]["amount"] - 1) <= 0.05
     assert curriculum["deviation"] == pytest.approx(spent / plan["budget"]["amount"] - 1)
     assert all(s["epochs"] >= 1 for s in curriculum["stages"])
+    # the third arm: one schedule whose spans follow the budget's epochs, and a recalibration-only last stage whose
+    # 8 batches of 4 whole 256x128 images are its fixed cost (forward passes only)
+    recalibration = one_schedule["stages"][-1]
+    assert (recalibration["epochs"], tuple(recalibration["input_size"])) == (0, (256, 128))
+    assert recalibration["fixed_flop"] == pytest.approx(thop_flop_per_epoch((256, 128), 8 * 4) / 3, rel=1e-6)
+    epochs = [s["epochs"] for s in one_schedule["stages"]]
+    spent = sum(s["epochs"] * s["flop_per_epoch"] + s["fixed_flop"] for s in one_schedule["stages"])
+    assert abs(spent / plan["budget"]["amount"] - 1) <= 0.05
+    ends = [sum(epochs[: k + 1]) / sum(epochs) for k in range(5)]
+    for stage, start, end in zip(one_schedule["stages"], [0.0, *ends], ends):
+        span = stage["command"][stage["command"].index("--schedule-span") + 1]
+        assert [float(x) for x in span.split(":")] == pytest.approx([start, end], abs=1e-6)
+    assert "--schedule-span" not in recalibration["command"] and "--bn-recalibrate" in recalibration["command"]
 
 
 def test_a_dry_run_prints_one_slurm_chain_per_arm(tmp_path, demo_set):
@@ -166,7 +179,7 @@ def test_a_dry_run_prints_one_slurm_chain_per_arm(tmp_path, demo_set):
     done = compare(str(DEMO_TOML), "--slurm", "--dry-run", "--output-dir", str(out), "--", "--data-dir", str(demo_set))
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stdout.splitlines() if line.startswith("job")]
-    assert len(lines) == 1 + 5
+    assert len(lines) == 1 + 5 + 6
     assert f"--output-dir {out}/single" in lines[0] and f"--output-dir {out}/curriculum" in lines[1]
     assert "--dependency" not in lines[1] and "--dependency" in lines[2]
     assert not out.exists()  # a dry run writes nothing
@@ -240,6 +253,18 @@ def test_an_arm_that_never_reaches_the_target_has_an_empty_cell_and_the_report_i
     assert "| b | 1+2 | 9 | 14 | 42.0 | -10.0% | not reached |" in text
 
 
+def test_a_test_resolution_stage_adds_its_fixed_cost_once_and_its_epoch_0_row_as_a_point(tmp_path):
+    plan = json.loads(json.dumps(HAND_PLAN))
+    plan["arms"][1]["stages"].append(
+        {"experiment_id": "b-03", "epochs": 0, "flop_per_epoch": 3e12, "fixed_flop": 0.5e12}
+    )
+    write_histories(tmp_path, {**HAND_HISTORIES, ("b", "b-03"): [(0, 0.49, 2.0)]})
+    b = read_results(tmp_path, plan)[1]
+    # b: 3, 6, 9 TFLOP as before, then the recalibration's 0.5 (no epoch): 9.5 TFLOP, 14 + 2 s, mIoU 0.49
+    assert [(p.stage, p.epoch, p.tflop, p.seconds, p.miou) for p in b.points][-1] == (3, 0, 9.5, 16.0, 0.49)
+    assert (b.tflop, b.best.miou, b.missing) == (9.5, 0.49, [])
+
+
 def test_an_unfinished_stage_is_named_when_a_complete_result_is_asked_for(tmp_path):
     histories = {**HAND_HISTORIES, ("b", "b-02"): [(1, 0.48, 5.0)]}
     write_histories(tmp_path, histories)
@@ -264,7 +289,7 @@ def test_the_demo_runs_end_to_end_and_its_summary_matches_the_histories(tmp_path
     plan = json.loads((out / "plan.json").read_text())
     with (out / "summary.csv").open(newline="") as handle:
         rows = {row["arm"]: row for row in csv.DictReader(handle)}
-    assert set(rows) == {"single", "curriculum"} and (out / "comparison.png").is_file()
+    assert set(rows) == {"single", "curriculum", "one-schedule"} and (out / "comparison.png").is_file()
     best = {}
     for arm in plan["arms"]:
         tflop = seconds = 0.0
@@ -272,7 +297,7 @@ def test_the_demo_runs_end_to_end_and_its_summary_matches_the_histories(tmp_path
         for stage in arm["stages"]:
             with (out / arm["name"] / "checkpoints" / stage["experiment_id"] / "history.csv").open() as handle:
                 history = list(csv.DictReader(handle))
-            assert len(history) == stage["epochs"]
+            assert len([row for row in history if int(row["epoch"]) >= 1]) == stage["epochs"]
             tflop += (stage["epochs"] * stage["flop_per_epoch"] + stage["fixed_flop"]) / 1e12
             seconds += sum(float(row["seconds"]) for row in history)
             mious += [float(row["valid_miou"]) for row in history]

@@ -7,7 +7,7 @@ Training compute of a stage, in FLOPs (2 x MACs):
   forward and the backward pass (the backward costs about twice the forward);
 - images seen per epoch: the steps of an epoch (drop-last) x the batch, as the stage's sampler gives them;
 - a distillation stage adds its teacher's forward at the same size (no backward); --bn-recalibrate N adds N batches
-  of forward passes at the image size, once per stage;
+  of forward passes at the training input's size, once per stage;
 - not counted: Fast-SCNN's auxiliary heads (thop counts a forward in eval mode), validation, data loading, the
   optimizer's update. The same rule for every arm, so the comparison is fair to each.
 
@@ -47,7 +47,7 @@ class StageCost:
     images_per_epoch: int
     student_macs: int  # one image's forward at input_size
     teacher_macs: int = 0  # the teacher's forward at input_size (distillation), else 0
-    fixed_macs: int = 0  # once per stage: BatchNorm recalibration (forward passes at the image size)
+    fixed_macs: int = 0  # once per stage: BatchNorm recalibration (forward passes at input_size)
     seconds_per_epoch: float | None = None  # the wall-time estimate (wall-time budgets only)
 
     @property

@@ -156,7 +156,7 @@ def stage_cost(experiment_id: str, args, profiles: dict, data: DataInfo, student
         images_per_epoch=images_per_epoch(data.train_images, args.batch_size),
         student_macs=forward_macs(arch, classes, tuple(size)),
         teacher_macs=teacher,
-        fixed_macs=recalibration * (forward_macs(arch, classes, tuple(profile.image_size)) if recalibration else 0),
+        fixed_macs=recalibration * forward_macs(arch, classes, tuple(size)),
     )
 
 

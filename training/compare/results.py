@@ -2,7 +2,8 @@
 curves (validation mIoU at the labels' full resolution against cumulative training compute and wall time) and one
 summary row per arm.
 
-- cumulative compute: the plan's cost of each epoch in the history (and a stage's fixed cost at its start);
+- cumulative compute: the plan's cost of each epoch in the history (and a stage's fixed cost, BatchNorm
+  recalibration, at its start: the history's epoch 0 of a test-resolution stage);
 - cumulative wall time: the history's `seconds` of each epoch (training and validation; not a stage's set-up, its
   cache building or a queue's wait);
 - the target: 95% of the best arm's best mIoU; each arm's compute and wall time to reach it are those of its first
@@ -91,11 +92,13 @@ def read_arm(output_dir: Path, arm: dict) -> ArmResult:
         rows = sorted(read_history(path), key=lambda row: int(row["epoch"]))
         flop += stage["fixed_flop"]
         for row in rows:
-            flop += stage["flop_per_epoch"]
+            if int(row["epoch"]) >= 1:  # epoch 0: a test-resolution stage's start (its fixed cost, counted above)
+                flop += stage["flop_per_epoch"]
             seconds += _float(row.get("seconds"))
             result.points.append(Point(number, int(row["epoch"]), flop / 1e12, seconds, _float(row.get("valid_miou"))))
-        if len(rows) < stage["epochs"]:
-            result.missing.append(f"{path} ({len(rows)} of {stage['epochs']} epochs)")
+        trained = sum(int(row["epoch"]) >= 1 for row in rows)
+        if trained < stage["epochs"]:
+            result.missing.append(f"{path} ({trained} of {stage['epochs']} epochs)")
     return result
 
 

@@ -17,7 +17,8 @@ from training.engine.history import FILE_NAME, read_history
 def stage_done(arm: ArmPlan, job, epochs: int) -> bool:
     checkpoints = arm.output_dir / "checkpoints" / job.experiment_id
     model = arm.output_dir / "models" / f"{job.experiment_id}.pth"
-    return model.is_file() and len(read_history(checkpoints / FILE_NAME)) >= epochs
+    trained = sum(int(row["epoch"]) >= 1 for row in read_history(checkpoints / FILE_NAME))
+    return model.is_file() and trained >= epochs
 
 
 def jobs_left(arm: ArmPlan) -> list:
