@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -309,3 +310,15 @@ def test_the_demo_runs_end_to_end_and_its_summary_matches_the_histories(tmp_path
         best[arm["name"]] = max(mious)
     assert float(rows["single"]["target_miou"]) == pytest.approx(0.95 * max(best.values()), rel=1e-5)
     assert math.isclose(float(rows["single"]["budget"]), float(rows["curriculum"]["budget"]))
+
+
+@pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "comparisons").glob("*.toml")))
+def test_every_shipped_comparison_plans_within_the_budget(tmp_path, demo_set, name):
+    """Each file of comparisons/ (on the demo set here: its flags after -- win over the file's)."""
+    out = tmp_path / "out"
+    words = ["--", "--dataset", "folder", "--data-dir", str(demo_set)]
+    done = compare(str(REPO / "comparisons" / name), "--dry-run", "--output-dir", str(out), *words)
+    assert done.returncode == 0, done.stderr
+    offsets = re.findall(r"\(([+-][0-9.]+)% of the budget\)", done.stdout)
+    assert len(offsets) == len(load_comparison(REPO / "comparisons" / name).arms)
+    assert all(abs(float(offset)) <= 5 for offset in offsets)
