@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
@@ -322,3 +323,37 @@ def test_every_shipped_comparison_plans_within_the_budget(tmp_path, demo_set, na
     offsets = re.findall(r"\(([+-][0-9.]+)% of the budget\)", done.stdout)
     assert len(offsets) == len(load_comparison(REPO / "comparisons" / name).arms)
     assert all(abs(float(offset)) <= 5 for offset in offsets)
+
+
+WALL_TIME = """
+budget = { kind = "wall-time", seconds = 100 }
+flags = { dataset = "folder", device = "cpu", batch-size = 4 }
+[[arms]]
+name = "single"
+script = "train.py"
+stages = [{ profile = 5, epochs = 1 }]
+[[arms]]
+name = "two"
+script = "train.py"
+stages = [{ profile = 1, epochs = 1 }, { profile = 5, epochs = 1 }]
+"""
+
+
+def test_a_wall_time_budget_sets_the_epochs_from_the_estimated_seconds(tmp_path, demo_set, monkeypatch):
+    from training.compare import plan as planning
+
+    seconds = {"low": 2.0, "highest": 10.0}
+    monkeypatch.setattr(planning, "probe_seconds", lambda args, cost, classes, val: seconds[cost.profile])
+    comparison = load_comparison(write(tmp_path, WALL_TIME))
+    plan = planning.plan_comparison(comparison, tmp_path / "out", ["--data-dir", str(demo_set)])
+    # single: 100 / 10 = 10 epochs; two: k = 100 / 12 = 8.33 -> 8 or 9 each: 96, 106, 98, 108 -> 9 + 8 = 98 s
+    assert [(arm.epochs, arm.planned) for arm in plan.arms] == [([10], 100.0), ([9, 8], 98.0)]
+
+
+def test_the_wall_time_probe_times_a_real_training_step(demo_set):
+    from training.compare.budget import StageCost, probe_seconds
+
+    args = argparse.Namespace(device="cpu", batch_size=2, arch="fast_scnn")
+    cost = StageCost("x", "low", (64, 32), (72, 36), images_per_epoch=4, student_macs=1)
+    estimate = probe_seconds(args, cost, 5, 2)
+    assert 0 < estimate < 60 and math.isfinite(estimate)
