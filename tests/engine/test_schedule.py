@@ -193,3 +193,27 @@ def test_learning_rate_in_history_is_continuous_across_stages(tiny_cityscapes, t
     means = [k for k in before if k.endswith("running_mean")]
     assert means and any(not torch.equal(before[k], after[k]) for k in means)
     assert all(torch.equal(before[k], after[k]) for k in before if k.endswith(".weight"))
+
+
+@pytest.mark.slow
+def test_lr_scaling_is_logged_and_recorded_and_a_dist_student_trains(tiny_cityscapes, tmp_path, monkeypatch, capsys):
+    import train_distillation
+
+    monkeypatch.chdir(tmp_path)
+    # profile 2 of the small table: 2 patches of 224x112 against 8 of profile 1's 192x96
+    scaled = ("--profile", "medium", "--lr-scaling", "pixels", "--reference-batch-size", "8")
+    assert run_in_process(train, stage_args(tiny_cityscapes, 1, *scaled, experiment="t"), monkeypatch) == 0
+    factor = 2 * 224 * 112 / (8 * 192 * 96)
+    recipe = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("recipe"))
+    assert (
+        f"lr scaling pixels: lr {0.001 * factor:g} = 0.001 x pixels per total batch 2 x 224x112 / 8 x 192x96" in recipe
+    )
+    card = json.loads((tmp_path / "models" / "t.json").read_text())
+    assert card["schedule"]["lr_scale"] == pytest.approx(factor) and card["args"]["lr"] == 0.001
+
+    dist = ("--trained-teacher-model-path", "models/t.pth", "--kd-loss", "dist", "--dist-beta", "0.5")
+    assert run_in_process(train_distillation, stage_args(tiny_cityscapes, 1, *dist, experiment="s"), monkeypatch) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("epoch 1/1"))
+    assert "train_dist_loss" in line and "train_kd_loss" not in line
+    args = json.loads((tmp_path / "models" / "s.json").read_text())["args"]
+    assert (args["kd_loss"], args["dist_beta"], args["dist_gamma"]) == ("dist", 0.5, 1.0)
