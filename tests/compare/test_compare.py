@@ -6,7 +6,9 @@ import argparse
 import csv
 import json
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +25,19 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_TOML = REPO / "comparisons" / "demo.toml"
 
 
-def compare(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "training.compare", *args], cwd=cwd, capture_output=True, text=True, timeout=900
+def compare(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess:
+    """The command as a user runs it; on a time-out its whole process group (the stages too) is ended."""
+    argv = [sys.executable, "-m", "training.compare", *args]
+    process = subprocess.Popen(
+        argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
 
 
 # ------------------------------------------------------------------------------------------ budget arithmetic
@@ -286,7 +297,8 @@ def test_report_of_a_folder_without_a_plan_is_one_error_line(tmp_path):
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_and_its_summary_matches_the_histories(tmp_path):
     out = tmp_path / "demo"
-    done = compare("--demo", str(out), "--demo-epochs", "3")
+    # ~3 min of CPU in 12 stages; the limit leaves room for a machine shared with other jobs
+    done = compare("--demo", str(out), "--demo-epochs", "3", timeout=2400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     plan = json.loads((out / "plan.json").read_text())
     with (out / "summary.csv").open(newline="") as handle:
