@@ -20,6 +20,8 @@ import pytest
 from conftest import REPO
 from small_profile import SMALL_PROFILES
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
+
 PREAMBLE = """
 import os, signal, sys, threading, time
 sys.path.insert(0, {repo!r})
@@ -29,8 +31,6 @@ from training.engine.signals import StopRequest
 
 root = {root!r}
 from torchvision.datasets import Cityscapes
-
-pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 files = Cityscapes(root, split="train", mode="fine", target_type="semantic")
 images, labels = list(files.images), [t[0] for t in files.targets]
 profile = Profile("low", 1, (128, 64), (96, 48))

@@ -23,7 +23,18 @@ def _warn(line: str) -> None:
 
 def get_args_parser(description: str, default_profile: str, arch: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add = parser.add_argument
+    _add_stage_flags(parser.add_argument_group("the stage"), default_profile)
+    _add_optimisation_flags(parser.add_argument_group("optimisation"))
+    _add_augmentation_flags(parser.add_argument_group("augmentation and regularisation"))
+    _add_runtime_flags(parser.add_argument_group("runtime"))
+    if arch:
+        parser.add_argument("--arch", default="fast_scnn", choices=ARCHITECTURES, help="architecture to train")
+    return parser
+
+
+def _add_stage_flags(group, default_profile: str) -> None:
+    """Flags of the data set, the stage's size and names, where its files go."""
+    add = group.add_argument
     add(
         "--dataset",
         choices=DATASETS,
@@ -58,6 +69,11 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
         default=default_profile,
         help="resolution profile: name or number 1-5 (see the table in the script)",
     )
+
+
+def _add_optimisation_flags(group) -> None:
+    """Flags of the recipe, the optimizer and the learning-rate schedule."""
+    add = group.add_argument
     add(
         "--recipe",
         choices=tuple(RECIPES),
@@ -109,6 +125,11 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
         default=32,
         help="the total batch at which --lr is given, for --lr-scaling",
     )
+
+
+def _add_augmentation_flags(group) -> None:
+    """Flags of per-stage augmentation, regularisation, the test-resolution stage."""
+    add = group.add_argument
     add(
         "--aux-weight",
         type=float,
@@ -152,6 +173,11 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
         "in train mode without gradients) and log the validation mIoU before and after; with --epochs 0 the stage "
         "does only that",
     )
+
+
+def _add_runtime_flags(group) -> None:
+    """Flags of speed, caching, failures, validation and the chain's labels."""
+    add = group.add_argument
     add("--grad-clip", type=float, default=0.0, help="clip the gradient norm to this value (0 = off)")
     add(
         "--amp",
@@ -182,9 +208,6 @@ def get_args_parser(description: str, default_profile: str, arch: bool = True) -
     add("--debug", action="store_true", help="show tracebacks for errors")
     add("--run", default=None, help="the run this stage belongs to (runs/<run>.toml); set by the chain, recorded")
     add("--stage", type=int, default=None, help="the stage's number in its run; set by the chain, recorded")
-    if arch:
-        add("--arch", default="fast_scnn", choices=ARCHITECTURES, help="architecture to train")
-    return parser
 
 
 def add_previous_model_args(parser: argparse.ArgumentParser) -> None:
