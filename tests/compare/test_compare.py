@@ -297,7 +297,7 @@ def test_report_of_a_folder_without_a_plan_is_one_error_line(tmp_path):
 @pytest.mark.slow
 def test_the_demo_runs_end_to_end_and_its_summary_matches_the_histories(tmp_path):
     out = tmp_path / "demo"
-    # ~3 min of CPU in 12 stages; the limit leaves room for a machine shared with other jobs
+    # 65 s on a quiet 2-core machine (12 stages); the limit leaves room for a machine shared with other jobs
     done = compare("--demo", str(out), "--demo-epochs", "3", timeout=2400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     plan = json.loads((out / "plan.json").read_text())
