@@ -287,7 +287,7 @@ def run_local(options, run: registry.Run, jobs: list[StageJob], what: str) -> in
         if options.dry_run:
             print(quote(argv))
             continue
-        log(f"local: stage {job.number} of run {run.number}: {job.experiment_id}, profile {job.profile}")
+        log(f"local: stage {job.number} of run {run.name or run.number}: {job.experiment_id}, profile {job.profile}")
         code = run_forwarding(argv, env, root)
         if code == EXIT_PREEMPTED:
             log(

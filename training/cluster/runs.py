@@ -112,10 +112,11 @@ class Run:
     description: str = ""
     schedule: dict = field(default_factory=dict)  # the run's `schedule` table (empty: each stage its own)
     teacher_of: Run | None = None  # the teacher run, linked by load_registry
+    name: str | None = None  # a run written inline (a comparison's arm): recorded as --run instead of the number
 
     @property
     def where(self) -> str:
-        return display_path(self.path)
+        return display_path(self.path) + (f": {self.name}" if self.name else "")
 
     @property
     def kind(self) -> Script:
@@ -150,7 +151,7 @@ class Run:
         if not 1 <= stage <= len(self.stages):
             raise UserError(f"{self.where}: no stage {stage} (expected a stage 1-{len(self.stages)})")
         entry = self.stages[stage - 1]
-        place = {"run": self.number, "stage": stage, "experiment-id": self.experiment_id(stage)}
+        place = {"run": self.name or self.number, "stage": stage, "experiment-id": self.experiment_id(stage)}
         links = {self.kind.previous_flag[2:]: self.previous_model(stage, models)}
         if self.kind.student:
             links[TEACHER_FLAG[2:]] = self.teacher_model(models)
@@ -207,6 +208,12 @@ def parse_run(path: Path, number: int) -> Run:
         raise UserError(f"{where}: cannot read it ({error})") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{where}: not valid TOML ({error})") from None
+    return run_from_table(data, Path(path), number, where)
+
+
+def run_from_table(data: dict, path: Path, number: int, where: str, name: str | None = None) -> Run:
+    """A run from the table of a run file (or a run written inline elsewhere, e.g. a comparison's arm, then named
+    `name`), checked; `where` names it in the messages."""
     for key, value in data.items():
         if key not in RUN_KEYS:
             raise UserError(f"{where}: unknown key '{key}' (expected one of: {', '.join(RUN_KEYS)})")
@@ -241,6 +248,7 @@ def parse_run(path: Path, number: int) -> Run:
         teacher_run=data.get("teacher-run"),
         description=data.get("description", ""),
         schedule=dict(data.get("schedule", {})),
+        name=name,
     )
 
 
