@@ -35,9 +35,9 @@ from pathlib import Path  # noqa: E402
 
 from training.efficiency import cli, tool  # noqa: E402
 from training.efficiency.sheet import write_resolutions  # noqa: E402
-from training.engine.distributed import pick_device  # noqa: E402
 from training.errors import run_cli  # noqa: E402
 from training.evaluation import prediction  # noqa: E402
+from training.runtime.distributed import pick_device  # noqa: E402
 
 
 def main(argv):

@@ -134,8 +134,8 @@ def probe_seconds(args, cost: StageCost, num_classes: int, val_images: int) -> f
     """An estimate of one epoch's seconds: PROBE_STEPS timed training steps (forward, backward, update; the teacher's
     forward too) at the stage's batch and input size on its device, x the steps of an epoch, plus the validation's
     forward passes at the image size. Data loading is not timed."""
-    from training.engine.distributed import pick_device
     from training.models.build import build_model
+    from training.runtime.distributed import pick_device
 
     device = pick_device(args.device)
     model = build_model(getattr(args, "arch", "fast_scnn"), num_classes).to(device)

@@ -571,7 +571,7 @@ def _default_workers(count: int) -> int:
 
 
 def _is_main_process() -> bool:
-    from training.engine.distributed import detect
+    from training.runtime.distributed import detect
 
     return detect().is_main
 

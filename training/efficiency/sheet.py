@@ -16,8 +16,8 @@ import torch
 
 from training.data.classes import CITYSCAPES, ClassSet
 from training.efficiency.measure import ModelResult, SizeResult
-from training.engine.distributed import device_name
 from training.profiles import PROFILES, Profile, resolve_profile
+from training.runtime.distributed import device_name
 
 EFFICIENCY_CSV = Path("measurements") / "efficiency.csv"  # under --output-dir
 RESOLUTIONS_CSV = Path("measurements") / "resolutions.csv"

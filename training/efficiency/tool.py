@@ -21,11 +21,11 @@ from training.efficiency.allocator import describe_allocator
 from training.efficiency.counting import count_parameters
 from training.efficiency.measure import evaluate_model, measured_sizes, parse_resolution
 from training.efficiency.sheet import csv_rows, format_sheet
-from training.engine.distributed import device_name
 from training.errors import UserError
 from training.evaluation.scoring import accuracy_sets, describe_scoring, format_scores
 from training.evaluation.trained import TrainedModel, data_set_of, load_trained, read_trained
 from training.files import append_csv_row
+from training.runtime.distributed import device_name
 
 
 def model_paths(args) -> list[Path]:

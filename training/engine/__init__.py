@@ -1,2 +1,3 @@
 """The engine: one curriculum stage (building it, the epoch loop, its state and records), the command line,
-recipes, optimizers, the step monitor, acceleration, distributed processes, W&B tracking and the history."""
+recipes, optimizers and the lr schedule, the step monitor, W&B tracking and the history (devices, processes and
+signals: training/runtime/)."""

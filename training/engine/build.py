@@ -28,8 +28,6 @@ from training.data.dataset import (
 )
 from training.data.layouts import dataset_profile, native_size
 from training.data.transforms import train_pipeline
-from training.engine import distributed
-from training.engine.acceleration import amp_dtype, compile_model, prepare_teacher
 from training.engine.cli import check_args
 from training.engine.optim import build_optimizer, build_scheduler
 from training.engine.recipes import lr_scale, parse_scale_range, resolve_recipe
@@ -55,6 +53,8 @@ from training.models.auxiliary import init_aux_heads
 from training.models.build import build_model, load_weights
 from training.models.card import card_path, read_card
 from training.profiles import resolve_profile
+from training.runtime import distributed
+from training.runtime.acceleration import amp_dtype, compile_model, prepare_teacher
 
 
 class Stage:

@@ -21,15 +21,15 @@ import torch
 from torch import nn
 
 from training.data.dataset import to_model_input
-from training.engine import distributed
 from training.engine.recalibration import recalibrate_batchnorm
 from training.engine.records import Records
-from training.engine.signals import StopRequest
 from training.engine.step_monitor import CHECK_EVERY, StepMonitor, skip_nonfinite_update
 from training.engine.tracking import Tracker
 from training.errors import NonFiniteLossError, Preempted
 from training.evaluation.scoring import Scorer, nearest
 from training.models.auxiliary import auxiliary_loss
+from training.runtime import distributed
+from training.runtime.signals import StopRequest
 
 
 def train(stage, stop: StopRequest) -> dict:

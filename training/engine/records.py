@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from training.data.dataset import IGNORE_INDEX
-from training.engine import distributed, history
+from training.engine import history
 from training.engine.state import result_args, save_state, state_to_save
 from training.engine.tracking import Tracker
 from training.errors import EXIT_PREEMPTED, UserError
@@ -38,6 +38,7 @@ from training.files import append_csv_row, save_bytes, save_torch
 from training.metrics import ConfusionMatrix, format_iou_table
 from training.models.auxiliary import without_aux_heads
 from training.models.card import git_commit, profile_entry, size_text, write_card
+from training.runtime import distributed
 
 CODE = Path(__file__).resolve().parents[2]  # the checkout whose commit the card records
 

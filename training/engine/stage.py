@@ -21,8 +21,8 @@ from __future__ import annotations
 from training.engine.build import build_stage
 from training.engine.cli import get_args_parser
 from training.engine.loop import train
-from training.engine.signals import StopRequest
 from training.errors import UserError
+from training.runtime.signals import StopRequest
 
 __all__ = ["run_stage", "stage_main", "StopRequest"]
 

@@ -23,7 +23,6 @@ from torch import nn
 from training.data.classes import describe
 from training.data.photometric import to_model_input
 from training.efficiency import backends
-from training.engine.distributed import device_name, pick_device
 from training.errors import UserError
 from training.evaluation.export import ClassIndexExport, PredictionExport, VideoOverlay, overlay_folder
 from training.evaluation.inputs import Frame, KeepAspectResize, cityscapes_names, open_input, photo_images, split_images
@@ -31,6 +30,7 @@ from training.evaluation.scoring import collate, evaluate_accuracy, format_score
 from training.evaluation.trained import TrainedModel, load_trained, predicts_cityscapes, read_trained
 from training.evaluation.tta import forward_views, tta_transform
 from training.files import check_writable
+from training.runtime.distributed import device_name, pick_device
 
 
 def _tta_modes(args) -> list[str]:

@@ -26,11 +26,11 @@ from torch.utils.data import Dataset
 
 from training.data.dataset import IGNORE_INDEX, NUM_CLASSES, val_transform
 from training.data.photometric import to_model_input
-from training.engine import distributed
 from training.errors import UserError
 from training.evaluation.tta import MultiScaleViews, forward_views
 from training.metrics import ConfusionMatrix, format_iou_table
 from training.profiles import Profile
+from training.runtime import distributed
 
 VAL_RESOLUTIONS = ("full", "profile")
 

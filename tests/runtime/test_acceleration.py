@@ -1,4 +1,4 @@
-"""training/engine/acceleration.py: --amp's dtype choice (native bf16 only), the teacher's form, and the distillation
+"""training/runtime/acceleration.py: --amp's dtype choice (native bf16 only), the teacher's form, and the distillation
 loss module that owns the teacher the stage prepares (issue 14)."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import torch
 
 import train_distillation
 from fast_scnn import Model
-from training.engine import acceleration
-from training.engine.acceleration import amp_dtype, prepare_teacher
 from training.losses import DistillationLoss
 from training.models.build import FrozenTeacher
+from training.runtime import acceleration
+from training.runtime.acceleration import amp_dtype, prepare_teacher
 
 
 def test_amp_uses_bf16_only_where_the_gpu_has_it_natively(monkeypatch):

@@ -21,9 +21,9 @@ from small_profile import SMALL_PROFILES
 
 import fast_scnn
 from training.data.dataset import IGNORE_INDEX, NUM_CLASSES, CityscapesSegmentation, to_model_input, val_transform
-from training.engine import distributed
 from training.metrics import ConfusionMatrix
 from training.profiles import resolve_profile
+from training.runtime import distributed
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 

@@ -27,7 +27,7 @@ import os, signal, sys, threading, time
 sys.path.insert(0, {repo!r})
 import training.data.cache as cache
 from training.profiles import Profile
-from training.engine.signals import StopRequest
+from training.runtime.signals import StopRequest
 
 root = {root!r}
 from torchvision.datasets import Cityscapes
@@ -117,7 +117,7 @@ def test_helpers_start_with_the_stop_signals_ignored(tmp_path):
     import signal, sys
     sys.path.insert(0, {str(REPO)!r})
     from training.data.workers import map_in_helpers
-    from training.engine.signals import StopRequest
+    from training.runtime.signals import StopRequest
 
     def disposition(_):
         return [signal.getsignal(s) == signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)], \\
