@@ -30,6 +30,12 @@ def tables(out: str) -> dict[str, list[dict]]:
     return found
 
 
+def ratio_bounds(numerator: float, denominator: float) -> tuple[float, float]:
+    """What a ratio printed to 2 decimals can be when both times were printed to 0.1 ms (at 128x256 a median of a
+    few ms: the rounding alone moves the ratio by a few percent)."""
+    return (numerator - 0.05) / (denominator + 0.05) - 0.005, (numerator + 0.05) / max(denominator - 0.05, 1e-9) + 0.005
+
+
 @pytest.mark.slow
 def test_quick_run_times_every_form_checks_agreement_and_ends_with_the_speed_up(tmp_path):
     result = run_script("benchmarks/inference.py", "--quick", cwd=tmp_path, timeout=600)
@@ -53,7 +59,8 @@ def test_quick_run_times_every_form_checks_agreement_and_ends_with_the_speed_up(
             assert (agreement >= 99.9) == (row["rejected"] is None), row  # below 99.9% is marked, at or above not
         onnx = min(float(row["median"]) for row in rows if row["form"].startswith("onnxruntime"))
         for row in rows:  # the "x ORT" column is the faster ONNX Runtime's median over the form's
-            assert float(row["ort"]) == pytest.approx(onnx / float(row["median"]), rel=0.02, abs=0.011)
+            low, high = ratio_bounds(onnx, float(row["median"]))
+            assert low <= float(row["ort"]) <= high, row
     if not torch.cuda.is_available():
         assert "CUDA: not available here" in out
     last = out.strip().splitlines()[-1]
