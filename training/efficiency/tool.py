@@ -59,7 +59,7 @@ def export_onnx_form(model: nn.Module, path: str, hw: tuple[int, int], threads: 
         f"wrote {path}: fp32, {folded} BatchNorm folded, input 'image' 1x3x{hw[0]}x{hw[1]} (static), output 'logits' "
         f"(torch.onnx.export dynamo=True)"
     )
-    return deploy.OnnxRuntimeForm(path, threads)
+    return deploy.OnnxRuntimeForm(path, threads, spinning=False)  # timed interleaved: no spinning threads
 
 
 @dataclass
