@@ -48,12 +48,17 @@ PUBLISHED_FPS = (("paper, Titan Xp", 123.5), ("mmsegmentation, V100", 56.0))
 AGREEMENT_THRESHOLD = 0.999  # as efficiency/measure.py's check of the deploy forms
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
+def add_model_arguments(add) -> None:
+    """The model a benchmark measures (load_model reads them): also benchmarks/precision.py's."""
     add("--model-path", default="none", help="a trained model's .pth state_dict, or 'none' (random weights)")
     add("--arch", default="fast_scnn", help="architecture of --model-path (training/models/build.py)")
     add("--num-classes", type=int, default=19, help="classes of the model")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = parser.add_argument
+    add_model_arguments(add)
     add("--sizes", default="1024x2048,512x1024", help="comma-separated HxW input sizes; the first one is the headline")
     add("--batches", default="1,8", help="comma-separated batch sizes")
     add("--threads", type=int, default=0, help="CPU threads for torch and ONNX Runtime (0 = the cores available)")
