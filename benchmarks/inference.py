@@ -206,6 +206,11 @@ def print_header(args: argparse.Namespace, threads: int) -> None:
     )
     preload = f", LD_PRELOAD={os.environ['LD_PRELOAD']}" if os.environ.get("LD_PRELOAD") else ""
     print(f"allocator: {describe_allocator()}{preload}; load average at the start: {load_average()}")
+    if args.model_path == "none":
+        print(
+            "random weights: their logit margins are ~1e-5, so the agreement check says little (the mixed forms "
+            "agree fully here and not on a trained model; benchmarks/precision.py): give --model-path for a verdict"
+        )
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
