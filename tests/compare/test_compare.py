@@ -22,6 +22,7 @@ from training.compare.report import table, write_report
 from training.compare.results import read_results, summary_rows
 from training.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
 REPO = Path(__file__).resolve().parents[2]
 DEMO_TOML = REPO / "comparisons" / "demo.toml"
 

@@ -22,6 +22,7 @@ from training.errors import UserError
 from training.models.card import profile_entry, write_card
 from training.profiles import PROFILES, resolve_profile
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
 HW = (64, 128)
 FAST = ("--latency-runs", "2", "--min-seconds", "0", "--warmup", "0", "--agreement-images", "1", "--num-workers", "0")
 NUMERIC = (

@@ -20,6 +20,7 @@ from training.data.photometric import MEAN, STD
 from training.models.card import profile_entry, write_card
 from training.profiles import Profile
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
 FIVE = ["road", "car", "tree", "sky", "person"]
 FIVE_PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]]
 CARD_PROFILE = Profile("low", 1, (128, 64), (64, 32))  # a card may record sizes the profile table does not have
