@@ -60,7 +60,8 @@ def copy_repo(dest: Path) -> Path:
 
 
 def stage_env(extra: dict | None = None) -> dict:
-    """Environment for the jobscripts: the test's Python for the stages, W&B off, no stage variables inherited."""
+    """Environment for the jobscripts: the test's Python for the stages, W&B off, one thread, no stage variables
+    inherited."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -79,7 +80,9 @@ def stage_env(extra: dict | None = None) -> dict:
         )
         and not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))
     }
-    env.update({"PYTHON": sys.executable, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
+    # one compute thread per stage process (conftest.py's one_thread): the 2-task steps and the stages of a chain
+    # share the machine's cores, and OpenMP threads waiting for each other slow tiny stages down many times over
+    env.update({"PYTHON": sys.executable, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     env.update(extra or {})
     return env
 
