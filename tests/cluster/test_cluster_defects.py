@@ -177,8 +177,10 @@ def test_cancel_of_a_two_task_step_saves_a_state_the_next_submission_resumes(sto
         save_fresh_model(repo / "models" / f"{eid(1, stage - 1)}.pth")
     chain = ["--run", "1", "--from-stage", str(stage), "--to-stage", str(stage), "--gpus", "2"]
     flags = ["--epochs", "1", *batch, "--num-workers", "0", "--data-dir", str(request.getfixturevalue(data))]
-    # the test node's name does not resolve: the ranks meet on the loopback address (the batch shell keeps it)
-    loopback = {"MASTER_ADDR": "127.0.0.1"}
+    # the test node's name does not resolve: the ranks meet on the loopback address (the batch shell keeps it). Two
+    # compute threads per task (4 on the 2 cores): with one, a quiet machine ran the whole epoch within the 3 s
+    # below and the cancel came after it
+    loopback = {"MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "2"}
     ((_, job, experiment, output),) = submit(cluster, repo, TEACHER, *chain, "--", *flags, env=loopback)
     # a few seconds into the epoch's steps (the caches are built before the recipe line)
     wait_for(cluster, job, output, lambda log: "\nrecipe " in log, "the stage's set-up", timeout=600)
