@@ -360,7 +360,7 @@ PartitionName={self.partition} Nodes={self.node_name} Default=YES MaxTime=INFINI
     def job_state(self, job_id: str) -> str:
         return self.job_info(job_id).get("JobState", "UNKNOWN")
 
-    def wait_for_jobs(self, job_ids, timeout: float = 240.0, poll: float = 1.0) -> dict:
+    def wait_for_jobs(self, job_ids, timeout: float = 240.0, poll: float = 0.3) -> dict:
         """Wait until every job is in a final state; returns {job id: state}. Raises on timeout."""
         job_ids = [str(job) for job in job_ids]
         deadline = time.monotonic() + timeout

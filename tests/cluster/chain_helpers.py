@@ -60,7 +60,8 @@ def copy_repo(dest: Path) -> Path:
 
 
 def stage_env(extra: dict | None = None) -> dict:
-    """Environment for the jobscripts: the test's Python for the stages, W&B off, no stage variables inherited."""
+    """Environment for the jobscripts: the test's Python for the stages, W&B off, one thread, no stage variables
+    inherited."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -79,7 +80,9 @@ def stage_env(extra: dict | None = None) -> dict:
         )
         and not k.startswith(("SLURM_", "SBATCH_", "SRUN_"))
     }
-    env.update({"PYTHON": sys.executable, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"})
+    # one compute thread per stage process (conftest.py's one_thread): the 2-task steps and the stages of a chain
+    # share the machine's cores, and OpenMP threads waiting for each other slow tiny stages down many times over
+    env.update({"PYTHON": sys.executable, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
     env.update(extra or {})
     return env
 
@@ -113,32 +116,17 @@ def load_state(repo: Path, experiment_id: str) -> dict:
     return torch.load(repo / "checkpoints" / experiment_id / "state.pth", map_location="cpu", weights_only=True)
 
 
+def write_demo_data(tmp_path_factory, name: str, train: int, val: int, size: tuple[int, int]) -> Path:
+    """A demo data set in the Cityscapes layout (`size`: width, height; seed 0) in a new temporary folder `name`."""
+    from demo.dataset import make_demo_dataset
+
+    return make_demo_dataset(tmp_path_factory.mktemp(name) / "cityscapes", num_train=train, num_val=val, size=size)
+
+
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory) -> Path:
     """2 train + 1 val images of 256x128 in the Cityscapes layout (read-only for the tests)."""
-    root = tmp_path_factory.mktemp("slurm_demo") / "cityscapes"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "demo.dataset",
-            "--root",
-            str(root),
-            "--train",
-            "2",
-            "--val",
-            "1",
-            "--size",
-            "256x128",
-            "--seed",
-            "0",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return root
+    return write_demo_data(tmp_path_factory, "slurm_demo", 2, 1, (256, 128))
 
 
 # a stand-in for sbatch/scancel/scontrol/srun/apptainer that records its arguments (one JSON line per call) and

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from chain_helpers import (  # noqa: F401 (fixture: demo_data)
     save_fresh_model,
     slurm_cluster,
     submit,
+    write_demo_data,
 )
 
 from training.engine.step_monitor import CHECK_EVERY
@@ -53,10 +52,7 @@ def stock_cluster():
 def wide_data(tmp_path_factory) -> Path:
     """48 train + 1 val images of 256x128: 12 steps per epoch for 2 processes of batch 2 (a stop flag is read at
     steps 10 and 12 under DDP: a stop mid-epoch is possible)."""
-    root = tmp_path_factory.mktemp("wide_demo") / "cityscapes"
-    argv = [sys.executable, "-m", "demo.dataset", "--root", str(root), "--train", "48", "--val", "1"]
-    subprocess.run([*argv, "--size", "256x128", "--seed", "0"], cwd=REPO, check=True, capture_output=True, timeout=300)
-    return root
+    return write_demo_data(tmp_path_factory, "wide_demo", 48, 1, (256, 128))
 
 
 def wait_for(cluster, job: str, output: str, done, what: str, timeout: float = 300) -> str:
@@ -181,8 +177,10 @@ def test_cancel_of_a_two_task_step_saves_a_state_the_next_submission_resumes(sto
         save_fresh_model(repo / "models" / f"{eid(1, stage - 1)}.pth")
     chain = ["--run", "1", "--from-stage", str(stage), "--to-stage", str(stage), "--gpus", "2"]
     flags = ["--epochs", "1", *batch, "--num-workers", "0", "--data-dir", str(request.getfixturevalue(data))]
-    # the test node's name does not resolve: the ranks meet on the loopback address (the batch shell keeps it)
-    loopback = {"MASTER_ADDR": "127.0.0.1"}
+    # the test node's name does not resolve: the ranks meet on the loopback address (the batch shell keeps it). Two
+    # compute threads per task (4 on the 2 cores): with one, a quiet machine ran the whole epoch within the 3 s
+    # below and the cancel came after it
+    loopback = {"MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "2"}
     ((_, job, experiment, output),) = submit(cluster, repo, TEACHER, *chain, "--", *flags, env=loopback)
     # a few seconds into the epoch's steps (the caches are built before the recipe line)
     wait_for(cluster, job, output, lambda log: "\nrecipe " in log, "the stage's set-up", timeout=600)

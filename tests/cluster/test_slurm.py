@@ -54,6 +54,7 @@ from chain_helpers import (  # noqa: F401 (fixtures: cluster, demo_data, fake_sl
     slurm_cluster,
     stage_env,
     submit,
+    write_demo_data,
 )
 
 
@@ -451,29 +452,7 @@ def test_stage_mode_outside_slurm_forwards_sigterm(repo_copy, fake_slurm):
 @pytest.fixture(scope="module")
 def full_size_data(tmp_path_factory) -> Path:
     """2 train + 1 val images at Cityscapes' own 2048x1024: stages 1-4 build their caches inside the jobs."""
-    root = tmp_path_factory.mktemp("slurm_full_size") / "cityscapes"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "demo.dataset",
-            "--root",
-            str(root),
-            "--train",
-            "2",
-            "--val",
-            "1",
-            "--size",
-            "2048x1024",
-            "--seed",
-            "0",
-        ],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=300,
-    )
-    return root
+    return write_demo_data(tmp_path_factory, "slurm_full_size", 2, 1, (2048, 1024))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_main
 
 from training.compare.budget import StageCost, check_within, fit_epochs, images_per_epoch
 from training.compare.config import load_comparison
@@ -21,6 +22,7 @@ from training.compare.report import table, write_report
 from training.compare.results import read_results, summary_rows
 from training.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
 REPO = Path(__file__).resolve().parents[2]
 DEMO_TOML = REPO / "comparisons" / "demo.toml"
 
@@ -326,13 +328,19 @@ def test_the_demo_runs_end_to_end_and_its_summary_matches_the_histories(tmp_path
 
 
 @pytest.mark.parametrize("name", sorted(path.name for path in (REPO / "comparisons").glob("*.toml")))
-def test_every_shipped_comparison_plans_within_the_budget(tmp_path, demo_set, name):
-    """Each file of comparisons/ (on the demo set here: its flags after -- win over the file's)."""
+def test_every_shipped_comparison_plans_within_the_budget(tmp_path, demo_set, name, monkeypatch):
+    """Each file of comparisons/ (on the demo set here: its flags after -- win over the file's); the command's main
+    in this process (test_a_dry_run_prints_one_slurm_chain_per_arm runs it as a process)."""
+    from training.compare.__main__ import _cli
+
+    monkeypatch.chdir(REPO)
     out = tmp_path / "out"
     words = ["--", "--dataset", "folder", "--data-dir", str(demo_set)]
-    done = compare(str(REPO / "comparisons" / name), "--dry-run", "--output-dir", str(out), *words)
-    assert done.returncode == 0, done.stderr
-    offsets = re.findall(r"\(([+-][0-9.]+)% of the budget\)", done.stdout)
+    code, stdout, stderr = run_main(
+        _cli, [str(REPO / "comparisons" / name), "--dry-run", "--output-dir", str(out), *words]
+    )
+    assert code == 0, stderr
+    offsets = re.findall(r"\(([+-][0-9.]+)% of the budget\)", stdout)
     assert len(offsets) == len(load_comparison(REPO / "comparisons" / name).arms)
     assert all(abs(float(offset)) <= 5 for offset in offsets)
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import run_script
+from conftest import run_script, stage_args
 
 from training.data import cache as cache_module
 from training.data import images as images_module
@@ -209,24 +209,8 @@ def test_a_dataset_counts_its_images_and_full_resolution_labels_together(labels_
 
 def train_highest(data: Path, work: Path, *extra: str, env: dict | None = None):
     work.mkdir(exist_ok=True)
-    return run_script(
-        "train.py",
-        "--data-dir",
-        str(data),
-        "--profile",
-        "highest",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--device",
-        "cpu",
-        *extra,
-        cwd=work,
-        env=env,
-    )
+    argv = stage_args(data, 1, "--profile", "highest", "--device", "cpu", *extra, experiment="cache-room")
+    return run_script("train.py", *argv, cwd=work, env=env)
 
 
 def test_the_training_script_refuses_train_and_val_that_do_not_fit_together(tiny_cityscapes, small_fs, tmp_path):

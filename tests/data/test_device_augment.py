@@ -26,7 +26,10 @@ from training.data.photometric import (
 )
 from training.profiles import Profile
 
-pytestmark = pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")  # torchvision 0.29
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning"),  # torchvision 0.29
+    pytest.mark.usefixtures("one_thread"),  # conftest.py
+]
 
 
 def test_batched_colour_jitter_matches_torchvision_per_sample():

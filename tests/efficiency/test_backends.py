@@ -15,6 +15,7 @@ from training.efficiency import backends
 from training.errors import UserError
 from training.models.card import content_hash
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
 HW = (64, 128)
 FAST = ("--latency-runs", "2", "--min-seconds", "0", "--warmup", "0", "--agreement-images", "1", "--num-workers", "0")
 

@@ -13,6 +13,7 @@ import fast_scnn
 from training.efficiency import deploy
 from training.errors import UserError
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
 HW = (256, 512)  # a 8x16 map at 1/32: pyramid bins 3 and 6 do not divide it (the legacy exporter's failure)
 
 

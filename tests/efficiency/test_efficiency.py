@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, run_script
+from conftest import REPO, run_main, run_script
 from torch import nn
 
 import fast_scnn
@@ -22,6 +22,7 @@ from training.errors import UserError
 from training.models.card import profile_entry, write_card
 from training.profiles import PROFILES, resolve_profile
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
 HW = (64, 128)
 FAST = ("--latency-runs", "2", "--min-seconds", "0", "--warmup", "0", "--agreement-images", "1", "--num-workers", "0")
 NUMERIC = (
@@ -445,14 +446,28 @@ def bad_files(folder):
         ),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, checkpoints):
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, checkpoints, monkeypatch):
+    import evaluate_efficiency
+
     bad_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
     args = [a.format(tmp=tmp_path, ok=checkpoints / "a.pth") for a in args]
     out = tmp_path / "efficiency.csv"
-    result = run_script("evaluate_efficiency.py", *args, "--data-dir", "none", "--output-csv", str(out), cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    code, stdout, err = run_main(evaluate_efficiency.main, [*args, "--data-dir", "none", "--output-csv", str(out)])
+    assert code == 2, stdout + err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
+
+
+def test_bad_input_as_a_process_is_one_line_and_exit_2(tmp_path, checkpoints):
+    """The refusals above, in-process; here one of them as the user's command (no traceback from the script)."""
+    bad_files(tmp_path)
+    out = tmp_path / "efficiency.csv"
+    argv = ["--current-model-path", str(tmp_path / "five.pth"), "--data-dir", "none", "--output-csv", str(out)]
+    result = run_script("evaluate_efficiency.py", *argv, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "trained for 5 classes" in result.stderr and not out.exists()
 
 
 def test_sheet_shows_one_aligned_line_per_row_with_giga_macs():

@@ -15,6 +15,9 @@ from training.efficiency import deploy, forms
 needs_onednn = pytest.mark.skipif(not forms.onednn_fusion_available(), reason="this torch has no oneDNN kernels")
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
+
+
 @pytest.mark.parametrize(
     "shape, size",
     [

@@ -11,9 +11,7 @@ demo sets' native size); the tools run as a user runs them.
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import io
 import json
 import math
 import shutil
@@ -22,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_main, run_script
 from PIL import Image
 
 import fast_scnn
@@ -45,14 +43,7 @@ FIVE = ["road", "building", "vegetation", "vehicle", "person"]
 
 def run_stage(module, argv: list[str]) -> tuple[int, str, str]:
     """A training script's main as its command line runs it, in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_cli(module.main, list(argv))
-            code = 0
-        except SystemExit as done:
-            code = int(done.code or 0)
-    return code, out.getvalue(), err.getvalue()
+    return run_main(module.main, argv)
 
 
 def stage_args(dataset: str, data_dir: Path, experiment: str, epochs: int = 2, *extra: str) -> list[str]:

@@ -496,18 +496,7 @@ BAD_INPUTS = {
 def bad_input_argv(case: str, paths: dict[str, Path]) -> tuple[list[str], str]:
     _module, arguments, expected = BAD_INPUTS[case]
     values = {k: str(v) for k, v in paths.items()}
-    argv = [
-        "--data-dir",
-        values["tiny"],
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        "bad",
-    ]
+    argv = conftest.stage_args(values["tiny"], 1, experiment="bad")
     argv += [part.format_map(values) if "{" in part else part for part in arguments.split()]  # later flags win
     return argv, expected.format_map(values)
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import run_script
+from conftest import run_main, run_script
 from PIL import Image
 from torch import nn
 
@@ -451,15 +451,16 @@ def test_tta_gives_a_row_per_mode_with_the_same_latency(trained, tmp_path):
         (["--export-predictions", "{tmp}/o", "--split", "test"], "missing leftImg8bit/test/"),
     ],
 )
-def test_bad_export_flags_are_one_line_and_exit_2(args, message, tmp_path):
-    model = tmp_path / "m.pth"
+def test_bad_export_flags_are_one_line_and_exit_2(args, message, tmp_path, monkeypatch):
+    import evaluate_efficiency
     import fast_scnn
 
+    model = tmp_path / "m.pth"
     torch.save(fast_scnn.Model().state_dict(), model)
+    monkeypatch.chdir(tmp_path)
     args = [a.format(tmp=tmp_path) for a in args]
-    result = run_script(
-        "evaluate_efficiency.py", "--current-model-path", str(model), "--data-dir", str(tmp_path), *args, cwd=tmp_path
-    )
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert message.format(tmp=tmp_path) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    argv = ["--current-model-path", str(model), "--data-dir", str(tmp_path), *args]
+    code, out, err = run_main(evaluate_efficiency.main, argv)
+    assert code == 2, out + err
+    assert message.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import run_script
+from conftest import run_main, run_script
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -20,6 +20,7 @@ from training.data.photometric import MEAN, STD
 from training.models.card import profile_entry, write_card
 from training.profiles import Profile
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
 FIVE = ["road", "car", "tree", "sky", "person"]
 FIVE_PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [0, 255, 255]]
 CARD_PROFILE = Profile("low", 1, (128, 64), (64, 32))  # a card may record sizes the profile table does not have
@@ -228,6 +229,11 @@ def bad_setup(tmp_path):
     write_model(tmp_path / "plain.pth", 19, None)
 
 
+def bad_argv(args: list[str], tmp_path) -> list[str]:
+    args = [a.format(tmp=tmp_path) for a in args]
+    return args if "--model-path" in args else ["--model-path", str(tmp_path / "plain.pth"), *args]
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
@@ -242,15 +248,25 @@ def bad_setup(tmp_path):
         (["--input", "{tmp}/clash", "--output", "{tmp}/o", "--batch-size", "0"], "--batch-size 0"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path):
+def test_bad_input_is_one_line_and_exit_2(args, message, tmp_path, monkeypatch):
+    import predict
+
     bad_setup(tmp_path)
-    args = [a.format(tmp=tmp_path) for a in args]
-    if "--model-path" not in args:
-        args = ["--model-path", str(tmp_path / "plain.pth"), *args]
-    result = run_script("predict.py", *args, "--data-dir", str(tmp_path), cwd=tmp_path)
-    assert result.returncode == 2, result.stdout + result.stderr
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_main(predict.main, [*bad_argv(args, tmp_path), "--data-dir", str(tmp_path)])
+    assert code == 2, out + err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+
+
+def test_bad_input_as_a_process_is_one_line_and_exit_2(tmp_path):
+    """The refusals above, in-process; here one of them as the user's command (no traceback from the script)."""
+    bad_setup(tmp_path)
+    argv = bad_argv(["--input", "{tmp}/nowhere", "--output", "{tmp}/o"], tmp_path)
+    result = run_script("predict.py", *argv, "--data-dir", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert "no such file or folder" in result.stderr and not (tmp_path / "o").exists()
 
 
 def test_the_tools_read_classes_and_profile_from_the_card_and_fall_back_with_a_note(tmp_path):

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, stage_args
 from small_profile import SMALL_PROFILES
 
 import fast_scnn
@@ -116,19 +116,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def torchrun(script: str, *args: str, cwd) -> subprocess.CompletedProcess:
+def run_stage(script: str, *args: str, cwd, processes: int = 2) -> subprocess.CompletedProcess:
+    """`script` with the small profiles (tests/small_profile.py), one thread per process: under torchrun with
+    `processes` processes, or as one plain process."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        str(REPO / "tests" / "small_profile.py"),
-        script,
-        *args,
-    ]
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={processes}", "--master_addr=127.0.0.1"]
+        launcher += [f"--master_port={free_port()}"]
+    command = [*launcher, str(REPO / "tests" / "small_profile.py"), script, *args]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -177,22 +173,8 @@ def calibrated_model(data_dir, path) -> None:
 def test_two_process_stage_writes_once_and_validates_exactly(odd_val_cityscapes, tmp_path):
     (tmp_path / "models").mkdir()
     calibrated_model(odd_val_cityscapes, tmp_path / "models" / "init.pth")
-    result = torchrun(
-        "train.py",
-        "--data-dir",
-        str(odd_val_cityscapes),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        "ddp",
-        "--previous-model-path",
-        "models/init.pth",
-        cwd=tmp_path,
-    )
+    argv = stage_args(odd_val_cityscapes, 1, "--previous-model-path", "models/init.pth", experiment="ddp")
+    result = run_stage("train.py", *argv, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "device cpu x 2" in result.stdout and result.stdout.count("epoch 1/1 |") == 1  # rank 0 prints
 
@@ -218,29 +200,12 @@ def test_two_process_stage_writes_once_and_validates_exactly(odd_val_cityscapes,
 @pytest.mark.slow
 def test_resume_with_another_number_of_processes_is_refused(odd_val_cityscapes, tmp_path):
     """2 -> 1 processes: the schedule and the shard position are counted in steps of the saved run's size."""
-    common = [
-        "--data-dir",
-        str(odd_val_cityscapes),
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        "ddp-resume",
-    ]
-    result = torchrun("train.py", *common, "--epochs", "1", cwd=tmp_path)
+    result = run_stage("train.py", *stage_args(odd_val_cityscapes, 1, experiment="ddp-resume"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     state = torch.load(tmp_path / "checkpoints" / "ddp-resume" / "state.pth", weights_only=True)
     assert (state["world_size"], state["steps_per_epoch"]) == (2, 1)
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tests" / "small_profile.py"), "train.py", *common, "--epochs", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    argv = stage_args(odd_val_cityscapes, 2, experiment="ddp-resume")
+    result = run_stage("train.py", *argv, cwd=tmp_path, processes=1)
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
     assert "saved by 2 process(es) with 1 steps per epoch, but this run has 1 process(es) with 2" in result.stderr
@@ -252,22 +217,10 @@ def test_two_process_distillation_stage(odd_val_cityscapes, tmp_path):
     torch.manual_seed(0)
     (tmp_path / "models").mkdir()
     torch.save(fast_scnn.Model().state_dict(), tmp_path / "models" / "teacher.pth")
-    result = torchrun(
-        "train_distillation.py",
-        "--data-dir",
-        str(odd_val_cityscapes),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        "ddp-student",
-        "--trained-teacher-model-path",
-        "models/teacher.pth",
-        cwd=tmp_path,
+    argv = stage_args(
+        odd_val_cityscapes, 1, "--trained-teacher-model-path", "models/teacher.pth", experiment="ddp-student"
     )
+    result = run_stage("train_distillation.py", *argv, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "device cpu x 2" in result.stdout and "train_kd_loss" in result.stdout
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [

@@ -4,20 +4,19 @@ The stage installs its SIGTERM/SIGUSR1 handler (StopRequest) before it builds th
 forked with it. These tests run the real pool in a subprocess with a timeout (a hang fails the test instead of
 hanging it): with the stage's handler installed, a build whose workers are still busy when it ends (here: an
 error in one image while the others are still being read), and a SIGTERM sent to the whole process group during a
-build, as Slurm sends it. Then a stage that builds its cache in its set-up, ten times in a row.
+build, as Slurm sends it. Then a stage that builds its cache in its set-up, ten times in a row (in one process).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from conftest import REPO
+from conftest import REPO, stage_args
 from small_profile import SMALL_PROFILES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
@@ -90,7 +89,7 @@ def run_bounded(command: list[str], cwd, env: dict, timeout: float) -> subproces
 
 
 def run_script(code: str, tmp_path, timeout: float = 180) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return run_bounded([sys.executable, "-c", textwrap.dedent(code)], tmp_path, env, timeout)
 
 
@@ -144,31 +143,41 @@ def twice_profile_size(tmp_path_factory):
     )
 
 
+# ten stages one after another in one bounded process (a Python start that imports torch each would cost more than
+# the stage): each one's exit code and output between markers
+TEN_STAGES = """
+import shutil, sys
+sys.path[:0] = [{repo!r}, {tests!r}]
+import train
+from small_profile import SMALL_PROFILES
+from training.errors import run_cli
+
+train.PROFILES = SMALL_PROFILES
+for attempt in range(1, 11):
+    shutil.rmtree({cache!r}, ignore_errors=True)
+    print(f"=== run {{attempt}}", flush=True)
+    try:
+        run_cli(train.main, {argv!r})
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    print(f"=== exit {{code}}", flush=True)
+"""
+
+
 @pytest.mark.slow
 def test_a_stage_that_builds_its_cache_in_set_up_never_hangs(twice_profile_size, tmp_path):
-    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        str(REPO / "tests" / "small_profile.py"),
-        "train.py",
-        "--data-dir",
-        str(twice_profile_size),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--experiment-id",
-        "cache-in-set-up",
-        "--restart",
-    ]
-    for attempt in range(10):
-        shutil.rmtree(twice_profile_size / ".cache", ignore_errors=True)
-        result = run_bounded(command, tmp_path, env, timeout=120)
-        assert result.returncode == 0, f"run {attempt + 1}:\n{result.stdout}\n{result.stderr}"
+    argv = stage_args(twice_profile_size, 1, "--restart", experiment="cache-in-set-up")
+    code = TEN_STAGES.format(
+        repo=str(REPO), tests=str(REPO / "tests"), cache=str(twice_profile_size / ".cache"), argv=argv
+    )
+    result = run_script(code, tmp_path, timeout=600)
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    runs = result.stdout.split("=== run ")[1:]
+    assert len(runs) == 10, result.stdout
+    for attempt, out in enumerate(runs, start=1):
+        assert out.startswith(f"{attempt}\n") and out.rstrip().endswith("=== exit 0"), f"run {attempt}:\n{out}"
         # train and val through the pool of 2 processes (and the full-resolution val labels, in-process)
-        lines = result.stdout.splitlines()
-        pool_builds = [line for line in lines if "cache: writing" in line and "(2 processes" in line]
-        assert len(pool_builds) == 2 and "4 train" in pool_builds[0] and "2 val" in pool_builds[1], result.stdout
-        assert "epoch 1/1 |" in result.stdout
+        pool_builds = [line for line in out.splitlines() if "cache: writing" in line and "(2 processes" in line]
+        assert len(pool_builds) == 2 and "4 train" in pool_builds[0] and "2 val" in pool_builds[1], out
+        assert "epoch 1/1 |" in out
