@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -145,6 +146,8 @@ def test_recalibration_averages_the_batches_statistics_with_equal_weights():
     assert layer.momentum == 0.1 and not layer.training  # put back as it was
     layer.running_mean.fill_(7.0)
     assert recalibrate_batchnorm(layer, []) == 0 and torch.all(layer.running_mean == 7.0)  # no batch: untouched
+    cut_short = recalibrate_batchnorm(layer, batches[:1], expected=3)  # a pass stopped after one batch of three
+    assert cut_short == 1 and torch.all(layer.running_mean == 7.0) and layer.momentum == 0.1
 
 
 @pytest.mark.slow
@@ -193,6 +196,47 @@ def test_learning_rate_in_history_is_continuous_across_stages(tiny_cityscapes, t
     means = [k for k in before if k.endswith("running_mean")]
     assert means and any(not torch.equal(before[k], after[k]) for k in means)
     assert all(torch.equal(before[k], after[k]) for k in before if k.endswith(".weight"))
+
+
+@pytest.mark.slow
+def test_a_stop_during_recalibration_saves_the_starting_statistics_and_the_resume_equals_an_uninterrupted_stage(
+    tiny_cityscapes, tmp_path, monkeypatch
+):
+    """SIGUSR1 after the first of three recalibration batches: the state saved holds the BatchNorm statistics the
+    stage started from (not those of one batch), and the resumed stage records the same mIoU before recalibration
+    and ends with the same model as a stage that was never stopped."""
+    import signal
+
+    import training.engine.loop as loop
+
+    monkeypatch.chdir(tmp_path)
+    assert run_in_process(train, stage_args(tiny_cityscapes, 1, experiment="start"), monkeypatch) == 0
+    recalibrate = ("--bn-recalibrate", "3", "--previous-model-path", "models/start.pth")
+    to_device = loop.train_batch_to_device
+
+    def stop_after_the_first_batch(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGUSR1)  # the stage reads it before the next batch
+        return to_device(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(loop, "train_batch_to_device", stop_after_the_first_batch)
+        stopped = stage_args(tiny_cityscapes, 0, *recalibrate, experiment="stopped")
+        assert run_in_process(train, stopped, monkeypatch) == 75
+    state = torch.load(tmp_path / "checkpoints" / "stopped" / "state.pth", weights_only=True)
+    start = torch.load(tmp_path / "models" / "start.pth", weights_only=True)
+    assert state["test_resolution"] is None  # the test-resolution start is still to do
+    statistics = [key for key in start if key.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    assert statistics and all(torch.equal(state["model"][key], start[key]) for key in statistics)
+
+    assert run_in_process(train, stage_args(tiny_cityscapes, 0, *recalibrate, experiment="stopped"), monkeypatch) == 0
+    assert run_in_process(train, stage_args(tiny_cityscapes, 0, *recalibrate, experiment="whole"), monkeypatch) == 0
+    cards = [json.loads((tmp_path / "models" / f"{name}.json").read_text()) for name in ("stopped", "whole")]
+    records = [card["test_resolution"] for card in cards]
+    assert records[0]["bn_recalibrate"] == records[1]["bn_recalibrate"] == 3
+    assert records[0]["miou_before"] == records[1]["miou_before"]  # measured on the starting model both times
+    assert records[0]["miou_after"] == pytest.approx(records[1]["miou_after"], abs=1e-9)
+    resumed, whole = (torch.load(tmp_path / "models" / f"{n}.pth", weights_only=True) for n in ("stopped", "whole"))
+    assert all(torch.allclose(resumed[key].float(), whole[key].float(), atol=1e-6) for key in whole)
 
 
 @pytest.mark.slow

@@ -88,7 +88,8 @@ def start_test_resolution(stage, stop: StopRequest, records: Records) -> None:
     before, preview = validate(stage)
     metrics, batches = before, 0
     if stage.args.bn_recalibrate > 0:
-        batches = recalibrate_batchnorm(stage.model, _recalibration_inputs(stage, stop), stage.autocast)
+        inputs, wanted = _recalibration_inputs(stage, stop), stage.args.bn_recalibrate
+        batches = recalibrate_batchnorm(stage.model, inputs, stage.autocast, expected=wanted)
         if stop.signum != 0:
             _stop(stage, stop, records)
         metrics, preview = validate(stage)

@@ -20,10 +20,13 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, inputs: Iterable[torch.Tensor], autocast: Callable | None = None) -> int:
+def recalibrate_batchnorm(
+    model: nn.Module, inputs: Iterable[torch.Tensor], autocast: Callable | None = None, expected: int | None = None
+) -> int:
     """Re-estimate `model`'s BatchNorm statistics from the batches `inputs` yields (model inputs on its device);
-    returns the number of batches used (0 leaves the statistics as they were). `autocast`: a context factory for
-    the forward passes (the stage's precision)."""
+    returns the number of batches used. No batch, or fewer than `expected` (a pass cut short, e.g. by a stop
+    signal: the state saved then must hold the statistics the stage started from), leaves the statistics as they
+    were. `autocast`: a context factory for the forward passes (the stage's precision)."""
     layers = batchnorm_layers(model)
     saved = [
         (layer.momentum, layer.running_mean.clone(), layer.running_var.clone(), layer.num_batches_tracked.clone())
@@ -46,7 +49,7 @@ def recalibrate_batchnorm(model: nn.Module, inputs: Iterable[torch.Tensor], auto
         model.train(was_training)
         for layer, (momentum, mean, var, tracked) in zip(layers, saved):
             layer.momentum = momentum
-            if count == 0:
+            if count == 0 or (expected is not None and count < expected):
                 layer.running_mean.copy_(mean)
                 layer.running_var.copy_(var)
                 layer.num_batches_tracked.copy_(tracked)
