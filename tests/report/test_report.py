@@ -302,3 +302,31 @@ def test_the_class_figures_name_the_classes_the_stage_trained_on(tmp_path):
     del state["classes"]  # written before other data sets: Cityscapes' names where they fit the matrix
     torch.save(state, checkpoints / "five-01" / "state.pth")
     assert report.load_stages(checkpoints)[0].class_names == [f"class {i}" for i in range(5)]
+
+
+def test_a_test_resolution_stage_has_a_slot_of_its_own_and_its_epoch_0_model_is_starred(tmp_path):
+    """A stage of 0 epochs (--bn-recalibrate only) writes one history row at epoch 0: it is drawn after the previous
+    stage's last epoch (not on it), marked as a stage, and starred as its best when its state says epoch 0."""
+    checkpoints, measurements = tmp_path / "checkpoints", tmp_path / "measurements"
+    for epoch, (loss, miou) in enumerate([(2.0, 0.10), (1.5, 0.20), (1.2, 0.25)], 1):
+        record_epoch(
+            checkpoints / "exp-01" / "history.csv",
+            {"profile": "high", "epoch": epoch, "train_loss": loss, "valid_miou": miou},
+        )
+    record_epoch(
+        checkpoints / "exp-02" / "history.csv",
+        {"profile": "high", "epoch": 0, "train_loss": "", "valid_miou": 0.27, "valid_miou_before_recalibration": 0.25},
+    )
+    torch.save({"script": "train.py", "best_epoch": 0}, checkpoints / "exp-02" / "state.pth")
+    (run,) = report.group_runs(report.load_stages(checkpoints))
+    loss_ax, miou_ax = report.curriculum_figure(run).axes
+    x, y = line(miou_ax, "valid_miou")
+    assert list(x) == [1, 2, 3, 4] and list(y) == [0.10, 0.20, 0.25, 0.27]
+    assert stage_boundaries(miou_ax) == [3.5] and miou_ax.get_xlim() == (0.5, 4.5)
+    assert [t.get_text() for t in loss_ax.texts] == ["stage 1\nhigh", "stage 2\nhigh"]
+    (star,) = [item for item in miou_ax.get_lines() if item.get_marker() == "*"]
+    assert list(star.get_xdata()) == [4] and list(star.get_ydata()) == [0.27]
+    measurements.mkdir()
+    report.build_report(checkpoints, measurements, None, None)
+    text = (measurements / "report.md").read_text()
+    assert "| 2 | exp-02 | high | 0 | 0.2700 | 0 |" in text, text

@@ -171,10 +171,12 @@ def loss_columns(records: list[StageRecord]) -> list[str]:
 def curriculum_figure(run: Run) -> Figure:
     """Training loss(es) and validation mIoU of a run's stages against the cumulative epoch, stages marked."""
     fig, (loss_ax, miou_ax) = plt.subplots(2, 1, sharex=True, figsize=(9, 6), constrained_layout=True)
+    # each row takes a slot: epochs 1..E at offset + 1..E; a test-resolution stage's epoch-0 row (its recalibration,
+    # before any epoch) a slot of its own before them
     offsets, offset = [], 0
     for record in run.stages:
-        offsets.append(offset)
-        offset += int(record.epochs.max())
+        offsets.append(offset - int(record.epochs.min()) + 1)
+        offset += int(record.epochs.max()) - int(record.epochs.min()) + 1
     for name in loss_columns(run.stages):
         x = np.concatenate([o + r.epochs for o, r in zip(offsets, run.stages)])
         y = np.concatenate([r.column(name) for r in run.stages])
@@ -188,13 +190,14 @@ def curriculum_figure(run: Run) -> Figure:
         label="valid_miou",
     )
     for start, record in zip(offsets, run.stages):
-        if start:
+        first = start + int(record.epochs.min())  # the stage's first slot
+        if first > 1:
             for ax in (loss_ax, miou_ax):
-                ax.axvline(start + 0.5, color="grey", linestyle="--", linewidth=0.8)
+                ax.axvline(first - 0.5, color="grey", linestyle="--", linewidth=0.8)
         label = f"stage {record.stage}" + (f"\n{record.profile}" if record.profile else "")
         loss_ax.annotate(
             label,
-            xy=(start + 0.5, 1.0),
+            xy=(first - 0.5, 1.0),
             xycoords=("data", "axes fraction"),
             xytext=(3, -3),
             textcoords="offset points",
@@ -202,13 +205,14 @@ def curriculum_figure(run: Run) -> Figure:
             fontsize=8,
             color="dimgrey",
         )
-        if 1 <= record.best_epoch <= int(record.epochs.max()):
+        if record.best_epoch in list(record.epochs):  # epoch 0: a test-resolution stage's recalibrated model
             best = record.column("valid_miou")[list(record.epochs).index(record.best_epoch)]
             miou_ax.plot([start + record.best_epoch], [best], "*", color="tab:red", markersize=10)
     miou_ax.set_xlim(0.5, offset + 0.5)  # every stage label inside the axes
     miou_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     loss_ax.set_ylabel("training loss (epoch mean)")
-    loss_ax.legend(fontsize=8, loc="upper right")
+    if loss_ax.get_legend_handles_labels()[0]:  # no legend where no stage logged a training loss
+        loss_ax.legend(fontsize=8, loc="upper right")
     miou_ax.set_ylabel("validation mIoU")
     miou_ax.set_xlabel("cumulative epoch (stars: each stage's best epoch, the model the next stage starts from)")
     loss_ax.set_title(f"{run.name}: " + ", ".join(r.experiment_id for r in run.stages), fontsize=9)
@@ -484,7 +488,7 @@ def _curriculum_section(runs, checkpoints: Path, place: _Place) -> list[str]:
                     r.profile,
                     int(r.epochs.max()),
                     f"{np.nanmax(r.column('valid_miou')):.4f}",
-                    r.best_epoch if r.best_epoch > 0 else "",
+                    r.best_epoch if r.best_epoch in list(r.epochs) else "",
                     ", ".join(f"{n} {r.column(n)[-1]:.4f}" for n in loss_columns([r])),
                 ]
                 for r in run.stages
