@@ -52,13 +52,15 @@ def parts_of(model) -> list[str]:
     left out."""
     names = []
     for name, child in model.named_children():
-        if name in LEFT_OUT or not any(True for _ in child.parameters()):
+        if name in LEFT_OUT or not has_weights(child):
             continue
         names.append(name)
-        names += [
-            f"{name}.{inner}" for inner, module in child.named_children() if any(True for _ in module.parameters())
-        ]
+        names += [f"{name}.{inner}" for inner, module in child.named_children() if has_weights(module)]
     return names
+
+
+def has_weights(module) -> bool:
+    return next(module.parameters(), None) is not None
 
 
 def conv_macs(model, images) -> dict[str, int]:

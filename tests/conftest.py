@@ -8,8 +8,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -76,16 +80,21 @@ def run_main(main, argv: list[str]) -> tuple[int, str, str]:
     """An entry point's `main` as its command line runs it (through run_cli), in this process: (exit code, stdout,
     stderr). Cheaper than run_script by a Python start that imports torch; a test of what only a process shows (no
     traceback, the `__main__` block) uses run_script."""
-    from training.errors import run_cli
-
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            run_cli(main, list(argv))
-            code = 0
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else int(done.code is not None)
+        code = exit_code(main, argv)
     return code, out.getvalue(), err.getvalue()
+
+
+def exit_code(main, argv: list[str]) -> int:
+    """Run an entry point's `main` through run_cli, as its command line does, in this process; its exit code."""
+    from training.errors import run_cli
+
+    try:
+        run_cli(main, list(argv))
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
+    return 0
 
 
 def stage_args(data_dir, epochs: int = 3, *extra: str, experiment: str = "experiment-01") -> list[str]:
@@ -106,3 +115,20 @@ def stage_args(data_dir, epochs: int = 3, *extra: str, experiment: str = "experi
         experiment,
         *extra,
     ]
+
+
+def trained_looking_model(seed: int = 0) -> torch.nn.Module:
+    """Random weights and BatchNorm statistics far from (0, 1): folding them wrongly would show in the logits."""
+    import torch
+
+    import fast_scnn
+
+    torch.manual_seed(seed)
+    model = fast_scnn.Model()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()

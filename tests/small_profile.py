@@ -25,14 +25,10 @@ SMALL_PROFILES = {"low": ((256, 128), (192, 96)), "medium": ((320, 160), (224, 1
 
 def run_in_process(module, argv: list[str], monkeypatch) -> int:
     """Run `module.main(argv)` as its command line would, with SMALL_PROFILES; returns the exit code."""
-    from training.errors import run_cli
+    from conftest import exit_code
 
     monkeypatch.setattr(module, "PROFILES", SMALL_PROFILES)
-    try:
-        run_cli(module.main, list(argv))
-    except SystemExit as done:
-        return int(done.code or 0)
-    return 0
+    return exit_code(module.main, argv)
 
 
 def main() -> None:

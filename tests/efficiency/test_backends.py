@@ -8,9 +8,8 @@ import csv
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_script, trained_looking_model
 
-import fast_scnn
 from training.efficiency import backends
 from training.errors import UserError
 from training.models.card import content_hash
@@ -22,14 +21,7 @@ FAST = ("--latency-runs", "2", "--min-seconds", "0", "--warmup", "0", "--agreeme
 
 def saved_model(path, seed: int) -> torch.nn.Module:
     """A Fast-SCNN with BatchNorm statistics as after training (a fresh one's logits are all ~1e-5), saved."""
-    torch.manual_seed(seed)
-    model = fast_scnn.Model().eval()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
+    model = trained_looking_model(seed)
     torch.save(model.state_dict(), path)
     return model
 

@@ -7,7 +7,7 @@ import importlib.util
 
 import pytest
 import torch
-from conftest import run_script
+from conftest import run_script, trained_looking_model
 
 import fast_scnn
 from training.efficiency import deploy
@@ -15,19 +15,6 @@ from training.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny tensors, a machine shared with other jobs
 HW = (256, 512)  # a 8x16 map at 1/32: pyramid bins 3 and 6 do not divide it (the legacy exporter's failure)
-
-
-def trained_looking_model(seed: int = 0) -> fast_scnn.Model:
-    """Random weights and BatchNorm statistics far from (0, 1): folding them wrongly would show in the logits."""
-    torch.manual_seed(seed)
-    model = fast_scnn.Model()
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.5, 0.5)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
